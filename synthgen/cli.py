@@ -1,0 +1,134 @@
+"""The `synthgen` command: one subcommand per stage.
+
+Heavy modules (torch, numpy, pandas, the readers) are imported inside the commands, so
+`synthgen --help` answers at once. Bad input ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from synthgen.config import InputError
+
+app = typer.Typer(
+    help="Synthetic medical images people can trust: phantoms, data checks, training, sampling, "
+    "editing, evaluation and release.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Inspect and validate datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+class Kind(str, Enum):
+    chest2d = "chest2d"
+    brain3d = "brain3d"
+
+
+@app.command(epilog="Example: synthgen phantoms --kind chest2d --n 500 --shortcut 0.9 --out data/chest")
+def phantoms(
+    kind: Annotated[Kind, typer.Option(help="chest2d: 2D X-ray-like PNGs; brain3d: 3D MR-like NIfTI")],
+    out: Annotated[Path, typer.Option(help="output folder (must not exist or be empty)")],
+    n: Annotated[int, typer.Option(min=1, help="number of cases")] = 200,
+    size: Annotated[int | None, typer.Option(help="side in pixels [default: 64 chest2d, 32 brain3d]")] = None,
+    seed: Annotated[int, typer.Option(help="same seed, same bytes")] = 0,
+    shortcut: Annotated[
+        float | None,
+        typer.Option(help="chest2d: P(site B | nodule positive); negatives get 1-P"),
+    ] = None,
+    hidden_stratum: Annotated[
+        float, typer.Option(help="chest2d: fraction of nodules that are subtle (an `ignore` column)")
+    ] = 0.0,
+    prevalence: Annotated[
+        list[str] | None, typer.Option(help="FINDING=P, repeatable (chest2d: nodule, effusion; brain3d: lesion)")
+    ] = None,
+    write_clean: Annotated[bool, typer.Option(help="also write each noise-free image to clean/")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Write a ground-truth phantom dataset: images, masks, manifest.csv, schema.yaml, README.md."""
+    from synthgen.config import PhantomConfig, validate
+    from synthgen.data.phantoms import generate_phantoms
+
+    prevalences: dict[str, str] = {}
+    for item in prevalence or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--prevalence {item!r}: expected FINDING=P")
+        prevalences[name] = value
+    cfg = validate(
+        PhantomConfig,
+        {
+            "kind": kind.value,
+            "n": n,
+            "size": size,
+            "seed": seed,
+            "shortcut": shortcut,
+            "hidden_stratum": hidden_stratum,
+            "prevalence": prevalences,
+            "write_clean": write_clean,
+        },
+        "phantoms",
+    )
+    manifest = generate_phantoms(cfg, out, show_progress=not quiet)
+    typer.echo(f"wrote {cfg.n} {cfg.kind} cases: {manifest}")
+
+
+@data_app.command("check", epilog="Example: synthgen data check data/chest/manifest.csv")
+def data_check(
+    manifest: Annotated[Path, typer.Argument(help="manifest .csv or .parquet")],
+    schema: Annotated[Path | None, typer.Option(help="schema YAML [default: schema.yaml beside it]")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Validate every row (files decode, values fit the schema, shapes agree) and count subgroups.
+
+    Prints each problem as one line naming the row, column and file, and exits with code 2 if
+    there is any. Reads only: nothing is written into the dataset folder.
+    """
+    from synthgen.data.check import check_manifest, print_summary
+    from synthgen.data.manifest import load_manifest
+
+    loaded = load_manifest(manifest, schema)
+    result = check_manifest(loaded, show_progress=not quiet)
+    print_summary(loaded, result)
+    for line in result.problems:
+        typer.echo(line, err=True)
+    if result.problems:
+        raise InputError(f"{manifest}: {len(result.problems)} problem(s) in {result.n_rows} rows")
+
+
+@app.command(epilog="Example: synthgen demo --out demo datasets.chest2d.n=200")
+def demo(
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="config overrides, e.g. datasets.chest2d.n=200")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="folder for everything the demo makes")] = Path("demo"),
+    config: Annotated[Path | None, typer.Option(help="demo config YAML [default: built-in]")] = None,
+    fresh: Annotated[bool, typer.Option(help="redo finished stages instead of reusing them")] = False,
+) -> None:
+    """Run the whole workflow on built-in phantoms: generate, check and summarise each dataset.
+
+    Finished stages are reused (they are addressed by their config), unless --fresh.
+    """
+    from synthgen.config import DemoConfig, load_config
+    from synthgen.demo import run_demo
+
+    run_demo(load_config(DemoConfig, config, overrides or []), out, fresh=fresh)
+
+
+def main() -> None:
+    """Console entry point: InputError -> one line on stderr, exit code 2."""
+    try:
+        app()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,132 @@
+"""`synthgen data check`: validate every row of a manifest and count labels per subgroup.
+
+Reads only; never writes into the dataset folder. Every problem is one line naming the row,
+column and file, so a user can fix a large dataset in one pass.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from synthgen.config import InputError
+from synthgen.data.manifest import Manifest
+from synthgen.data.progress import progress
+
+VALUE_ROLES = ("label", "covariate", "split")
+
+
+@dataclass
+class CheckResult:
+    """What `check_manifest` found: problems (one line each), geometry, and subgroup counts."""
+
+    n_rows: int
+    problems: list[str] = field(default_factory=list)
+    shape: tuple[int, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    counts: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResult:
+    """Validate every row: files decode, values fit the schema, shapes and spacings agree."""
+    schema = manifest.schema
+    result = CheckResult(n_rows=len(manifest))
+    value_cols = [c for c in schema.with_role(*VALUE_ROLES) if manifest.has(c)]
+    mask_cols = [c for c in schema.with_role("mask") if manifest.has(c)]
+    id_col = schema.id_column if schema.id_column and manifest.has(schema.id_column) else None
+    seen_ids: dict[str, int] = {}
+    geometry: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {}
+    for row in progress(range(len(manifest)), len(manifest), "checking", show_progress):
+        if id_col:
+            rid = manifest.cell(row, id_col)
+            if rid == "":
+                result.problems.append(f"{manifest.where(row, id_col)}: missing value")
+            elif rid in seen_ids:
+                result.problems.append(
+                    f"{manifest.where(row, id_col)}: duplicate id (first at row {seen_ids[rid] + 1})"
+                )
+            else:
+                seen_ids[rid] = row
+        for column in value_cols:
+            _collect(result.problems, manifest.value, row, column)
+        image = _collect(result.problems, manifest.image, row)
+        if image is None:
+            continue
+        geometry[row] = (image.array.shape, image.spacing)
+        for column in mask_cols:
+            _collect(result.problems, manifest.mask, row, column, image.array.shape)
+    _check_geometry(manifest, geometry, result)
+    result.counts = subgroup_counts(manifest)
+    return result
+
+
+def _collect(problems: list[str], fn, *args):
+    """Call `fn`; record an InputError as a problem line instead of stopping."""
+    try:
+        return fn(*args)
+    except InputError as e:
+        problems.append(str(e))
+        return None
+
+
+def _check_geometry(
+    manifest: Manifest,
+    geometry: dict[int, tuple[tuple[int, ...], tuple[float, ...]]],
+    result: CheckResult,
+) -> None:
+    """Flag rows whose shape or spacing differs from the most common one."""
+    if not geometry:
+        return
+    result.shape = Counter(shape for shape, _ in geometry.values()).most_common(1)[0][0]
+    result.spacing = Counter(sp for _, sp in geometry.values()).most_common(1)[0][0]
+    column = manifest.schema.image_column
+    for row, (shape, spacing) in geometry.items():
+        where = manifest.where(row, column, manifest.cell(row, column))
+        if shape != result.shape:
+            result.problems.append(f"{where}: shape {shape} differs from the dataset's {result.shape}")
+        elif not np.allclose(spacing, result.spacing, rtol=1e-3):
+            result.problems.append(
+                f"{where}: spacing {spacing} differs from the dataset's {result.spacing}"
+            )
+
+
+def subgroup_counts(manifest: Manifest) -> dict[str, pd.DataFrame]:
+    """For each label column: counts of each level × each level of each categorical covariate."""
+    schema = manifest.schema
+    covariates = [c for c in schema.categorical_covariates() if manifest.has(c)]
+    out: dict[str, pd.DataFrame] = {}
+    for label in (c for c in schema.with_role("label") if manifest.has(c)):
+        levels = list(schema.columns[label].levels or ())
+        labels = pd.Categorical(manifest.table[label], categories=levels)
+        blocks = [pd.Series(labels).value_counts(sort=False).rename("total").to_frame()]
+        for cov in covariates:
+            cov_levels = pd.Categorical(manifest.table[cov], categories=schema.columns[cov].levels)
+            table = pd.crosstab(labels, cov_levels, dropna=False)
+            table.columns = [f"{cov}={v}" for v in table.columns]
+            blocks.append(table)
+        frame = pd.concat(blocks, axis=1).fillna(0).astype(int)
+        frame.index = [f"{label}={v}" for v in levels]
+        out[label] = frame
+    return out
+
+
+def print_summary(manifest: Manifest, result: CheckResult) -> None:
+    """Print the geometry line and one counts table per label to stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)
+    geometry = f"shape {result.shape}, spacing {result.spacing}" if result.shape else "no readable image"
+    status = f"{len(result.problems)} problem(s)" if result.problems else "ok"
+    console.print(f"{manifest.path}: {result.n_rows} rows, {geometry}: {status}")
+    for label, frame in result.counts.items():
+        table = Table(title=f"counts: {label} x covariates", title_justify="left")
+        table.add_column("")
+        for column in frame.columns:
+            table.add_column(str(column), justify="right")
+        for index, values in frame.iterrows():
+            table.add_row(str(index), *(str(v) for v in values))
+        console.print(table)

@@ -1,0 +1,87 @@
+"""Torch dataset over a manifest: one dict per row, the same for 2D and 3D.
+
+Each item: `image` (1, *spatial) float32 in [-1, 1] by the schema's intensity policy, `window`
+(the stored values that map to -1 and +1, so writers can invert), `masks` {column: (1, *spatial)
+int64, zeros when the cell is empty}, `text`, `labels` {column: level index, -1 if absent},
+`covariates` {column: level index or value scaled to [0, 1] by the schema's range, NaN if absent},
+`id`. An optional `transform` (e.g. a MONAI dictionary transform) is applied last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from synthgen.config import InputError
+from synthgen.data.intensity import to_model, window_for
+from synthgen.data.manifest import Manifest
+from synthgen.data.schema import normalise_covariate
+
+Sample = dict[str, Any]
+
+
+class ManifestDataset(Dataset):
+    """Rows of a manifest (optionally one split) decoded into model-ready tensors."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        split: str | None = None,
+        transform: Callable[[Sample], Sample] | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.transform = transform
+        schema = manifest.schema
+        present = [c for c in schema.columns if manifest.has(c)]
+        self.mask_columns = [c for c in present if schema.columns[c].role == "mask"]
+        self.label_columns = [c for c in present if schema.columns[c].role == "label"]
+        self.covariate_columns = [c for c in present if schema.columns[c].role == "covariate"]
+        self.text_column = next((c for c in present if schema.columns[c].role == "text"), None)
+        self.rows = self._select(split)
+
+    def _select(self, split: str | None) -> list[int]:
+        if split is None:
+            return list(range(len(self.manifest)))
+        column = self.manifest.schema.split_column
+        if column is None or not self.manifest.has(column):
+            raise InputError(f"{self.manifest.path}: split {split!r} asked for, but no split column")
+        rows = [r for r in range(len(self.manifest)) if self.manifest.cell(r, column) == split]
+        if not rows:
+            raise InputError(f"{self.manifest.path}: no rows in split {split!r}")
+        return rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Sample:
+        m, row = self.manifest, self.rows[index]
+        schema = m.schema
+        image = m.image(row)
+        window = window_for(image.array, schema.intensity)
+        masks = {}
+        for column in self.mask_columns:
+            mask = m.mask(row, column, image.array.shape)
+            mask = np.zeros(image.array.shape, np.int64) if mask is None else mask
+            masks[column] = torch.from_numpy(mask)[None]
+        labels = {}
+        for column in self.label_columns:
+            value = m.value(row, column)
+            levels = schema.columns[column].levels or ()
+            labels[column] = -1 if value is None else levels.index(str(value))
+        covariates = {
+            c: normalise_covariate(schema.columns[c], m.value(row, c)) for c in self.covariate_columns
+        }
+        sample: Sample = {
+            "id": m.row_id(row),
+            "image": torch.from_numpy(to_model(image.array, window))[None],
+            "window": torch.tensor(window, dtype=torch.float32),
+            "masks": masks,
+            "text": (m.value(row, self.text_column) or "") if self.text_column else "",
+            "labels": labels,
+            "covariates": covariates,
+        }
+        return self.transform(sample) if self.transform else sample

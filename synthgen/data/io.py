@@ -1,0 +1,191 @@
+"""Image readers and writers: Pillow for PNG/JPEG/TIFF, pydicom for DICOM, nibabel for NIfTI.
+
+Readers return physical values (DICOM rescale applied, NIfTI scaling applied) as float32 with
+the spacing and, for volumes, the affine. Writers are atomic (temp file + rename) and
+byte-deterministic, so the same data always gives the same file and checksum.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from synthgen.config import InputError
+
+PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom", "")
+
+
+@dataclass(frozen=True)
+class Image:
+    """Decoded image: `array` holds the spatial axes only ((H, W) or 3D), as float32."""
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    affine: np.ndarray | None = None
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.array.ndim
+
+
+class ImageReadError(InputError):
+    """A file that cannot be used as an image: keeps the reason apart from the path."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def image_format(path: Path) -> str:
+    """`pillow`, `nifti` or `dicom` from the file name; InputError for anything else."""
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    suffix = Path(name).suffix
+    if suffix in PILLOW_SUFFIXES:
+        return "pillow"
+    if suffix in DICOM_SUFFIXES:
+        return "dicom"
+    raise ImageReadError(path, f"unsupported format {suffix!r} (PNG, JPEG, TIFF, DICOM, NIfTI)")
+
+
+def read_image(path: Path) -> Image:
+    """Decode any supported image; every failure is an InputError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "file not found")
+    reader = {"pillow": _read_pillow, "nifti": _read_nifti, "dicom": _read_dicom}[image_format(path)]
+    try:
+        return reader(path)
+    except ImageReadError:
+        raise
+    except Exception as e:  # decoders raise many types; all mean "this file is not a valid image"
+        raise ImageReadError(path, f"cannot decode: {_reason(e)}") from None
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _read_pillow(path: Path) -> Image:
+    from PIL import Image as PILImage
+    from PIL import ImageSequence
+
+    with PILImage.open(path) as img:
+        frames = [_pillow_gray(frame.copy(), path) for frame in ImageSequence.Iterator(img)]
+    array = frames[0] if len(frames) == 1 else np.stack(frames)
+    return Image(array=array, spacing=(1.0,) * array.ndim)
+
+
+def _pillow_gray(img, path: Path) -> np.ndarray:
+    """One frame as float32 gray values; colour images are refused unless all channels agree."""
+    if img.mode in ("1", "P", "LA", "PA"):
+        img = img.convert("L")
+    array = np.asarray(img)
+    if array.ndim == 3:
+        channels = array[..., :3]
+        if not (np.array_equal(channels[..., 0], channels[..., 1])
+                and np.array_equal(channels[..., 0], channels[..., 2])):
+            raise ImageReadError(path, "colour image; synthgen expects grayscale scans")
+        array = channels[..., 0]
+    return array.astype(np.float32)
+
+
+def _read_nifti(path: Path) -> Image:
+    import nibabel as nib
+
+    img = nib.load(path)
+    array = np.asarray(img.get_fdata(dtype=np.float32))
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3):
+        raise ImageReadError(path, f"expected a 2D or 3D NIfTI image, got shape {array.shape}")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[: array.ndim])
+    return Image(array=array, spacing=zooms, affine=np.asarray(img.affine, dtype=np.float64))
+
+
+def _read_dicom(path: Path) -> Image:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        raise ImageReadError(path, "DICOM file has no pixel data")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise ImageReadError(path, "colour DICOM; synthgen expects grayscale scans")
+    array = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
+    row_mm, col_mm = (float(v) for v in ds.get("PixelSpacing", (1.0, 1.0)))
+    if array.ndim == 2:
+        return Image(array=array, spacing=(row_mm, col_mm))
+    slice_mm = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
+    affine = np.diag([slice_mm, row_mm, col_mm, 1.0])
+    return Image(array=array, spacing=(slice_mm, row_mm, col_mm), affine=affine)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def png_bytes(array: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """Encode a 2D uint8 or uint16 array as PNG (8 or 16 bit), with optional text chunks."""
+    from PIL import Image as PILImage
+    from PIL.PngImagePlugin import PngInfo
+
+    if array.ndim != 2 or array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"PNG needs a 2D uint8 or uint16 array, got {array.dtype} {array.shape}")
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    buf = io.BytesIO()
+    PILImage.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def write_png(path: Path, array: np.ndarray, text: dict[str, str] | None = None) -> None:
+    """Atomically write a 2D uint8/uint16 array as an 8/16-bit PNG."""
+    atomic_write_bytes(path, png_bytes(array, text))
+
+
+def default_affine(spacing: tuple[float, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Documented fallback affine: axis-aligned, given spacing, volume centre at world origin."""
+    spacing3 = tuple(spacing) + (1.0,) * (3 - len(spacing))
+    shape3 = tuple(shape) + (1,) * (3 - len(shape))
+    affine = np.diag([*spacing3, 1.0])
+    affine[:3, 3] = [-(n - 1) / 2 * s for n, s in zip(shape3, spacing3, strict=True)]
+    return affine
+
+
+def nifti_bytes(array: np.ndarray, affine: np.ndarray, *, compress: bool = True) -> bytes:
+    """Encode a 2D/3D array as NIfTI-1 with the given affine; gzip with mtime 0 for stable bytes."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
+    img.header.set_xyzt_units("mm")
+    raw = img.to_bytes()
+    return gzip.compress(raw, compresslevel=6, mtime=0) if compress else raw
+
+
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Atomically write `array` as NIfTI (.nii or .nii.gz) with the source affine."""
+    path = Path(path)
+    atomic_write_bytes(path, nifti_bytes(array, affine, compress=path.name.endswith(".gz")))

@@ -1,0 +1,77 @@
+"""Config loading: every shipped config parses; overrides, unknown keys and bad types are caught."""
+
+from pathlib import Path
+
+import pytest
+
+from synthgen.config import DemoConfig, InputError, PhantomConfig, apply_overrides, dump_config, load_config
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_configs_folder_is_not_empty():
+    assert CONFIGS, "configs/ must hold the ready run configs"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(DemoConfig, path)
+    again = tmp_path / "resolved.yaml"
+    again.write_text(dump_config(cfg))
+    assert load_config(DemoConfig, again) == cfg
+
+
+def test_defaults_without_a_file():
+    cfg = load_config(DemoConfig, None)
+    assert set(cfg.datasets) == {"chest2d", "brain3d"}
+    assert cfg.datasets["chest2d"].kind == "chest2d"
+
+
+def test_overrides_set_nested_values_with_yaml_types(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("datasets:\n  a: {kind: chest2d, n: 5}\n")
+    cfg = load_config(DemoConfig, path, ["datasets.a.n=7", "datasets.a.shortcut=0.9", "datasets.a.write_clean=true"])
+    a = cfg.datasets["a"]
+    assert (a.n, a.shortcut, a.write_clean) == (7, 0.9, True)
+
+
+def test_overrides_do_not_modify_the_input():
+    data = {"datasets": {"a": {"kind": "chest2d"}}}
+    apply_overrides(data, ["datasets.a.n=3"])
+    assert data == {"datasets": {"a": {"kind": "chest2d"}}}
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        ("datasets: {a: {kind: chest2d, nn: 3}}", [], "datasets.a.nn: unknown key"),
+        ("datasets: {a: {kind: chest2d}}", ["datasets.a.bogus=1"], "datasets.a.bogus: unknown key"),
+        ("datasets: {a: {kind: chest2d}}", ["datasets.a.n=abc"], "datasets.a.n: Input should be a valid integer"),
+        ("datasets: {a: {n: 3}}", [], "datasets.a.kind: missing required value"),
+        ("datasets: {a: {kind: lung}}", [], "datasets.a.kind"),
+        ("datasets: {a: {kind: chest2d, shortcut: 1.5}}", [], "datasets.a.shortcut"),
+        ("datasets: {a: {kind: chest2d}}", ["datasets.a.kind.x=1"], "datasets.a.kind is not a section"),
+        ("datasets: {a: {kind: chest2d}}", ["novalue"], "expected key=value"),
+        ("datasets: [1, 2", [], "malformed YAML at line"),
+        ("- just\n- a list\n", [], "expected a mapping"),
+    ],
+)
+def test_bad_configs_give_one_line_naming_the_key(tmp_path, text, overrides, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_config(DemoConfig, path, overrides)
+    message = str(err.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(InputError, match="nope.yaml: file not found"):
+        load_config(DemoConfig, tmp_path / "nope.yaml")
+
+
+def test_phantom_config_is_immutable():
+    cfg = PhantomConfig(kind="chest2d")
+    with pytest.raises(Exception):  # pydantic's frozen-instance error
+        cfg.n = 3  # type: ignore[misc]
