@@ -7,7 +7,7 @@ Heavy modules (torch, numpy, pandas, the readers) are imported inside the comman
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,38 +18,56 @@ from synthgen.config import InputError
 app = typer.Typer(
     help="Synthetic medical images people can trust: phantoms, data checks, training, sampling, "
     "editing, evaluation and release.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-data_app = typer.Typer(help="Inspect and validate datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect and validate datasets.")
 app.add_typer(data_app, name="data")
 
 
-class Kind(str, Enum):
+@app.callback(invoke_without_command=True)
+@data_app.callback(invoke_without_command=True)
+def show_help_without_command(ctx: typer.Context) -> None:
+    """With no subcommand, print the help (exit 0) instead of an error."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+class Kind(StrEnum):
     chest2d = "chest2d"
     brain3d = "brain3d"
 
 
-@app.command(epilog="Example: synthgen phantoms --kind chest2d --n 500 --shortcut 0.9 --out data/chest")
+@app.command(
+    epilog="Example: synthgen phantoms --kind chest2d --n 500 --shortcut 0.9 --out data/chest"
+)
 def phantoms(
-    kind: Annotated[Kind, typer.Option(help="chest2d: 2D X-ray-like PNGs; brain3d: 3D MR-like NIfTI")],
+    kind: Annotated[
+        Kind, typer.Option(help="chest2d: 2D X-ray-like PNGs; brain3d: 3D MR-like NIfTI")
+    ],
     out: Annotated[Path, typer.Option(help="output folder (must not exist or be empty)")],
     n: Annotated[int, typer.Option(min=1, help="number of cases")] = 200,
-    size: Annotated[int | None, typer.Option(help="side in pixels [default: 64 chest2d, 32 brain3d]")] = None,
+    size: Annotated[
+        int | None, typer.Option(help="side in pixels [default: 64 chest2d, 32 brain3d]")
+    ] = None,
     seed: Annotated[int, typer.Option(help="same seed, same bytes")] = 0,
     shortcut: Annotated[
         float | None,
         typer.Option(help="chest2d: P(site B | nodule positive); negatives get 1-P"),
     ] = None,
     hidden_stratum: Annotated[
-        float, typer.Option(help="chest2d: fraction of nodules that are subtle (an `ignore` column)")
+        float,
+        typer.Option(help="chest2d: fraction of nodules that are subtle (an `ignore` column)"),
     ] = 0.0,
     prevalence: Annotated[
-        list[str] | None, typer.Option(help="FINDING=P, repeatable (chest2d: nodule, effusion; brain3d: lesion)")
+        list[str] | None,
+        typer.Option(help="FINDING=P, repeatable (chest2d: nodule, effusion; brain3d: lesion)"),
     ] = None,
-    write_clean: Annotated[bool, typer.Option(help="also write each noise-free image to clean/")] = False,
+    write_clean: Annotated[
+        bool, typer.Option(help="also write each noise-free image to clean/")
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Write a ground-truth phantom dataset: images, masks, manifest.csv, schema.yaml, README.md."""
@@ -83,7 +101,9 @@ def phantoms(
 @data_app.command("check", epilog="Example: synthgen data check data/chest/manifest.csv")
 def data_check(
     manifest: Annotated[Path, typer.Argument(help="manifest .csv or .parquet")],
-    schema: Annotated[Path | None, typer.Option(help="schema YAML [default: schema.yaml beside it]")] = None,
+    schema: Annotated[
+        Path | None, typer.Option(help="schema YAML [default: schema.yaml beside it]")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Validate every row (files decode, values fit the schema, shapes agree) and count subgroups.
@@ -109,8 +129,12 @@ def demo(
         list[str] | None, typer.Argument(help="config overrides, e.g. datasets.chest2d.n=200")
     ] = None,
     out: Annotated[Path, typer.Option(help="folder for everything the demo makes")] = Path("demo"),
-    config: Annotated[Path | None, typer.Option(help="demo config YAML [default: built-in]")] = None,
-    fresh: Annotated[bool, typer.Option(help="redo finished stages instead of reusing them")] = False,
+    config: Annotated[
+        Path | None, typer.Option(help="demo config YAML [default: built-in]")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option(help="redo finished stages instead of reusing them")
+    ] = False,
 ) -> None:
     """Run the whole workflow on built-in phantoms: generate, check and summarise each dataset.
 
@@ -122,13 +146,24 @@ def demo(
     run_demo(load_config(DemoConfig, config, overrides or []), out, fresh=fresh)
 
 
+def fail(message: str) -> None:
+    """End with the contract's single stderr line and exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
-    """Console entry point: InputError -> one line on stderr, exit code 2."""
+    """Console entry point: bad input or bad options -> one line on stderr, exit code 2."""
+    from typer.exceptions import TyperException
+
     try:
-        app()
+        app(standalone_mode=False)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
+        fail(str(e))
+    except TyperException as e:  # option parsing: bad value, unknown option or command
+        ctx = getattr(e, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        fail(f"{e.format_message()}{where}")
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -32,7 +32,9 @@ class PhantomConfig(StrictModel):
 
     kind: Literal["chest2d", "brain3d"]
     n: int = Field(200, ge=1, description="number of cases")
-    size: int | None = Field(None, description="image side in pixels; None = 64 (chest2d), 32 (brain3d)")
+    size: int | None = Field(
+        None, description="image side in pixels; None = 64 (chest2d), 32 (brain3d)"
+    )
     seed: int = 0
     shortcut: float | None = Field(None, ge=0.0, le=1.0)
     hidden_stratum: float = Field(0.0, ge=0.0, le=1.0)
@@ -97,7 +99,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise InputError(f"override {item!r}: {'.'.join(parts[: depth + 1])} is not a section")
+                raise InputError(
+                    f"override {item!r}: {'.'.join(parts[: depth + 1])} is not a section"
+                )
             node = child
         node[parts[-1]] = value
     return out

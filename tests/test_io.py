@@ -26,7 +26,9 @@ def test_ct_small_values_are_pixel_array_times_slope_plus_intercept():
     path = shipped_dicom("CT_small.dcm")
     ds = pydicom.dcmread(path)
     image = read_image(path)
-    expected = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    expected = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(
+        ds.RescaleIntercept
+    )
     assert float(ds.RescaleIntercept) != 0.0  # the check below would be vacuous otherwise
     np.testing.assert_array_equal(image.array, expected)
     assert image.spacing == pytest.approx(tuple(float(v) for v in ds.PixelSpacing))
@@ -162,7 +164,9 @@ def test_percentile_policy_maps_the_percentiles_to_the_ends():
     array = rng.normal(100, 20, size=(64, 64)).astype(np.float32)
     policy = IntensityPolicy(mode="percentile", percentiles=(1, 99))
     low, high = window_for(array, policy)
-    assert low == pytest.approx(np.percentile(array, 1)) and high == pytest.approx(np.percentile(array, 99))
+    assert low == pytest.approx(np.percentile(array, 1)) and high == pytest.approx(
+        np.percentile(array, 99)
+    )
     scaled = to_model(array, (low, high))
     assert np.mean(scaled == -1) == pytest.approx(0.01, abs=0.003)
     assert np.mean(scaled == 1) == pytest.approx(0.01, abs=0.003)

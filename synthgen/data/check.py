@@ -45,9 +45,8 @@ def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResu
             if rid == "":
                 result.problems.append(f"{manifest.where(row, id_col)}: missing value")
             elif rid in seen_ids:
-                result.problems.append(
-                    f"{manifest.where(row, id_col)}: duplicate id (first at row {seen_ids[rid] + 1})"
-                )
+                first = seen_ids[rid] + 1
+                result.problems.append(f"{manifest.where(row, id_col)}: duplicate id (row {first})")
             else:
                 seen_ids[rid] = row
         for column in value_cols:
@@ -86,7 +85,9 @@ def _check_geometry(
     for row, (shape, spacing) in geometry.items():
         where = manifest.where(row, column, manifest.cell(row, column))
         if shape != result.shape:
-            result.problems.append(f"{where}: shape {shape} differs from the dataset's {result.shape}")
+            result.problems.append(
+                f"{where}: shape {shape} differs from the dataset's {result.shape}"
+            )
         elif not np.allclose(spacing, result.spacing, rtol=1e-3):
             result.problems.append(
                 f"{where}: spacing {spacing} differs from the dataset's {result.spacing}"
@@ -119,7 +120,9 @@ def print_summary(manifest: Manifest, result: CheckResult) -> None:
     from rich.table import Table
 
     console = Console(soft_wrap=True)
-    geometry = f"shape {result.shape}, spacing {result.spacing}" if result.shape else "no readable image"
+    geometry = (
+        f"shape {result.shape}, spacing {result.spacing}" if result.shape else "no readable image"
+    )
     status = f"{len(result.problems)} problem(s)" if result.problems else "ok"
     console.print(f"{manifest.path}: {result.n_rows} rows, {geometry}: {status}")
     for label, frame in result.counts.items():

@@ -48,7 +48,9 @@ class ManifestDataset(Dataset):
             return list(range(len(self.manifest)))
         column = self.manifest.schema.split_column
         if column is None or not self.manifest.has(column):
-            raise InputError(f"{self.manifest.path}: split {split!r} asked for, but no split column")
+            raise InputError(
+                f"{self.manifest.path}: split {split!r} asked for, but no split column"
+            )
         rows = [r for r in range(len(self.manifest)) if self.manifest.cell(r, column) == split]
         if not rows:
             raise InputError(f"{self.manifest.path}: no rows in split {split!r}")
@@ -73,7 +75,8 @@ class ManifestDataset(Dataset):
             levels = schema.columns[column].levels or ()
             labels[column] = -1 if value is None else levels.index(str(value))
         covariates = {
-            c: normalise_covariate(schema.columns[c], m.value(row, c)) for c in self.covariate_columns
+            c: normalise_covariate(schema.columns[c], m.value(row, c))
+            for c in self.covariate_columns
         }
         sample: Sample = {
             "id": m.row_id(row),

@@ -63,7 +63,9 @@ def read_image(path: Path) -> Image:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "file not found")
-    reader = {"pillow": _read_pillow, "nifti": _read_nifti, "dicom": _read_dicom}[image_format(path)]
+    reader = {"pillow": _read_pillow, "nifti": _read_nifti, "dicom": _read_dicom}[
+        image_format(path)
+    ]
     try:
         return reader(path)
     except ImageReadError:
@@ -94,8 +96,10 @@ def _pillow_gray(img, path: Path) -> np.ndarray:
     array = np.asarray(img)
     if array.ndim == 3:
         channels = array[..., :3]
-        if not (np.array_equal(channels[..., 0], channels[..., 1])
-                and np.array_equal(channels[..., 0], channels[..., 2])):
+        if not (
+            np.array_equal(channels[..., 0], channels[..., 1])
+            and np.array_equal(channels[..., 0], channels[..., 2])
+        ):
             raise ImageReadError(path, "colour image; synthgen expects grayscale scans")
         array = channels[..., 0]
     return array.astype(np.float32)

@@ -48,7 +48,7 @@ class Manifest:
         return value or f"row{row + 1}"
 
     def where(self, row: int, column: str | None = None, file: str | None = None) -> str:
-        """Location prefix for messages: `manifest.csv row 3 (id=p003), column image, file x.png`."""
+        """Message prefix: `manifest.csv row 3 (id=p003), column image, file x.png`."""
         parts = [f"{self.path.name} row {row + 1} (id={self.row_id(row)})"]
         if column:
             parts.append(f"column {column}")
@@ -57,7 +57,7 @@ class Manifest:
         return ", ".join(parts)
 
     def file(self, row: int, column: str) -> Path | None:
-        """The row's file in `column` (None when the cell is empty); InputError if it escapes the root."""
+        """The row's file in `column`, None if empty; InputError if it leaves the data root."""
         value = self.cell(row, column)
         if value == "":
             return None
@@ -80,7 +80,9 @@ class Manifest:
         try:
             image = read_image(path)
         except ImageReadError as e:
-            raise InputError(f"{self.where(row, column, self.cell(row, column))}: {e.reason}") from None
+            raise InputError(
+                f"{self.where(row, column, self.cell(row, column))}: {e.reason}"
+            ) from None
         if not np.isfinite(image.array).all():
             raise InputError(
                 f"{self.where(row, column, self.cell(row, column))}: non-finite values (NaN or inf)"
@@ -102,13 +104,17 @@ class Manifest:
             return None
         where = self.where(row, column, self.cell(row, column))
         if image.array.shape != tuple(shape):
-            raise InputError(f"{where}: mask shape {image.array.shape} != image shape {tuple(shape)}")
+            raise InputError(
+                f"{where}: mask shape {image.array.shape} != image shape {tuple(shape)}"
+            )
         values = np.unique(image.array)
         labels = self.schema.columns[column].labels or {}
         unknown = [f"{v:g}" for v in values if v != 0 and (v != int(v) or int(v) not in labels)]
         if unknown:
             known = ", ".join(str(k) for k in sorted(labels))
-            raise InputError(f"{where}: mask values {', '.join(unknown[:5])} not among labels 0, {known}")
+            raise InputError(
+                f"{where}: mask values {', '.join(unknown[:5])} not among labels 0, {known}"
+            )
         return image.array.astype(np.int64)
 
 

@@ -38,7 +38,10 @@ def progress(items: Iterable[T], total: int, description: str, show: bool = True
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    console = Console(stderr=True)
+    # A live bar only makes sense on a terminal; in logs it would leave blank lines.
+    live = console.is_terminal
+    with Progress(*columns, console=console, transient=True, disable=not live) as bar:
         task = bar.add_task(description, total=total)
         for item in items:
             yield item

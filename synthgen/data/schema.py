@@ -195,7 +195,7 @@ def parse_value(spec: ColumnSpec, raw: str) -> str | float | None:
 
 
 def normalise_covariate(spec: ColumnSpec, value: str | float | None) -> float:
-    """A covariate as a model input: level index for categorical, [0, 1] for continuous; NaN if absent."""
+    """A covariate as model input: level index, or [0, 1] by the range; NaN when absent."""
     if value is None:
         return math.nan
     if spec.levels is not None:

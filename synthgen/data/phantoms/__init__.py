@@ -116,7 +116,10 @@ def generate_phantoms(cfg: PhantomConfig, out: Path, show_progress: bool = True)
         columns["clean"] = {"role": "ignore", "description": "noise-free image"}
     window = (0.0, 255.0) if cfg.kind == "chest2d" else (0.0, 1.0)
     schema = Schema.model_validate(
-        {"columns": columns, "intensity": IntensityPolicy(mode="window", low=window[0], high=window[1])}
+        {
+            "columns": columns,
+            "intensity": IntensityPolicy(mode="window", low=window[0], high=window[1]),
+        }
     )
     prefix = cfg.kind[0]
     width = max(5, len(str(cfg.n - 1)))
