@@ -20,7 +20,6 @@ from synthgen.config import PhantomConfig
 from synthgen.data.io import write_nifti, write_png
 from synthgen.data.phantoms import generate_phantoms
 
-
 # The targets: 2,000 chest2d at 64² and 200 brain3d at 32³, each in under 60 s.
 TARGETS = {"chest2d": (2000, 64), "brain3d": (200, 32)}
 
@@ -56,12 +55,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a quarter of the cases")
     args = parser.parse_args()
     headline = {}
-    print(f"{'kind':8} {'n':>5} {'size':>4} {'synthgen s':>10} {'ref s':>7} {'ratio':>6} {'cases/s':>8}")
+    header = ("kind", "n", "size", "synthgen s", "ref s", "ratio", "cases/s")
+    print("  ".join(f"{h:>10}" for h in header))
     for kind, (target, size) in TARGETS.items():
         n = target // 4 if args.quick else target
         synthgen_s, reference_s = measure(kind, n, size)
         ratio, rate = synthgen_s / reference_s, n / synthgen_s
-        print(f"{kind:8} {n:5d} {size:4d} {synthgen_s:10.2f} {reference_s:7.2f} {ratio:6.2f} {rate:8.1f}")
+        cells = (kind, n, size, synthgen_s, reference_s, ratio, rate)
+        print("  ".join(f"{c:>10.2f}" if isinstance(c, float) else f"{c:>10}" for c in cells))
         headline[f"{kind}_time_vs_write_floor"] = f"{ratio:.2f}"
         headline[f"{kind}_seconds_per_{target}"] = f"{target / rate:.1f}"
     for name, value in headline.items():
