@@ -8,17 +8,14 @@ folder under the copy before and after.
 from __future__ import annotations
 
 import csv
-import hashlib
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import snapshot, synthgen
 
 from synthgen.data.io import write_nifti, write_png
 
@@ -99,28 +96,6 @@ def build_corpus(root: Path) -> None:
     (brain / "schema.yaml").write_text(SCHEMA_3D)
 
     write_png(root / "outside.png", noise((32, 32), 99))
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under `root` (hidden ones too): sha256 for files, '<dir>' for folders."""
-    tree = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            tree[os.path.relpath(os.path.join(folder, name), root)] = "<dir>"
-        for name in files:
-            path = os.path.join(folder, name)
-            tree[os.path.relpath(path, root)] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return tree
-
-
-def synthgen(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "synthgen", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -1,31 +1,22 @@
 """The `synthgen` command: fast help without torch, deterministic phantoms, data check, demo."""
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import snapshot, synthgen
 
 COMMANDS = [[], ["phantoms"], ["data"], ["data", "check"], ["demo"]]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "synthgen", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return synthgen(cwd, *args)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    """File hashes only: folders may differ in name order, never in content."""
+    return {k: v for k, v in snapshot(root).items() if v != "<dir>"}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
