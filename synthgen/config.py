@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class InputError(Exception):
@@ -42,15 +42,146 @@ class PhantomConfig(StrictModel):
     write_clean: bool = False
 
 
+class DataConfig(StrictModel):
+    """Where a stage reads its dataset, and which splits it trains and validates on."""
+
+    manifest: Path
+    schema_file: Path | None = Field(None, description="default: schema.yaml beside the manifest")
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+class TrainConfig(StrictModel):
+    """The engine's loop: the same keys for every stage."""
+
+    steps: int = Field(2000, ge=1, description="optimizer steps")
+    batch_size: int = Field(16, ge=1, description="per process")
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    ema_decay: float | None = Field(0.999, gt=0, lt=1, description="None turns EMA off")
+    seed: int = 0
+    checkpoint_every: int = Field(500, ge=1)
+    keep_last: int = Field(2, ge=1)
+    log_every: int = Field(25, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="stop (with a checkpoint) after this")
+    num_workers: int = Field(0, ge=0)
+
+
+class AutoencoderConfig(StrictModel):
+    """MONAI AutoencoderKL settings, or `kind: none` for pixel-space diffusion."""
+
+    kind: Literal["kl", "none"] = "kl"
+    channels: tuple[int, ...] = (32, 64)
+    latent_channels: int = Field(2, ge=1)
+    num_res_blocks: int = Field(1, ge=1)
+    norm_num_groups: int = Field(16, ge=1)
+    attention: bool = Field(False, description="self-attention in the deepest level")
+
+    @model_validator(mode="after")
+    def _groups_divide_channels(self) -> AutoencoderConfig:
+        bad = [c for c in self.channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(
+                f"every channel count must divide by norm_num_groups={self.norm_num_groups}; "
+                f"{bad} do not"
+            )
+        return self
+
+
+class AELossConfig(StrictModel):
+    """L1 + KL, an optional PatchGAN term after a warm-up, an optional perceptual term."""
+
+    kl_weight: float = Field(1e-6, ge=0)
+    adversarial_weight: float = Field(0.0, ge=0, description="0 turns the discriminator off")
+    adversarial_start: int = Field(0, ge=0, description="steps before the adversarial term")
+    discriminator_channels: int = Field(32, ge=1)
+    perceptual_weight: float = Field(0.0, ge=0)
+    perceptual_weights: Path | None = Field(None, description="local torchvision-style weights")
+
+    @model_validator(mode="after")
+    def _perceptual_needs_weights(self) -> AELossConfig:
+        if self.perceptual_weight > 0 and self.perceptual_weights is None:
+            raise ValueError(
+                "perceptual_weight > 0 needs perceptual_weights: a local weights file "
+                "(synthgen never downloads)"
+            )
+        return self
+
+
+class AEStage(StrictModel):
+    """An autoencoder stage without its data and output (the demo supplies those)."""
+
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
+    loss: AELossConfig = AELossConfig()
+    train: TrainConfig = TrainConfig()
+    val_images: int = Field(256, ge=1, description="held-out images scored at each checkpoint")
+    scale_batches: int = Field(20, ge=1, description="batches measured for the latent scale")
+
+
+class AETrainConfig(AEStage):
+    """`synthgen train ae`: a stage plus its data and run folder."""
+
+    stage: Literal["ae"] = "ae"
+    data: DataConfig
+    out: Path
+
+
 class DemoConfig(StrictModel):
-    """The built-in demo: which phantom sets to make and check."""
+    """The built-in demo: phantom sets to make and check, and an autoencoder for each."""
 
     datasets: dict[str, PhantomConfig] = Field(
         default_factory=lambda: {
-            "chest2d": PhantomConfig(kind="chest2d", n=1000, size=64),
-            "brain3d": PhantomConfig(kind="brain3d", n=100, size=32),
+            "chest2d": PhantomConfig(
+                kind="chest2d", n=2000, size=64, shortcut=0.9, hidden_stratum=0.1, write_clean=True
+            ),
+            "brain3d": PhantomConfig(kind="brain3d", n=400, size=32, write_clean=True),
         }
     )
+    autoencoders: dict[str, AEStage] = Field(
+        default_factory=lambda: {
+            "chest2d": AEStage(
+                autoencoder=AutoencoderConfig(channels=(32, 64), latent_channels=2),
+                train=TrainConfig(
+                    steps=1500,
+                    batch_size=16,
+                    lr=2e-3,
+                    ema_decay=0.99,
+                    checkpoint_every=500,
+                    max_minutes=10,
+                ),
+            ),
+            "brain3d": AEStage(
+                autoencoder=AutoencoderConfig(channels=(16, 32), latent_channels=2),
+                train=TrainConfig(
+                    steps=800,
+                    batch_size=4,
+                    lr=2e-3,
+                    ema_decay=0.99,
+                    checkpoint_every=400,
+                    max_minutes=6,
+                ),
+            ),
+        }
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_datasets_own_stages(cls, data: Any) -> Any:
+        """A config that lists its own datasets gets no default stages for the built-in ones."""
+        if isinstance(data, Mapping) and "datasets" in data and "autoencoders" not in data:
+            return {**data, "autoencoders": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _stages_name_datasets(self) -> DemoConfig:
+        unknown = sorted(set(self.autoencoders) - set(self.datasets))
+        if unknown:
+            raise ValueError(f"autoencoders {unknown} name no dataset")
+        return self
 
 
 def format_validation_error(err: ValidationError, where: str) -> str:

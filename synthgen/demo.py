@@ -1,41 +1,150 @@
 """`synthgen demo`: the whole workflow on built-in phantoms, reusing stages already finished.
 
-Each stage's output folder is named by a hash of its config, so a re-run with the same config
-finds it complete (folders appear atomically) and a changed config makes a new one.
+Each stage's output folder is named by a hash of everything it depends on (its config and its
+inputs' configs), so a re-run with the same config finds it complete (folders appear
+atomically; a training run is complete when its newest checkpoint is final) and a changed
+config makes a new one. An unfinished training run is resumed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-from synthgen.config import DemoConfig, PhantomConfig, dump_config
+import numpy as np
+from pydantic import BaseModel
+
+from synthgen.config import AETrainConfig, DataConfig, DemoConfig, dump_config
 from synthgen.data.check import check_manifest, print_summary
-from synthgen.data.manifest import load_manifest
+from synthgen.data.dataset import split_rows
+from synthgen.data.intensity import to_model, window_for
+from synthgen.data.manifest import Manifest, load_manifest
 from synthgen.data.phantoms import generate_phantoms
 
 
-def stage_dir(root: Path, name: str, cfg: PhantomConfig) -> Path:
-    """Content-addressed folder for one stage: `root/name-<hash of the resolved config>`."""
-    digest = hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:12]
+def stage_dir(root: Path, name: str, *configs: BaseModel) -> Path:
+    """Content-addressed folder for one stage: `root/name-<hash of the resolved configs>`."""
+    digest = hashlib.sha256("".join(dump_config(c) for c in configs).encode()).hexdigest()[:12]
     return root / f"{name}-{digest}"
 
 
+@dataclass
+class Row:
+    """One dataset's line in the final summary."""
+
+    name: str
+    images: int
+    psnr: float | None = None
+    ssim: float | None = None
+    noise_floor: float | None = None
+    latent: str = "-"
+    minutes: float | None = None
+    cache: str = "-"
+
+
+def noise_floor_psnr(manifest: Manifest, split: str, limit: int) -> float | None:
+    """Mean PSNR between held-out phantoms and their noise-free versions (None without them)."""
+    if not manifest.has("clean"):
+        return None
+    values = []
+    for row in split_rows(manifest, split)[:limit]:
+        image = manifest.image(row).array
+        clean = manifest.read(row, "clean").array
+        window = window_for(image, manifest.schema.intensity)
+        mse = float(np.mean((to_model(image, window) - to_model(clean, window)) ** 2))
+        values.append(10 * np.log10(4.0 / mse))
+    return float(np.mean(values))
+
+
+def _stage(fresh: bool, path: Path, label: str) -> bool:
+    """Whether `path` must be (re)made; with --fresh, remove it first."""
+    if fresh and path.exists():
+        shutil.rmtree(path)
+    if path.exists():
+        print(f"[{label}] reusing {path}")
+        return False
+    return True
+
+
 def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
-    """Generate (or reuse) each configured phantom set, check it, and print its summary."""
+    """Phantoms -> data check -> autoencoder -> latent cache for each configured dataset."""
+    from synthgen.engine.autoencoder import describe, train_autoencoder
+    from synthgen.engine.checkpoint import checkpoint_hash, list_checkpoints
+    from synthgen.engine.encode import encode_manifest
+
+    rows = []
     for name, phantom_cfg in cfg.datasets.items():
-        target = stage_dir(out / "data", name, phantom_cfg)
-        if fresh and target.exists():
-            shutil.rmtree(target)
-        if target.exists():
-            print(f"[{name}] reusing {target}")
-        else:
+        data = stage_dir(out / "data", name, phantom_cfg)
+        if _stage(fresh, data, name):
             print(f"[{name}] generating {phantom_cfg.n} {phantom_cfg.kind} phantoms")
-            generate_phantoms(phantom_cfg, target)
-        manifest = load_manifest(target / "manifest.csv")
+            generate_phantoms(phantom_cfg, data)
+        manifest = load_manifest(data / "manifest.csv")
         result = check_manifest(manifest, show_progress=True)
         print_summary(manifest, result)
         if result.problems:
             raise RuntimeError(f"the demo's own {name} phantoms failed the data check")
-    print(f"demo finished: datasets under {out / 'data'}")
+        row = Row(name, len(manifest))
+        rows.append(row)
+        stage = cfg.autoencoders.get(name)
+        if stage is None:
+            continue
+        run = stage_dir(out / "runs", f"ae-{name}", phantom_cfg, stage)
+        ae_cfg = AETrainConfig(
+            **stage.model_dump(), data=DataConfig(manifest=data / "manifest.csv"), out=run
+        )
+        if fresh and run.exists():
+            shutil.rmtree(run)
+        done = list_checkpoints(run)
+        if done and done[-1].meta.get("final"):
+            print(f"[ae-{name}] reusing {done[-1].path}")
+            checkpoint = done[-1]
+        else:
+            verb = "resuming" if done else "training"
+            limit = stage.train.max_minutes
+            print(
+                f"[ae-{name}] {verb} the autoencoder ({stage.train.steps} steps, {limit} min max)"
+            )
+            checkpoint = train_autoencoder(ae_cfg, resume=bool(done))
+        print(f"[ae-{name}] {describe(checkpoint)}")
+        cache = out / "cache" / f"{name}-{checkpoint_hash(checkpoint)[:12]}"
+        if _stage(False, cache, f"cache-{name}"):
+            encode_manifest(checkpoint.path, data / "manifest.csv", cache)
+        metrics = checkpoint.meta["metrics"]
+        row.psnr, row.ssim = metrics["psnr"], metrics["ssim"]
+        row.noise_floor = noise_floor_psnr(manifest, ae_cfg.data.val_split, stage.val_images)
+        row.latent = "x".join(str(v) for v in checkpoint.meta["latent_shape"])
+        row.minutes = checkpoint.meta["train_seconds"] / 60
+        row.cache = str(cache)
+    print_rows(rows)
+    print(f"demo finished: everything is under {out}")
+
+
+def print_rows(rows: list[Row]) -> None:
+    """The final summary table: one line per dataset."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    table = Table(title="demo summary", title_justify="left")
+    headers = ("dataset", "images", "AE PSNR dB", "noise floor dB", "SSIM", "latent", "train min")
+    for header in headers:
+        table.add_column(header)
+    for r in rows:
+        table.add_row(
+            r.name,
+            str(r.images),
+            fmt(r.psnr, ".2f"),
+            fmt(r.noise_floor, ".2f"),
+            fmt(r.ssim, ".3f"),
+            r.latent,
+            fmt(r.minutes, ".1f"),
+        )
+    console = Console(soft_wrap=True)
+    console.print(table)
+    for r in rows:
+        if r.cache != "-":
+            console.print(f"{r.name} latent cache: {r.cache}")

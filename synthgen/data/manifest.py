@@ -6,6 +6,7 @@ paths are resolved against the manifest's folder (the data root) and may not lea
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import pandas as pd
 
 from synthgen.config import InputError
 from synthgen.data.io import Image, ImageReadError, read_image
-from synthgen.data.schema import Schema, load_schema, parse_value
+from synthgen.data.schema import Schema, dump_schema, load_schema, parse_value
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 
@@ -66,6 +67,12 @@ class Manifest:
             raise InputError(f"{self.where(row, column, value)}: path leaves the dataset root")
         return Path(joined)
 
+    def fingerprint(self) -> str:
+        """sha256 of the manifest file and the schema: what a model or cache was made from."""
+        digest = hashlib.sha256(self.path.read_bytes())
+        digest.update(dump_schema(self.schema).encode())
+        return digest.hexdigest()
+
     def value(self, row: int, column: str) -> str | float | None:
         """The cell checked against the schema: level, number, text, or None when empty."""
         try:
@@ -73,7 +80,8 @@ class Manifest:
         except ValueError as e:
             raise InputError(f"{self.where(row, column)}: {e}") from None
 
-    def _read(self, row: int, column: str) -> Image | None:
+    def read(self, row: int, column: str) -> Image | None:
+        """The decoded, finite image in any file column of the row (None when empty)."""
         path = self.file(row, column)
         if path is None:
             return None
@@ -91,7 +99,7 @@ class Manifest:
 
     def image(self, row: int) -> Image:
         """The row's decoded, finite image."""
-        image = self._read(row, self.schema.image_column)
+        image = self.read(row, self.schema.image_column)
         if image is None:
             raise InputError(f"{self.where(row, self.schema.image_column)}: missing value")
         return image
@@ -99,7 +107,7 @@ class Manifest:
     def mask(self, row: int, column: str, shape: tuple[int, ...]) -> np.ndarray | None:
         """The row's label map in `column` as int64 (None when empty), checked against `shape`
         and the schema's labels."""
-        image = self._read(row, column)
+        image = self.read(row, column)
         if image is None:
             return None
         where = self.where(row, column, self.cell(row, column))

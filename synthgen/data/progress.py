@@ -1,48 +1,76 @@
-"""Progress bars for long loops, drawn on stderr so stdout stays clean for tables and pipes."""
+"""Progress bars for long loops, drawn on stderr so stdout stays clean for tables and pipes.
+
+A live bar only makes sense on a terminal; in logs (CI, SLURM) it would leave blank lines, so
+off a terminal nothing is drawn.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
+class Bar:
+    """Count, a free text field (e.g. the loss), items/s, elapsed and time left."""
+
+    def __init__(
+        self, total: int, description: str, unit: str = "it", completed: int = 0, show: bool = True
+    ) -> None:
+        self._progress: Any = None
+        if not show:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class RateColumn(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                return Text(f"{task.speed:.1f} {unit}/s" if task.speed else f"- {unit}/s")
+
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, completed=completed, info="")
+
+    def update(self, completed: int, info: str = "") -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=completed, info=info)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
 def progress(items: Iterable[T], total: int, description: str, show: bool = True) -> Iterator[T]:
-    """Yield `items` while showing count, items/s, elapsed and time left (nothing if not `show`)."""
-    if not show:
-        yield from items
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task) -> Text:  # type: ignore[no-untyped-def]
-            return Text(f"{task.speed:.1f}/s" if task.speed else "  -/s")
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    console = Console(stderr=True)
-    # A live bar only makes sense on a terminal; in logs it would leave blank lines.
-    live = console.is_terminal
-    with Progress(*columns, console=console, transient=True, disable=not live) as bar:
-        task = bar.add_task(description, total=total)
-        for item in items:
+    """Yield `items` while a `Bar` counts them."""
+    bar = Bar(total, description, show=show)
+    try:
+        for done, item in enumerate(items, start=1):
             yield item
-            bar.advance(task)
+            bar.update(done)
+    finally:
+        bar.close()

@@ -1,0 +1,213 @@
+"""The autoencoder stage: `synthgen train ae`, and loading a trained autoencoder.
+
+Loss: L1 + KL (+ PatchGAN after a warm-up, + perceptual with local weights). Each checkpoint
+records held-out PSNR/SSIM and a grid of originals over reconstructions (middle slices in 3D);
+the final one also records the latent scale factor (1/std of sampled latents) and latent shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from synthgen.config import AETrainConfig, InputError, dump_config, load_config
+from synthgen.data.dataset import load_images
+from synthgen.data.io import write_png
+from synthgen.data.manifest import load_manifest
+from synthgen.engine.checkpoint import Checkpoint, list_checkpoints, open_checkpoint
+from synthgen.engine.trainer import Optimize, Trainer
+from synthgen.models.autoencoder import (
+    build_autoencoder,
+    build_discriminator,
+    build_perceptual_loss,
+    kl_loss,
+)
+
+KIND = "autoencoder"
+GRID_IMAGES = 8
+# Keys that may change between a run and its --resume (they do not change what is trained).
+RESUMABLE_CHANGES = ("steps", "max_minutes", "checkpoint_every", "log_every", "keep_last")
+
+
+class AutoencoderTask:
+    """L1 + KL (+ adversarial, + perceptual) training of one autoencoder."""
+
+    kind = KIND
+
+    def __init__(
+        self, cfg: AETrainConfig, spatial_dims: int, val: torch.Tensor, train: torch.Tensor
+    ):
+        self.cfg = cfg
+        self.val = val
+        self.train_images = train
+        self.modules: dict[str, nn.Module] = {
+            "model": build_autoencoder(cfg.autoencoder, spatial_dims)
+        }
+        self.adversarial = cfg.loss.adversarial_weight > 0
+        if self.adversarial:
+            from monai.losses import PatchAdversarialLoss
+
+            self.modules["discriminator"] = build_discriminator(cfg.loss, spatial_dims)
+            self.adv_loss = PatchAdversarialLoss(criterion="least_squares")
+        self.perceptual = (
+            build_perceptual_loss(cfg.loss, spatial_dims)
+            if cfg.loss.perceptual_weight > 0
+            else None
+        )
+
+    def training_step(self, batch: Any, step: int, optimize: Optimize) -> dict[str, float]:
+        (x,) = batch
+        ae = self.modules["model"]
+        recon, mu, sigma = ae(x)
+        l1 = (recon - x).abs().mean()
+        kl = kl_loss(mu, sigma)
+        loss = l1 + self.cfg.loss.kl_weight * kl
+        logs = {"l1": l1.item(), "kl": kl.item()}
+        if self.perceptual is not None:
+            perceptual = self.perceptual(recon.float(), x.float())
+            loss = loss + self.cfg.loss.perceptual_weight * perceptual
+            logs["perceptual"] = perceptual.item()
+        adversarial_on = self.adversarial and step >= self.cfg.loss.adversarial_start
+        if adversarial_on:
+            disc = self.modules["discriminator"]
+            disc.requires_grad_(False)
+            generator = self.adv_loss(disc(recon)[-1], target_is_real=True, for_discriminator=False)
+            disc.requires_grad_(True)
+            loss = loss + self.cfg.loss.adversarial_weight * generator
+            logs["g_adv"] = generator.item()
+        optimize("model", loss)
+        if adversarial_on:
+            fake = self.adv_loss(
+                disc(recon.detach())[-1], target_is_real=False, for_discriminator=True
+            )
+            real = self.adv_loss(disc(x)[-1], target_is_real=True, for_discriminator=True)
+            d_loss = 0.5 * (fake + real)
+            optimize("discriminator", self.cfg.loss.adversarial_weight * d_loss)
+            logs["d_adv"] = d_loss.item()
+        logs["loss"] = loss.item()
+        return logs
+
+    def validate(self, model: nn.Module, out_dir: Path) -> dict[str, float]:
+        from torchmetrics.functional.image import (
+            peak_signal_noise_ratio,
+            structural_similarity_index_measure,
+        )
+
+        recon = reconstruct(model, self.val)
+        dims = tuple(range(1, self.val.dim()))
+        psnr = peak_signal_noise_ratio(recon, self.val, data_range=2.0, reduction="none", dim=dims)
+        ssim = structural_similarity_index_measure(recon, self.val, data_range=2.0)
+        write_png(
+            out_dir / "reconstructions.png", grid(self.val[:GRID_IMAGES], recon[:GRID_IMAGES])
+        )
+        return {"psnr": float(psnr.mean()), "ssim": float(ssim)}
+
+    def final_meta(self, model: nn.Module) -> dict[str, Any]:
+        """Latent scale (1/std over up to `scale_batches` batches of sampled latents) and shape."""
+        device = next(model.parameters()).device
+        size = self.cfg.train.batch_size
+        generator = torch.Generator().manual_seed(self.cfg.train.seed)
+        latents = []
+        for start in range(0, min(len(self.train_images), size * self.cfg.scale_batches), size):
+            x = self.train_images[start : start + size].to(device)
+            mu, sigma = model.encode(x)
+            noise = torch.randn(mu.shape, generator=generator).to(device)
+            latents.append((mu + sigma * noise).float().cpu())
+        z = torch.cat(latents)
+        return {"scale_factor": float(1.0 / z.std()), "latent_shape": list(z.shape[1:])}
+
+
+def reconstruct(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Decode the latent means of `images` in batches (deterministic: no sampling)."""
+    device = next(model.parameters()).device
+    parts = [
+        model.reconstruct(images[i : i + batch_size].to(device)).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(parts).clamp(-1, 1)
+
+
+def grid(originals: torch.Tensor, recons: torch.Tensor) -> np.ndarray:
+    """8-bit image: originals on top, reconstructions below (middle slice of 3D volumes)."""
+
+    def row(batch: torch.Tensor) -> np.ndarray:
+        images = batch[:, 0]
+        if images.dim() == 4:
+            images = images[:, images.shape[1] // 2]
+        return torch.cat(list(images), dim=1).numpy()
+
+    both = np.concatenate([row(originals), row(recons)], axis=0)
+    return np.round((np.clip(both, -1, 1) + 1) * 127.5).astype(np.uint8)
+
+
+def _check_resumable(previous: Checkpoint, cfg: AETrainConfig) -> None:
+    before = load_config(AETrainConfig, previous.path / "config.yaml").model_dump(mode="json")
+    now = cfg.model_dump(mode="json")
+    for key in RESUMABLE_CHANGES:
+        before["train"].pop(key), now["train"].pop(key)
+    for section in now:
+        if before.get(section) != now[section]:
+            raise InputError(
+                f"--resume: `{section}` differs from the run in {previous.path.parent.parent}; "
+                "only train.steps, max_minutes, checkpoint_every, log_every, keep_last may change"
+            )
+
+
+def train_autoencoder(
+    cfg: AETrainConfig, resume: bool = False, show_progress: bool = True
+) -> Checkpoint:
+    """Run the autoencoder stage into `cfg.out`; return its final checkpoint."""
+    if cfg.autoencoder.kind == "none":
+        raise InputError(
+            "autoencoder.kind is none: there is nothing to train (diffusion uses pixels)"
+        )
+    previous = list_checkpoints(cfg.out)
+    if previous and not resume:
+        raise InputError(
+            f"{cfg.out}: already holds checkpoints; pass --resume or choose another out"
+        )
+    if resume and not previous:
+        raise InputError(f"{cfg.out}: no checkpoint to resume from")
+    if resume:
+        _check_resumable(previous[-1], cfg)
+    manifest = load_manifest(cfg.data.manifest, cfg.data.schema_file)
+    train, _ = load_images(manifest, cfg.data.train_split, show=show_progress)
+    val, _ = load_images(manifest, cfg.data.val_split, limit=cfg.val_images, show=show_progress)
+    spatial_dims = train.dim() - 2
+    torch.manual_seed(cfg.train.seed)
+    task = AutoencoderTask(cfg, spatial_dims, val, train)
+    meta = {
+        "data_fingerprint": manifest.fingerprint(),
+        "spatial_dims": spatial_dims,
+        "image_shape": list(train.shape[2:]),
+        "schema": manifest.schema.model_dump(mode="json", exclude_defaults=True),
+        "train_images": len(train),
+    }
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg.train, cfg.out, dump_config(cfg), meta, show_progress)
+    return trainer.fit(task, TensorDataset(train), resume=previous[-1] if resume else None)
+
+
+def load_autoencoder(path: Path, ema: bool = True) -> tuple[nn.Module, Checkpoint]:
+    """A trained autoencoder (EMA weights by default) in eval mode, with its checkpoint."""
+    checkpoint = open_checkpoint(path, kind=KIND)
+    cfg = load_config(AETrainConfig, checkpoint.path / "config.yaml")
+    model = build_autoencoder(cfg.autoencoder, int(checkpoint.meta["spatial_dims"]))
+    model.load_state_dict(checkpoint.weights("model", ema=ema))
+    return model.eval(), checkpoint
+
+
+def describe(checkpoint: Checkpoint) -> str:
+    """One line: step, held-out PSNR/SSIM, latent shape and scale."""
+    m = checkpoint.meta
+    metrics = m.get("metrics", {})
+    return (
+        f"step {m['step']}: PSNR {metrics.get('psnr', float('nan')):.2f} dB, "
+        f"SSIM {metrics.get('ssim', float('nan')):.3f}, latent {m.get('latent_shape')}, "
+        f"scale {m.get('scale_factor', float('nan')):.3f}"
+    )

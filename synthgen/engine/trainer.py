@@ -1,0 +1,366 @@
+"""The one training loop every stage uses, built on accelerate.
+
+A stage supplies a `Task`: its modules, the losses for a batch, validation, and what to
+record at the end. The trainer owns the rest: devices and processes, mixed precision,
+gradient accumulation and clipping, EMA, seeded data order, checkpoints (every N steps, on
+SIGINT/SIGTERM, at the end), exact resume, metrics (JSONL + TensorBoard), the progress bar,
+and stopping on a non-finite loss.
+
+Data position is derived from the step: with `drop_last`, every epoch has the same number of
+optimizer steps, so step k resumes at epoch k // steps_per_epoch and the batch after it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from synthgen.config import InputError, TrainConfig
+from synthgen.data.progress import Bar
+from synthgen.engine.checkpoint import (
+    Checkpoint,
+    list_checkpoints,
+    load_state,
+    save_checkpoint,
+    versions,
+)
+
+Optimize = Callable[[str, torch.Tensor], None]
+
+
+class TrainingDiverged(InputError):
+    """A non-finite loss: the run stops, keeping its last good checkpoint."""
+
+
+class Interrupted(Exception):
+    """Raised once the checkpoint a SIGINT/SIGTERM asked for is safely written."""
+
+
+class Task(Protocol):
+    """What a stage gives the trainer. `modules["model"]` is the one EMA tracks and stages load."""
+
+    kind: str
+    modules: dict[str, nn.Module]
+
+    def training_step(self, batch: Any, step: int, optimize: Optimize) -> dict[str, float]:
+        """Compute losses; call `optimize(module_name, loss)` once per module to update."""
+
+    def validate(self, model: nn.Module, out_dir: Path) -> dict[str, float]:
+        """Score `model` (the EMA copy when on) on held-out data; may write files to `out_dir`."""
+
+    def final_meta(self, model: nn.Module) -> dict[str, Any]:
+        """Extra `meta.json` entries measured when training ends (e.g. the latent scale)."""
+
+
+class EpochShuffle(Sampler[int]):
+    """A permutation that depends only on (seed, epoch), never on the global RNG."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+class StopSignal:
+    """Records SIGINT/SIGTERM so the loop can checkpoint at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+
+class Trainer:
+    """Runs a `Task` under `cfg`, writing checkpoints and metrics into `run_dir`."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        config_yaml: str,
+        meta: dict[str, Any],
+        show_progress: bool = True,
+    ) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.config_yaml = config_yaml
+        self.meta = meta
+        self.show_progress = show_progress
+        project = ProjectConfiguration(
+            project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "tensorboard")
+        )
+        self.acc = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum,
+            log_with="tensorboard",
+            project_config=project,
+            step_scheduler_with_optimizer=False,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.acc.device
+
+    def fit(self, task: Task, train_set: Dataset, resume: Checkpoint | None = None) -> Checkpoint:
+        """Train to `cfg.steps` optimizer steps (or `max_minutes`); return the last checkpoint."""
+        acc, cfg = self.acc, self.cfg
+        loader = DataLoader(
+            train_set,
+            batch_size=cfg.batch_size,
+            sampler=EpochShuffle(len(train_set), cfg.seed),
+            drop_last=True,
+            num_workers=cfg.num_workers,
+        )
+        if len(loader) < acc.num_processes:
+            raise InputError(
+                f"{len(train_set)} training images make less than one batch of {cfg.batch_size} "
+                "per process; lower train.batch_size"
+            )
+        names = list(task.modules)
+        optimizers = [
+            torch.optim.AdamW(
+                task.modules[n].parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            )
+            for n in names
+        ]
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, self._warmup) for o in optimizers]
+        prepared = acc.prepare(*task.modules.values(), *optimizers, loader)
+        run = _Run(
+            modules=dict(zip(names, prepared[: len(names)], strict=True)),
+            optimizers=dict(zip(names, prepared[len(names) : 2 * len(names)], strict=True)),
+            schedulers=dict(zip(names, schedulers, strict=True)),
+            loader=prepared[-1],
+        )
+        task.modules = run.modules
+        model = acc.unwrap_model(run.modules["model"])
+        if cfg.ema_decay:
+            ema_fn = get_ema_multi_avg_fn(cfg.ema_decay)
+            run.ema = AveragedModel(model, multi_avg_fn=ema_fn, use_buffers=True)
+        torch.manual_seed(cfg.seed * 1_000_003 + 7919 * (acc.process_index + 1))
+        step = self._restore(resume, run) if resume is not None else 0
+        self._seconds_before = float(resume.meta.get("train_seconds", 0.0)) if resume else 0.0
+        self._started = time.monotonic()
+        acc.init_trackers("train")
+        try:
+            with StopSignal() as stop:
+                return self._loop(task, run, step, stop)
+        finally:
+            acc.end_training()
+
+    def _warmup(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.cfg.warmup_steps) if self.cfg.warmup_steps else 1.0
+
+    def _loop(self, task: Task, run: _Run, step: int, stop: StopSignal) -> Checkpoint:
+        acc, cfg = self.acc, self.cfg
+        steps_per_epoch = math.ceil(len(run.loader) / cfg.grad_accum)
+        self.meta = {
+            **self.meta,
+            "processes": acc.num_processes,
+            "steps_per_epoch": steps_per_epoch,
+        }
+        stepped: list[str] = []
+
+        def optimize(name: str, loss: torch.Tensor) -> None:
+            self._check_finite(loss, step + 1, name)
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.grad_clip:
+                acc.clip_grad_norm_(run.modules[name].parameters(), cfg.grad_clip)
+            run.optimizers[name].step()
+            run.optimizers[name].zero_grad(set_to_none=True)
+            stepped.append(name)
+
+        bar = Bar(
+            cfg.steps, "train", "step", step, self.show_progress and acc.is_local_main_process
+        )
+        sums: dict[str, float] = {}
+        count = 0
+        for module in run.modules.values():
+            module.train()
+        try:
+            while True:
+                epoch, offset = divmod(step, steps_per_epoch)
+                run.loader.set_epoch(epoch)
+                skip = offset * cfg.grad_accum
+                batches = acc.skip_first_batches(run.loader, skip) if skip else run.loader
+                for batch in batches:
+                    with acc.accumulate(*run.modules.values()):
+                        logs = task.training_step(batch, step, optimize)
+                    if not acc.sync_gradients:
+                        continue
+                    for name in dict.fromkeys(stepped):
+                        run.schedulers[name].step()
+                    stepped.clear()
+                    step += 1
+                    if run.ema is not None:
+                        run.ema.update_parameters(acc.unwrap_model(run.modules["model"]))
+                    count += 1
+                    for key, value in logs.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    bar.update(step, " ".join(f"{k} {v:.4g}" for k, v in logs.items()))
+                    if step % cfg.log_every == 0:
+                        self._log(step, epoch, {k: v / count for k, v in sums.items()})
+                        sums, count = {}, 0
+                    limit = cfg.max_minutes
+                    out_of_time = limit is not None and self._train_seconds() > limit * 60
+                    final = step >= cfg.steps or out_of_time or stop.received is not None
+                    if final or step % cfg.checkpoint_every == 0:
+                        last = self._checkpoint(task, run, step, epoch, final)
+                    if stop.received is not None:
+                        raise Interrupted(
+                            f"signal {stop.received}: checkpoint saved at {last.path}"
+                        )
+                    if final:
+                        return last
+        finally:
+            bar.close()
+
+    def _train_seconds(self) -> float:
+        """Training wall time so far, across resumes (what `max_minutes` limits)."""
+        return self._seconds_before + time.monotonic() - self._started
+
+    def _check_finite(self, loss: torch.Tensor, step: int, name: str) -> None:
+        finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        if self.acc.num_processes > 1:
+            finite = self.acc.gather(finite)
+        if not bool(finite.all()):
+            kept = list_checkpoints(self.run_dir)
+            where = f"last good checkpoint: {kept[-1].path}" if kept else "no checkpoint yet"
+            raise TrainingDiverged(f"step {step}: the {name} loss is not finite; stopped ({where})")
+
+    def _log(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        if not self.acc.is_main_process:
+            return
+        self.acc.log(values, step=step)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
+
+    def _checkpoint(self, task: Task, run: _Run, step: int, epoch: int, final: bool) -> Checkpoint:
+        """Validate (main process), then write weights, metrics and every process's RNG state."""
+        from accelerate.utils import gather_object
+
+        acc = self.acc
+        rng_states = gather_object([_rng_state()])
+        path = None
+        if acc.is_main_process:
+            scored = (
+                run.ema.module if run.ema is not None else acc.unwrap_model(run.modules["model"])
+            )
+            scored.eval()
+            with torch.no_grad(), tempfile.TemporaryDirectory() as staging:
+                metrics = task.validate(scored, Path(staging))
+                extra = task.final_meta(scored) if final else {}
+                artifacts = {p.name: p.read_bytes() for p in sorted(Path(staging).iterdir())}
+            scored.train()
+            meta = {
+                **self.meta,
+                **extra,
+                "kind": task.kind,
+                "epoch": epoch,
+                "final": final,
+                "train_seconds": round(self._train_seconds(), 3),
+                "metrics": metrics,
+                "versions": versions(),
+            }
+            path = save_checkpoint(
+                self.run_dir,
+                step,
+                weights=run.weights(acc),
+                meta=meta,
+                config_yaml=self.config_yaml,
+                state=run.state(rng_states),
+                extras=artifacts,
+                keep_last=self.cfg.keep_last,
+            )
+            self._log(step, epoch, {f"val/{k}": v for k, v in metrics.items()})
+        acc.wait_for_everyone()
+        return list_checkpoints(self.run_dir)[-1] if path is None else Checkpoint.open(path)
+
+    def _restore(self, checkpoint: Checkpoint, run: _Run) -> int:
+        acc = self.acc
+        for name, module in run.modules.items():
+            acc.unwrap_model(module).load_state_dict(checkpoint.weights(name, ema=False))
+        for name, opt in run.optimizers.items():
+            opt.load_state_dict(load_state(checkpoint, f"optimizer-{name}"))
+        for name, sched in run.schedulers.items():
+            sched.load_state_dict(load_state(checkpoint, f"scheduler-{name}"))
+        if run.ema is not None:
+            run.ema.module.load_state_dict(checkpoint.weights("ema", ema=False))
+            run.ema.n_averaged.copy_(load_state(checkpoint, "ema-steps"))
+        rng = load_state(checkpoint, "rng")
+        if len(rng) != acc.num_processes:
+            raise InputError(
+                f"{checkpoint.path}: saved by {len(rng)} process(es); resume with the same number"
+            )
+        _set_rng_state(rng[acc.process_index])
+        return checkpoint.step
+
+
+class _Run:
+    """The prepared objects of one fit: modules, optimizers, schedules, loader, EMA."""
+
+    def __init__(self, modules, optimizers, schedulers, loader) -> None:  # type: ignore[no-untyped-def]
+        self.modules: dict[str, nn.Module] = modules
+        self.optimizers: dict[str, torch.optim.Optimizer] = optimizers
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = schedulers
+        self.loader = loader
+        self.ema: AveragedModel | None = None
+
+    def weights(self, acc: Any) -> dict[str, dict[str, torch.Tensor]]:
+        out = {n: acc.unwrap_model(m).state_dict() for n, m in self.modules.items()}
+        if self.ema is not None:
+            out["ema"] = self.ema.module.state_dict()
+        return out
+
+    def state(self, rng_states: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        state: dict[str, Any] = {"rng": rng_states}
+        state.update({f"optimizer-{n}": o.state_dict() for n, o in self.optimizers.items()})
+        state.update({f"scheduler-{n}": s.state_dict() for n, s in self.schedulers.items()})
+        if self.ema is not None:
+            state["ema-steps"] = self.ema.n_averaged
+        return state
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,1 @@
+"""Builders for the networks every stage trains, from typed config."""
