@@ -194,7 +194,12 @@ class Trainer:
         stepped: list[str] = []
 
         def optimize(name: str, loss: torch.Tensor) -> None:
-            self._check_finite(loss, step + 1, name)
+            if not self._all_finite(loss):
+                kept = list_checkpoints(self.run_dir)
+                where = f"last good checkpoint: {kept[-1].path}" if kept else "no checkpoint yet"
+                raise TrainingDiverged(
+                    f"step {step + 1}: the {name} loss is not finite; stopped ({where})"
+                )
             acc.backward(loss)
             if acc.sync_gradients and cfg.grad_clip:
                 acc.clip_grad_norm_(run.modules[name].parameters(), cfg.grad_clip)
@@ -235,10 +240,12 @@ class Trainer:
                         sums, count = {}, 0
                     limit = cfg.max_minutes
                     out_of_time = limit is not None and self._train_seconds() > limit * 60
-                    final = step >= cfg.steps or out_of_time or stop.received is not None
+                    # Processes see signals and clocks at different steps; they must agree.
+                    stopping = self._any(stop.received is not None)
+                    final = step >= cfg.steps or self._any(out_of_time) or stopping
                     if final or step % cfg.checkpoint_every == 0:
                         last = self._checkpoint(task, run, step, epoch, final)
-                    if stop.received is not None:
+                    if stopping:
                         raise Interrupted(
                             f"signal {stop.received}: checkpoint saved at {last.path}"
                         )
@@ -247,18 +254,20 @@ class Trainer:
         finally:
             bar.close()
 
+    def _any(self, flag: bool) -> bool:
+        """True when `flag` is true on any process."""
+        if self.acc.num_processes == 1:
+            return flag
+        flags = self.acc.gather(torch.tensor([float(flag)], device=self.acc.device))
+        return bool(flags.any())
+
     def _train_seconds(self) -> float:
         """Training wall time so far, across resumes (what `max_minutes` limits)."""
         return self._seconds_before + time.monotonic() - self._started
 
-    def _check_finite(self, loss: torch.Tensor, step: int, name: str) -> None:
-        finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
-        if self.acc.num_processes > 1:
-            finite = self.acc.gather(finite)
-        if not bool(finite.all()):
-            kept = list_checkpoints(self.run_dir)
-            where = f"last good checkpoint: {kept[-1].path}" if kept else "no checkpoint yet"
-            raise TrainingDiverged(f"step {step}: the {name} loss is not finite; stopped ({where})")
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every process (all stop together, or none)."""
+        return not self._any(not bool(torch.isfinite(loss.detach()).all()))
 
     def _log(self, step: int, epoch: int, values: dict[str, float]) -> None:
         if not self.acc.is_main_process:
