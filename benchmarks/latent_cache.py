@@ -250,20 +250,22 @@ def main() -> None:
         f"  diffusion UNet: channels {UNET_CHANNELS}, attention at the deepest level, 1 res "
         f"block, 16 groups, DDPM 1000 steps, epsilon objective, AdamW lr {UNET_LR}\n"
     )
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         start = time.perf_counter()
         phantoms = PhantomConfig(kind="chest2d", n=setup.cases, size=SIZE, seed=SEED)
         manifest_path = generate_phantoms(phantoms, root / "data", show_progress=False)
-        rows.append(("generate phantoms (setup)", time.perf_counter() - start, float("nan")))
+        rows.append(("generate phantoms (setup)", time.perf_counter() - start, "-"))
         manifest = load_manifest(manifest_path)
         train = load_images(manifest, "train")[0]
         val = load_images(manifest, "val", limit=stage.val_images)[0]
 
         synthgen, bare = [], []
         for r in range(setup.rounds):
-            timing, checkpoint = synthgen_run(manifest_path, root / f"ae-{r}", setup.ae_steps, train, val)
+            timing, checkpoint = synthgen_run(
+                manifest_path, root / f"ae-{r}", setup.ae_steps, train, val
+            )
             synthgen.append(timing)
             bare.append(bare_run(setup.ae_steps, train))
 
@@ -272,7 +274,7 @@ def main() -> None:
             checkpoint.path, manifest_path, root / "cache", show_progress=False
         )
         encode_s = time.perf_counter() - start
-        rows.append(("encode_manifest (one-time)", encode_s, len(manifest) / encode_s))
+        rows.append(("encode_manifest (one-time)", encode_s, f"{len(manifest) / encode_s:.1f} img"))
         cache = open_cache(cache_path, checkpoint_hash(checkpoint), manifest.fingerprint())
 
         order = torch.randperm(len(manifest), generator=torch.Generator().manual_seed(SEED))
@@ -282,10 +284,10 @@ def main() -> None:
             reencoded.append(reencoding_epoch(manifest, checkpoint, order, batch))
 
     for timing in synthgen + bare + cached + reencoded:
-        rows.append((timing.name, timing.seconds, timing.rate))
-    print(f"{'measurement':<32}{'seconds':>10}{'per s':>10}")
+        rows.append((timing.name, timing.seconds, f"{timing.rate:.2f} steps"))
+    print(f"{'measurement':<30}{'seconds':>10}  per second")
     for name, seconds, rate in rows:
-        print(f"{name:<32}{seconds:>10.2f}{rate:>10.2f}")
+        print(f"{name:<30}{seconds:>10.2f}  {rate}")
 
     fast, slow, ours, plain = best(cached), best(reencoded), best(synthgen), best(bare)
     headline = {
