@@ -153,12 +153,15 @@ def train_ae(
     from synthgen.engine.trainer import Interrupted
 
     cfg = load_config(AETrainConfig, config, overrides or [])
+    from accelerate import PartialState
+
     try:
         checkpoint = train_autoencoder(cfg, resume=resume, show_progress=not quiet)
     except Interrupted as e:
         typer.echo(f"interrupted: {e}", err=True)
         raise typer.Exit(130) from None
-    typer.echo(f"{checkpoint.path}: {describe(checkpoint)}")
+    if PartialState().is_main_process:
+        typer.echo(f"{checkpoint.path}: {describe(checkpoint)}")
 
 
 @app.command(
@@ -216,7 +219,7 @@ def main() -> None:
     from typer.exceptions import TyperException
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except InputError as e:
         fail(str(e))
     except TyperException as e:  # option parsing: bad value, unknown option or command
@@ -226,3 +229,5 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)

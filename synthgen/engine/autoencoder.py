@@ -141,20 +141,26 @@ def grid(originals: torch.Tensor, recons: torch.Tensor) -> np.ndarray:
             images = images[:, images.shape[1] // 2]
         return torch.cat(list(images), dim=1).numpy()
 
-    both = np.concatenate([row(originals), row(recons)], axis=0)
+    both = np.nan_to_num(np.concatenate([row(originals), row(recons)], axis=0), nan=-1.0)
     return np.round((np.clip(both, -1, 1) + 1) * 127.5).astype(np.uint8)
 
 
-def _check_resumable(previous: Checkpoint, cfg: AETrainConfig) -> None:
+def _check_resumable(previous: Checkpoint, cfg: AETrainConfig, fingerprint: str) -> None:
+    """Resume only the same training: same model, loss and data (wherever the files now live)."""
+    if previous.meta.get("data_fingerprint") != fingerprint:
+        raise InputError(f"--resume: the data changed since the run in {cfg.out} started")
     before = load_config(AETrainConfig, previous.path / "config.yaml").model_dump(mode="json")
     now = cfg.model_dump(mode="json")
     for key in RESUMABLE_CHANGES:
         before["train"].pop(key), now["train"].pop(key)
+    for moved in ("out", "data"):
+        before.pop(moved), now.pop(moved)
     for section in now:
         if before.get(section) != now[section]:
             raise InputError(
                 f"--resume: `{section}` differs from the run in {previous.path.parent.parent}; "
-                "only train.steps, max_minutes, checkpoint_every, log_every, keep_last may change"
+                "only train.steps, max_minutes, checkpoint_every, log_every, keep_last, the "
+                "run folder's place and the data's paths may change"
             )
 
 
@@ -173,9 +179,9 @@ def train_autoencoder(
         )
     if resume and not previous:
         raise InputError(f"{cfg.out}: no checkpoint to resume from")
-    if resume:
-        _check_resumable(previous[-1], cfg)
     manifest = load_manifest(cfg.data.manifest, cfg.data.schema_file)
+    if resume:
+        _check_resumable(previous[-1], cfg, manifest.fingerprint())
     train, _ = load_images(manifest, cfg.data.train_split, show=show_progress)
     val, _ = load_images(manifest, cfg.data.val_split, limit=cfg.val_images, show=show_progress)
     spatial_dims = train.dim() - 2

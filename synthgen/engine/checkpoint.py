@@ -164,4 +164,7 @@ def load_state(checkpoint: Checkpoint, name: str) -> Any:
     path = checkpoint.path / "state" / f"{name}.pt"
     if not path.is_file():
         raise InputError(f"{checkpoint.path}: no resume state {name!r}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError for bad files
+        raise InputError(f"{path}: unreadable resume state: {type(e).__name__}") from None

@@ -128,6 +128,9 @@ class Trainer:
             log_with="tensorboard",
             project_config=project,
             step_scheduler_with_optimizer=False,
+            # Without a GPU, ask for CPU explicitly: accelerate then runs torchrun's processes
+            # as one MULTI_CPU (gloo) job instead of N independent single-process runs.
+            cpu=not torch.cuda.is_available(),
         )
 
     @property
@@ -143,6 +146,8 @@ class Trainer:
             sampler=EpochShuffle(len(train_set), cfg.seed),
             drop_last=True,
             num_workers=cfg.num_workers,
+            # Its own generator: worker seeds must not draw on the global RNG that resume restores.
+            generator=torch.Generator().manual_seed(cfg.seed),
         )
         if len(loader) < acc.num_processes:
             raise InputError(
@@ -242,9 +247,10 @@ class Trainer:
                     out_of_time = limit is not None and self._train_seconds() > limit * 60
                     # Processes see signals and clocks at different steps; they must agree.
                     stopping = self._any(stop.received is not None)
-                    final = step >= cfg.steps or self._any(out_of_time) or stopping
+                    finished = step >= cfg.steps or self._any(out_of_time)
+                    final = finished or stopping
                     if final or step % cfg.checkpoint_every == 0:
-                        last = self._checkpoint(task, run, step, epoch, final)
+                        last = self._checkpoint(task, run, step, epoch, final, finished)
                     if stopping:
                         raise Interrupted(
                             f"signal {stop.received}: checkpoint saved at {last.path}"
@@ -276,7 +282,9 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
 
-    def _checkpoint(self, task: Task, run: _Run, step: int, epoch: int, final: bool) -> Checkpoint:
+    def _checkpoint(
+        self, task: Task, run: _Run, step: int, epoch: int, final: bool, finished: bool
+    ) -> Checkpoint:
         """Validate (main process), then write weights, metrics and every process's RNG state."""
         from accelerate.utils import gather_object
 
@@ -298,7 +306,8 @@ class Trainer:
                 **extra,
                 "kind": task.kind,
                 "epoch": epoch,
-                "final": final,
+                "final": finished,
+                "interrupted": final and not finished,
                 "train_seconds": round(self._train_seconds(), 3),
                 "metrics": metrics,
                 "versions": versions(),
