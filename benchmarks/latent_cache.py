@@ -18,7 +18,11 @@ side keeps everything the demo stage does per step (EMA, gradient clipping, logg
 steps and the final validation/checkpoint are excluded. That run's final checkpoint (a few
 steps from random init; speed does not depend on the weights) is what `encode_manifest` uses.
 
-    python benchmarks/latent_cache.py [--quick]
+On a CPU, torch runs one thread unless `--threads` says otherwise: on this small machine two
+OpenMP threads slow down some 25x as soon as another process holds a core, while one thread
+degrades gently. Both sides of each ratio always run on the same threads.
+
+    python benchmarks/latent_cache.py [--quick] [--threads N]
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ class Setup:
     rounds: int
 
 
-SETUPS = {"quick": Setup(cases=256, ae_steps=40, rounds=2), "full": Setup(2000, 150, 3)}
+SETUPS = {"quick": Setup(cases=256, ae_steps=30, rounds=2), "full": Setup(2000, 150, 3)}
 
 
 @dataclass
@@ -232,7 +236,10 @@ def reencoding_epoch(
     scale = float(checkpoint.meta["scale_factor"])
     step = DiffusionStep(int(checkpoint.meta["latent_shape"][0]))
     loader = DataLoader(
-        ManifestDataset(manifest), batch_size=batch, sampler=order.tolist(), drop_last=True
+        ManifestDataset(manifest, masks=False),
+        batch_size=batch,
+        sampler=order.tolist(),
+        drop_last=True,
     )
 
     def encode(images: torch.Tensor) -> torch.Tensor:
@@ -258,13 +265,15 @@ def best(timings: list[Timing]) -> Timing:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer cases, steps and rounds")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     setup = SETUPS["quick" if args.quick else "full"]
     stage = demo_stage()
     batch = stage.train.batch_size
     print(
         f"config: chest2d {SIZE}x{SIZE}, {setup.cases} cases, batch {batch}, device {device()}, "
-        f"{torch.get_num_threads()} torch threads\n"
+        f"torch threads {torch.get_num_threads()}\n"
         f"  autoencoder (demo chest2d): channels {stage.autoencoder.channels}, latent channels "
         f"{stage.autoencoder.latent_channels}, lr {stage.train.lr}, ema {stage.train.ema_decay}, "
         f"grad clip {stage.train.grad_clip}; {setup.ae_steps} steps alternating with as many "

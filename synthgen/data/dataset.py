@@ -4,7 +4,8 @@ Each item: `image` (1, *spatial) float32 in [-1, 1] by the schema's intensity po
 (the stored values that map to -1 and +1, so writers can invert), `masks` {column: (1, *spatial)
 int64, zeros when the cell is empty}, `text`, `labels` {column: level index, -1 if absent},
 `covariates` {column: level index or value scaled to [0, 1] by the schema's range, NaN if absent},
-`id`. An optional `transform` (e.g. a MONAI dictionary transform) is applied last.
+`id`. An optional `transform` (e.g. a MONAI dictionary transform) is applied last;
+`masks=False` skips decoding mask files for stages that only need the image.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def load_images(
     """
     from synthgen.data.progress import progress
 
-    ds = ManifestDataset(manifest, split=split)
+    ds = ManifestDataset(manifest, split=split, masks=False)
     n = len(ds) if limit is None else min(limit, len(ds))
     items = [ds[i] for i in progress(range(n), n, f"loading {split or 'all'}", show)]
     shapes = {tuple(item["image"].shape) for item in items}
@@ -71,12 +72,13 @@ class ManifestDataset(Dataset):
         manifest: Manifest,
         split: str | None = None,
         transform: Callable[[Sample], Sample] | None = None,
+        masks: bool = True,
     ) -> None:
         self.manifest = manifest
         self.transform = transform
         schema = manifest.schema
         present = [c for c in schema.columns if manifest.has(c)]
-        self.mask_columns = [c for c in present if schema.columns[c].role == "mask"]
+        self.mask_columns = [c for c in present if masks and schema.columns[c].role == "mask"]
         self.label_columns = [c for c in present if schema.columns[c].role == "label"]
         self.covariate_columns = [c for c in present if schema.columns[c].role == "covariate"]
         self.text_column = next((c for c in present if schema.columns[c].role == "text"), None)

@@ -25,7 +25,7 @@ def encode_manifest(
     """Write every row's latent mean and log-variance to a cache folder at `out`."""
     model, ckpt = load_autoencoder(checkpoint)
     manifest = load_manifest(manifest_path, schema)
-    dataset = ManifestDataset(manifest)
+    dataset = ManifestDataset(manifest, masks=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     writer = CacheWriter(
