@@ -61,6 +61,9 @@ class TrainConfig(StrictModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="after warm-up: keep lr, or cosine-decay it to 0 at `steps`"
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     ema_decay: float | None = Field(0.999, gt=0, lt=1, description="None turns EMA off")
     seed: int = 0

@@ -666,3 +666,15 @@ def test_interrupted_training_exits_with_130(tmp_path: Path, monkeypatch, capsys
     assert capsys.readouterr().err == (
         "interrupted: signal 15: checkpoint saved at RUN/checkpoints/step-00000003\n"
     )
+
+
+def test_lr_schedule_warms_up_then_decays_by_cosine(tmp_path: Path) -> None:
+    """Linear warm-up to the full rate, then cosine to zero at `steps` (or constant)."""
+    cfg = TrainConfig(steps=110, warmup_steps=10, lr_schedule="cosine")
+    factor = Trainer(cfg, tmp_path, "", {}, show_progress=False)._lr_factor
+    assert [factor(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert factor(10) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.5)
+    assert factor(110) == pytest.approx(0.0, abs=1e-12) and factor(500) == pytest.approx(0.0)
+    constant = Trainer(TrainConfig(steps=110, warmup_steps=10), tmp_path, "", {}, False)._lr_factor
+    assert constant(10) == constant(109) == 1.0

@@ -161,7 +161,7 @@ class Trainer:
             )
             for n in names
         ]
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, self._warmup) for o in optimizers]
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, self._lr_factor) for o in optimizers]
         prepared = acc.prepare(*task.modules.values(), *optimizers, loader)
         run = _Run(
             modules=dict(zip(names, prepared[: len(names)], strict=True)),
@@ -185,8 +185,15 @@ class Trainer:
         finally:
             acc.end_training()
 
-    def _warmup(self, step: int) -> float:
-        return min(1.0, (step + 1) / self.cfg.warmup_steps) if self.cfg.warmup_steps else 1.0
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up, then constant or cosine decay to 0 at `steps` (multiplies `lr`)."""
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     def _loop(self, task: Task, run: _Run, step: int, stop: StopSignal) -> Checkpoint:
         acc, cfg = self.acc, self.cfg
