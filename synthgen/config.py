@@ -149,22 +149,26 @@ class DemoConfig(StrictModel):
             "chest2d": AEStage(
                 autoencoder=AutoencoderConfig(channels=(32, 64), latent_channels=2),
                 train=TrainConfig(
-                    steps=1500,
+                    steps=1300,
                     batch_size=16,
                     lr=2e-3,
+                    lr_schedule="cosine",
                     ema_decay=0.99,
                     checkpoint_every=500,
                     max_minutes=10,
                 ),
             ),
             "brain3d": AEStage(
-                autoencoder=AutoencoderConfig(channels=(16, 32), latent_channels=2),
+                autoencoder=AutoencoderConfig(
+                    channels=(16, 32), latent_channels=2, norm_num_groups=8
+                ),
                 train=TrainConfig(
-                    steps=800,
+                    steps=700,
                     batch_size=4,
                     lr=2e-3,
+                    lr_schedule="cosine",
                     ema_decay=0.99,
-                    checkpoint_every=400,
+                    checkpoint_every=350,
                     max_minutes=6,
                 ),
             ),
