@@ -198,14 +198,21 @@ def demo(
         bool, typer.Option(help="redo finished stages instead of reusing them")
     ] = False,
 ) -> None:
-    """Run the whole workflow on built-in phantoms: generate, check and summarise each dataset.
+    """Run the workflow on built-in phantoms: generate and check each dataset, train its
+    autoencoder, cache its latents, and print a summary table.
 
-    Finished stages are reused (they are addressed by their config), unless --fresh.
+    Finished stages are reused (they are addressed by their config), unless --fresh; an
+    interrupted training run is resumed.
     """
     from synthgen.config import DemoConfig, load_config
     from synthgen.demo import run_demo
+    from synthgen.engine.trainer import Interrupted
 
-    run_demo(load_config(DemoConfig, config, overrides or []), out, fresh=fresh)
+    try:
+        run_demo(load_config(DemoConfig, config, overrides or []), out, fresh=fresh)
+    except Interrupted as e:
+        typer.echo(f"interrupted: {e}; run the demo again to resume", err=True)
+        raise typer.Exit(130) from None
 
 
 def fail(message: str) -> None:

@@ -166,3 +166,27 @@ def test_encode_cli_refuses_a_non_empty_output_and_wrong_checkpoint(trained, tmp
         "index.json",
         "shard-00000.safetensors",
     ]
+
+
+@pytest.mark.parametrize("reconstruction", ["l1", "mse"])
+def test_training_step_loss_is_the_configured_reconstruction_plus_weighted_kl(reconstruction):
+    from synthgen.engine.autoencoder import AutoencoderTask
+
+    cfg = AETrainConfig(
+        autoencoder=TINY,
+        loss={"reconstruction": reconstruction, "kl_weight": 1e-3},
+        data=DataConfig(manifest=Path("unused.csv")),
+        out=Path("unused"),
+    )
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    task = AutoencoderTask(cfg, 2, val=x, train=x)
+    seen = {}
+    torch.manual_seed(11)
+    logs = task.training_step((x,), 0, lambda name, loss: seen.setdefault(name, loss))
+    torch.manual_seed(11)
+    recon, mu, sigma = task.modules["model"](x)
+    error = recon - x
+    expected_rec = error.abs().mean() if reconstruction == "l1" else error.pow(2).mean()
+    expected = expected_rec + 1e-3 * kl_loss(mu, sigma)
+    assert logs[reconstruction] == pytest.approx(expected_rec.item(), rel=1e-5)
+    assert seen["model"].item() == pytest.approx(expected.item(), rel=1e-5)

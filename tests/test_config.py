@@ -102,3 +102,12 @@ def test_phantom_config_is_immutable():
     cfg = PhantomConfig(kind="chest2d")
     with pytest.raises(ValidationError, match="frozen"):
         cfg.n = 3  # type: ignore[misc]
+
+
+def test_perceptual_loss_needs_local_weights(tmp_path):
+    path = tmp_path / "ae.yaml"
+    path.write_text(
+        "stage: ae\ndata: {manifest: m.csv}\nout: run\nloss: {perceptual_weight: 0.1}\n"
+    )
+    with pytest.raises(InputError, match="perceptual_weights: a local weights file"):
+        load_config(AETrainConfig, path)

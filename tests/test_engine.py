@@ -678,3 +678,11 @@ def test_lr_schedule_warms_up_then_decays_by_cosine(tmp_path: Path) -> None:
     assert factor(110) == pytest.approx(0.0, abs=1e-12) and factor(500) == pytest.approx(0.0)
     constant = Trainer(TrainConfig(steps=110, warmup_steps=10), tmp_path, "", {}, False)._lr_factor
     assert constant(10) == constant(109) == 1.0
+
+
+def test_bf16_mixed_precision_trains_on_cpu(manifest: Path, tmp_path: Path) -> None:
+    """The same config runs with bf16 autocast; weights stay float32 and finite."""
+    checkpoint = train(ae_cfg(manifest, tmp_path / "run", steps=2, mixed_precision="bf16"))
+    assert checkpoint.step == 2 and checkpoint.meta["final"] is True
+    weights = checkpoint.weights("model", ema=False)
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())

@@ -1,8 +1,9 @@
 """The autoencoder stage: `synthgen train ae`, and loading a trained autoencoder.
 
-Loss: L1 + KL (+ PatchGAN after a warm-up, + perceptual with local weights). Each checkpoint
-records held-out PSNR/SSIM and a grid of originals over reconstructions (middle slices in 3D);
-the final one also records the latent scale factor (1/std of sampled latents) and latent shape.
+Loss: L1 (or MSE) + KL (+ PatchGAN after a warm-up, + perceptual with local weights). Each
+checkpoint records held-out PSNR/SSIM and a grid of originals over reconstructions (middle
+slices in 3D); the final one also records the latent scale factor (1/std of sampled latents)
+and the latent shape.
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ class AutoencoderTask:
         (x,) = batch
         ae = self.modules["model"]
         recon, mu, sigma = ae(x)
-        l1 = (recon - x).abs().mean()
+        error = recon - x
+        rec = error.abs().mean() if self.cfg.loss.reconstruction == "l1" else error.pow(2).mean()
         kl = kl_loss(mu, sigma)
-        loss = l1 + self.cfg.loss.kl_weight * kl
-        logs = {"l1": l1.item(), "kl": kl.item()}
+        loss = rec + self.cfg.loss.kl_weight * kl
+        logs = {self.cfg.loss.reconstruction: rec.item(), "kl": kl.item()}
         if self.perceptual is not None:
             perceptual = self.perceptual(recon.float(), x.float())
             loss = loss + self.cfg.loss.perceptual_weight * perceptual

@@ -133,10 +133,6 @@ class Trainer:
             cpu=not torch.cuda.is_available(),
         )
 
-    @property
-    def device(self) -> torch.device:
-        return self.acc.device
-
     def fit(self, task: Task, train_set: Dataset, resume: Checkpoint | None = None) -> Checkpoint:
         """Train to `cfg.steps` optimizer steps (or `max_minutes`); return the last checkpoint."""
         acc, cfg = self.acc, self.cfg
