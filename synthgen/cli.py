@@ -160,6 +160,10 @@ def train_ae(
     except Interrupted as e:
         typer.echo(f"interrupted: {e}", err=True)
         raise typer.Exit(130) from None
+    finally:
+        # Tear gloo/NCCL down before exit: a rank that exits with the group alive can abort
+        # ("terminate called without an active exception"), seen once under torchrun here.
+        PartialState().destroy_process_group()
     if PartialState().is_main_process:
         typer.echo(f"{checkpoint.path}: {describe(checkpoint)}")
 
