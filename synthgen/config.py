@@ -171,7 +171,8 @@ class DemoConfig(StrictModel):
                 train=TrainConfig(
                     steps=1200,
                     batch_size=4,
-                    lr=2e-3,
+                    lr=3e-3,
+                    warmup_steps=50,
                     lr_schedule="cosine",
                     ema_decay=0.99,
                     checkpoint_every=400,
