@@ -39,7 +39,7 @@ def _renderer(kind: str) -> tuple[ModuleType, object]:
 def phantom_options(cfg: PhantomConfig) -> tuple[ModuleType, object]:
     """The renderer module and its validated options for `cfg`; bad values are InputErrors."""
     module, options_cls = _renderer(cfg.kind)
-    kwargs: dict[str, object] = {"prevalence": {**options_cls().prevalence, **cfg.prevalence}}
+    kwargs: dict[str, object] = {"prevalence": dict(cfg.prevalence)}  # options add the defaults
     if cfg.size is not None:
         kwargs["size"] = cfg.size
     if cfg.kind == "chest2d":
