@@ -68,6 +68,10 @@ def phantoms(
         list[str] | None,
         typer.Option(help="FINDING=P, repeatable (chest2d: nodule, effusion; brain3d: lesion)"),
     ] = None,
+    min_nodule_px: Annotated[
+        float | None,
+        typer.Option(help="chest2d: smallest nodule radius in pixels [default: 0.75]"),
+    ] = None,
     write_clean: Annotated[
         bool, typer.Option(help="also write each noise-free image to clean/")
     ] = False,
@@ -93,6 +97,7 @@ def phantoms(
             "shortcut": shortcut,
             "hidden_stratum": hidden_stratum,
             "prevalence": prevalences,
+            "min_nodule_px": min_nodule_px,
             "write_clean": write_clean,
         },
         "phantoms",

@@ -39,6 +39,9 @@ class PhantomConfig(StrictModel):
     shortcut: float | None = Field(None, ge=0.0, le=1.0)
     hidden_stratum: float = Field(0.0, ge=0.0, le=1.0)
     prevalence: dict[str, float] = Field(default_factory=dict)
+    min_nodule_px: float | None = Field(
+        None, description="chest2d: smallest nodule radius in pixels; None = 0.75"
+    )
     write_clean: bool = False
 
 

@@ -319,6 +319,7 @@ def test_brain_rows_satisfy_their_schema(size: int) -> None:
         (lambda: chest2d.ChestOptions(size=64.0), "size"),
         (lambda: chest2d.ChestOptions(shortcut=1.5), "shortcut"),
         (lambda: chest2d.ChestOptions(hidden_stratum=-0.1), "hidden_stratum"),
+        (lambda: chest2d.ChestOptions(min_nodule_px=3.0), "min_nodule_px"),
         (lambda: chest2d.ChestOptions(prevalence={"tumour": 0.1}), "prevalence"),
         (lambda: chest2d.ChestOptions(prevalence={"nodule": 2.0}), "prevalence"),
         (lambda: brain3d.BrainOptions(size=8), "size"),
@@ -339,3 +340,19 @@ def test_rules_document_the_numbers() -> None:
     ]:
         for needle in numbers:
             assert needle in text.lower()
+
+
+def test_min_nodule_px_sets_the_smallest_radius_at_any_size() -> None:
+    """At 32 px, min_nodule_px 1.5 makes every nodule at least 1.5 px in radius (area >= 7 px),
+    and every one of 300 forced nodules still finds a place in its lung. A 1.5 px disk covers
+    at least the 4 pixel centres within 0.71 px of a pixel corner."""
+    cases = chest_cases(300, 21, size=32, min_nodule_px=1.5, prevalence={"nodule": 1.0})
+    radii_px = [c.nodule.radius * 16 for c in cases]
+    assert min(radii_px) >= 1.5 - 1e-9
+    default = chest_cases(300, 21, size=32, prevalence={"nodule": 1.0})
+    assert min(c.nodule.radius * 16 for c in default) < 1.0
+    areas = [
+        int(p.masks["nodule_mask"].sum())
+        for p in chest_samples(50, 22, size=32, min_nodule_px=1.5, prevalence={"nodule": 1.0})
+    ]
+    assert min(areas) >= 4 and np.mean(areas) >= 6

@@ -44,8 +44,12 @@ def phantom_options(cfg: PhantomConfig) -> tuple[ModuleType, object]:
         kwargs["size"] = cfg.size
     if cfg.kind == "chest2d":
         kwargs.update(shortcut=cfg.shortcut, hidden_stratum=cfg.hidden_stratum)
-    elif cfg.shortcut is not None or cfg.hidden_stratum:
-        raise InputError("phantoms: --shortcut and --hidden-stratum apply to chest2d only")
+        if cfg.min_nodule_px is not None:
+            kwargs["min_nodule_px"] = cfg.min_nodule_px
+    elif cfg.shortcut is not None or cfg.hidden_stratum or cfg.min_nodule_px is not None:
+        raise InputError(
+            "phantoms: --shortcut, --hidden-stratum and --min-nodule-px apply to chest2d only"
+        )
     try:
         return module, options_cls(**kwargs)
     except ValueError as e:

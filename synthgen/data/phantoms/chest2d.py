@@ -45,6 +45,7 @@ SUBTLE_RADIUS = (0.035, 0.05)
 NODULE_CONTRAST = MappingProxyType({"typical": (0.22, 0.32), "subtle": (0.05, 0.09)})
 NODULE_MAX_BOTTOM_V = -0.10  # nodules stay above every meniscus and the heart
 MIN_RADIUS_PX, MARGIN_PX = 0.75, 0.5
+MIN_RADIUS_PX_RANGE = (0.5, 2.0)
 EFFUSION_LEVEL = MappingProxyType({"small": (0.60, 0.72), "large": (0.25, 0.40)})
 MENISCUS_RISE = 0.25
 MAX_PLACEMENT_TRIES = 10_000
@@ -77,19 +78,23 @@ class ChestOptions:
     shortcut: float | None = None
     hidden_stratum: float = 0.0
     prevalence: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PREVALENCE))
+    min_nodule_px: float = MIN_RADIUS_PX
 
     def __post_init__(self) -> None:
         check_size("ChestOptions.size", self.size, SIZE_RANGE)
         if self.shortcut is not None:
             check_probability("ChestOptions.shortcut", self.shortcut)
         check_probability("ChestOptions.hidden_stratum", self.hidden_stratum)
+        lo, hi = MIN_RADIUS_PX_RANGE
+        if not lo <= self.min_nodule_px <= hi:
+            raise ValueError(f"ChestOptions.min_nodule_px must be in [{lo}, {hi}]")
         merged = check_prevalence("ChestOptions.prevalence", self.prevalence, DEFAULT_PREVALENCE)
         object.__setattr__(self, "prevalence", merged)
 
 
 @dataclass(frozen=True)
 class Nodule:
-    """A drawn nodule: centre and radius in normalised frame units (radius >= 0.75 px)."""
+    """A drawn nodule: centre and radius in normalised frame units (radius >= min_nodule_px)."""
 
     side: str
     x: float
@@ -247,7 +252,7 @@ def _draw_nodule(rng: np.random.Generator, opts: ChestOptions, half_width: float
     subtype = "subtle" if subtle else "typical"
     contrast = rng.uniform(*NODULE_CONTRAST[subtype])
     px = 2.0 / opts.size
-    radius = max(radius, MIN_RADIUS_PX * px)
+    radius = max(radius, opts.min_nodule_px * px)
     clearance = radius + MARGIN_PX * px
     cx, cy, hw, hh = _lung_ellipse(side, half_width)
     for _ in range(MAX_PLACEMENT_TRIES):
@@ -429,7 +434,8 @@ right/left with probability 1/2. Typical nodules: size class small (radius
 probability 1/2, contrast {NODULE_CONTRAST["typical"][0]}..{NODULE_CONTRAST["typical"][1]}.
 Subtle nodules (hidden stratum): small, radius {sr[0]}..{sr[1]}, contrast
 {NODULE_CONTRAST["subtle"][0]}..{NODULE_CONTRAST["subtle"][1]}. Radii are in normalised units and
-at least {MIN_RADIUS_PX} pixel. The centre is uniform over lung coordinates (u, v) in
+at least `min_nodule_px` pixels (default {MIN_RADIUS_PX}; raise it so nodules stay visible in
+small images). The centre is uniform over lung coordinates (u, v) in
 [-1, 1] × [-1, {NODULE_MAX_BOTTOM_V}] (u, v = offset from the lung centre / lung half-axes; v = -1
 at the apex, +1 at the base), redrawn until the disk lies at least {MARGIN_PX} pixel inside its
 lung and its lowest point is at or above v = {NODULE_MAX_BOTTOM_V}, so it never touches the heart
