@@ -7,9 +7,10 @@ Heavy modules (torch, numpy, pandas, the readers) are imported inside the comman
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,7 +25,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect and validate datasets.")
 app.add_typer(data_app, name="data")
-train_app = typer.Typer(help="Train a stage: ae (autoencoder).")
+train_app = typer.Typer(
+    help="Train a stage: ae (autoencoder), ldm (conditional diffusion), inpaint (inpainting)."
+)
 app.add_typer(train_app, name="train")
 
 
@@ -132,6 +135,9 @@ def data_check(
 
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="config overrides as dotted.key=value")]
+RunConfig = Annotated[Path, typer.Option(help="run config YAML")]
+Resume = Annotated[bool, typer.Option(help="continue the run in `out` at its next batch")]
+Quiet = Annotated[bool, typer.Option(help="no progress bar")]
 
 
 @train_app.command(
@@ -140,12 +146,7 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="config overrides as
     "data.manifest=data/chest/manifest.csv out=runs/ae-chest",
 )
 def train_ae(
-    config: Annotated[Path, typer.Option(help="autoencoder run config YAML")],
-    overrides: Overrides = None,
-    resume: Annotated[
-        bool, typer.Option(help="continue the run in `out` at its next batch")
-    ] = False,
-    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    config: RunConfig, overrides: Overrides = None, resume: Resume = False, quiet: Quiet = False
 ) -> None:
     """Train a KL autoencoder (MONAI AutoencoderKL, 2D or 3D from the data).
 
@@ -155,13 +156,19 @@ def train_ae(
     """
     from synthgen.config import AETrainConfig, load_config
     from synthgen.engine.autoencoder import describe, train_autoencoder
-    from synthgen.engine.trainer import Interrupted
 
     cfg = load_config(AETrainConfig, config, overrides or [])
+    _run_training(lambda: train_autoencoder(cfg, resume, not quiet), describe)
+
+
+def _run_training(train: Callable[[], Any], describe: Callable[[Any], str]) -> None:
+    """Run a training stage: exit 130 after an interrupt's checkpoint, one summary line."""
     from accelerate import PartialState
 
+    from synthgen.engine.trainer import Interrupted
+
     try:
-        checkpoint = train_autoencoder(cfg, resume=resume, show_progress=not quiet)
+        checkpoint = train()
     except Interrupted as e:
         typer.echo(f"interrupted: {e}", err=True)
         raise typer.Exit(130) from None
@@ -171,6 +178,50 @@ def train_ae(
         PartialState().destroy_process_group()
     if PartialState().is_main_process:
         typer.echo(f"{checkpoint.path}: {describe(checkpoint)}")
+
+
+def _train_diffusion(
+    stage: str, config: Path, overrides: list[str], resume: bool, quiet: bool
+) -> None:
+    from synthgen.config import DiffusionTrainConfig, load_config
+    from synthgen.engine.diffusion import describe, train_diffusion
+
+    cfg = load_config(DiffusionTrainConfig, config, [f"stage={stage}", *overrides])
+    _run_training(lambda: train_diffusion(cfg, resume, not quiet), describe)
+
+
+@train_app.command(
+    "ldm",
+    epilog="Example: synthgen train ldm --config configs/ldm-chest2d-pixel32.yaml "
+    "data.manifest=data/chest/manifest.csv out=runs/ldm-chest",
+)
+def train_ldm(
+    config: RunConfig, overrides: Overrides = None, resume: Resume = False, quiet: Quiet = False
+) -> None:
+    """Train a conditional diffusion model (MONAI DiffusionModelUNet, 2D or 3D).
+
+    Conditions on the schema's labels, covariates and report text through cross-attention
+    (each field with a learned null token for classifier-free guidance), and optionally on a
+    mask column stacked on the input. Runs on an autoencoder's cached latents, or on pixels
+    when `autoencoder` is unset. Each checkpoint holds a grid of samples per condition cell.
+    """
+    _train_diffusion("ldm", config, overrides or [], resume, quiet)
+
+
+@train_app.command(
+    "inpaint",
+    epilog="Example: synthgen train inpaint --config configs/inpaint-chest2d-pixel32.yaml",
+)
+def train_inpaint(
+    config: RunConfig, overrides: Overrides = None, resume: Resume = False, quiet: Quiet = False
+) -> None:
+    """Train an inpainting diffusion model that also generates from scratch.
+
+    The denoiser also sees a mask (boxes, strokes, or shapes from the dataset's masks) and the
+    image outside it; with probability `inpaint.plain` the mask covers everything, which is
+    plain conditional generation — one model serves both jobs.
+    """
+    _train_diffusion("inpaint", config, overrides or [], resume, quiet)
 
 
 @app.command(

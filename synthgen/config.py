@@ -140,6 +140,134 @@ class AETrainConfig(AEStage):
     out: Path
 
 
+class ConditioningConfig(StrictModel):
+    """What a generator is conditioned on; every field gets a learned null token."""
+
+    fields: tuple[str, ...] | None = Field(
+        None,
+        description="label, covariate or text columns; None = every label and covariate",
+    )
+    mask: str | None = Field(
+        None, description="a mask column given to the denoiser as one-hot channels (MRGen-style)"
+    )
+    token_dim: int = Field(64, ge=8, description="width of every condition token")
+    fourier_features: int = Field(16, ge=1, description="per continuous covariate")
+    text_encoder: Path | None = Field(
+        None, description="local Hugging Face text encoder folder; None = train a small one"
+    )
+    text_finetune: bool = Field(False, description="fine-tune the local text encoder")
+    text_max_tokens: int = Field(32, ge=4)
+    text_vocab_size: int = Field(512, ge=32, description="tokenizer built from the reports")
+    text_layers: int = Field(2, ge=1)
+    text_heads: int = Field(4, ge=1)
+    drop_field: float = Field(0.1, ge=0, le=1, description="P(drop) per field (guidance)")
+    drop_all: float = Field(0.0, ge=0, le=1, description="P(drop every field together)")
+
+
+class DenoiserConfig(StrictModel):
+    """MONAI DiffusionModelUNet settings; input channels come from the conditioning."""
+
+    channels: tuple[int, ...] = (32, 64, 64)
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    num_res_blocks: int = Field(1, ge=1)
+    norm_num_groups: int = Field(16, ge=1)
+    num_head_channels: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _levels_match(self) -> DenoiserConfig:
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError("attention_levels needs one entry per channels entry")
+        bad = [c for c in self.channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"channels {bad} do not divide by norm_num_groups")
+        return self
+
+
+class DiffusionConfig(StrictModel):
+    """The training objective and noise schedule (saved with the checkpoint, reused to sample)."""
+
+    objective: Literal["epsilon", "v", "rflow"] = "v"
+    timesteps: int = Field(1000, ge=10)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    beta_start: float = Field(1e-4, gt=0)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    min_snr_gamma: float | None = Field(5.0, gt=0, description="min-SNR weighting; None = off")
+
+
+class SamplingConfig(StrictModel):
+    """How validation grids (and, by default, later sampling) draw images."""
+
+    sampler: Literal["ddim", "dpm++", "euler", "flow"] = "ddim"
+    steps: int = Field(50, ge=1)
+    guidance: float = Field(3.0, ge=0, description="classifier-free guidance scale; 1 = none")
+    grid: tuple[str, ...] | None = Field(
+        None, description="categorical fields crossed into grid cells; None = the first two"
+    )
+    per_cell: int = Field(4, ge=1)
+
+
+class InpaintConfig(StrictModel):
+    """Training masks for the inpainting stage (1 = regenerate)."""
+
+    plain: float = Field(
+        0.5, ge=0, le=1, description="P(all-ones mask, empty image): plain generation"
+    )
+    box: float = Field(1.0, ge=0, description="relative weight of random boxes")
+    stroke: float = Field(1.0, ge=0, description="relative weight of irregular strokes")
+    shape: float = Field(1.0, ge=0, description="relative weight of dataset-mask shapes")
+    shape_masks: tuple[str, ...] | None = Field(
+        None, description="mask columns giving shapes; None = every mask column"
+    )
+    dilate: int = Field(1, ge=0, description="pixels (at model resolution) to grow shapes by")
+
+    @model_validator(mode="after")
+    def _some_kind(self) -> InpaintConfig:
+        if self.plain < 1 and self.box + self.stroke + self.shape <= 0:
+            raise ValueError("box, stroke and shape weights are all 0")
+        return self
+
+
+class DiffusionStage(StrictModel):
+    """A diffusion stage (plain or inpainting) without its data and output."""
+
+    stage: Literal["ldm", "inpaint"] = "ldm"
+    autoencoder: Path | None = Field(
+        None, description="autoencoder checkpoint; None = diffusion on pixels"
+    )
+    cache: Path | None = Field(
+        None, description="latent cache of that autoencoder (synthgen encode); None = make one"
+    )
+    resolution: int | None = Field(
+        None, ge=8, description="pixel space only: resize images to this side first"
+    )
+    conditioning: ConditioningConfig = ConditioningConfig()
+    denoiser: DenoiserConfig = DenoiserConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    inpaint: InpaintConfig = InpaintConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    train: TrainConfig = TrainConfig(lr=1e-4, batch_size=32, warmup_steps=200, ema_decay=0.999)
+    val_images: int = Field(128, ge=1, description="held-out images for the validation loss")
+
+    @model_validator(mode="after")
+    def _space(self) -> DiffusionStage:
+        if self.autoencoder is None and self.cache is not None:
+            raise ValueError("cache needs the autoencoder it was made with")
+        if self.autoencoder is not None and self.resolution is not None:
+            raise ValueError("resolution applies to pixel space only (no autoencoder)")
+        if (self.diffusion.objective == "rflow") != (self.sampling.sampler == "flow"):
+            raise ValueError(
+                "sampling.sampler flow goes with diffusion.objective rflow, and only with it"
+            )
+        return self
+
+
+class DiffusionTrainConfig(DiffusionStage):
+    """`synthgen train ldm|inpaint`: a stage plus its data and run folder."""
+
+    data: DataConfig
+    out: Path
+
+
 class DemoConfig(StrictModel):
     """The built-in demo: phantom sets to make and check, and an autoencoder for each."""
 

@@ -20,8 +20,8 @@ from synthgen.config import AETrainConfig, InputError, dump_config, load_config
 from synthgen.data.dataset import load_images
 from synthgen.data.io import write_png
 from synthgen.data.manifest import load_manifest
-from synthgen.engine.checkpoint import Checkpoint, list_checkpoints, open_checkpoint
-from synthgen.engine.trainer import Optimize, Trainer
+from synthgen.engine.checkpoint import Checkpoint, open_checkpoint
+from synthgen.engine.trainer import Optimize, Trainer, check_resumable, previous_run
 from synthgen.models.autoencoder import (
     build_autoencoder,
     build_discriminator,
@@ -31,8 +31,6 @@ from synthgen.models.autoencoder import (
 
 KIND = "autoencoder"
 GRID_IMAGES = 8
-# Keys that may change between a run and its --resume (they do not change what is trained).
-RESUMABLE_CHANGES = ("steps", "max_minutes", "checkpoint_every", "log_every", "keep_last")
 
 
 class AutoencoderTask:
@@ -147,25 +145,6 @@ def grid(originals: torch.Tensor, recons: torch.Tensor) -> np.ndarray:
     return np.round((np.clip(both, -1, 1) + 1) * 127.5).astype(np.uint8)
 
 
-def _check_resumable(previous: Checkpoint, cfg: AETrainConfig, fingerprint: str) -> None:
-    """Resume only the same training: same model, loss and data (wherever the files now live)."""
-    if previous.meta.get("data_fingerprint") != fingerprint:
-        raise InputError(f"--resume: the data changed since the run in {cfg.out} started")
-    before = load_config(AETrainConfig, previous.path / "config.yaml").model_dump(mode="json")
-    now = cfg.model_dump(mode="json")
-    for key in RESUMABLE_CHANGES:
-        before["train"].pop(key), now["train"].pop(key)
-    for moved in ("out", "data"):
-        before.pop(moved), now.pop(moved)
-    for section in now:
-        if before.get(section) != now[section]:
-            raise InputError(
-                f"--resume: `{section}` differs from the run in {previous.path.parent.parent}; "
-                "only train.steps, max_minutes, checkpoint_every, log_every, keep_last, the "
-                "run folder's place and the data's paths may change"
-            )
-
-
 def train_autoencoder(
     cfg: AETrainConfig, resume: bool = False, show_progress: bool = True
 ) -> Checkpoint:
@@ -174,16 +153,10 @@ def train_autoencoder(
         raise InputError(
             "autoencoder.kind is none: there is nothing to train (diffusion uses pixels)"
         )
-    previous = list_checkpoints(cfg.out)
-    if previous and not resume:
-        raise InputError(
-            f"{cfg.out}: already holds checkpoints; pass --resume or choose another out"
-        )
-    if resume and not previous:
-        raise InputError(f"{cfg.out}: no checkpoint to resume from")
+    previous = previous_run(cfg.out, resume)
     manifest = load_manifest(cfg.data.manifest, cfg.data.schema_file)
-    if resume:
-        _check_resumable(previous[-1], cfg, manifest.fingerprint())
+    if previous is not None:
+        check_resumable(previous, cfg, manifest.fingerprint())
     train, _ = load_images(manifest, cfg.data.train_split, show=show_progress)
     val, _ = load_images(manifest, cfg.data.val_split, limit=cfg.val_images, show=show_progress)
     spatial_dims = train.dim() - 2
@@ -198,7 +171,7 @@ def train_autoencoder(
     }
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg.train, cfg.out, dump_config(cfg), meta, show_progress)
-    return trainer.fit(task, TensorDataset(train), resume=previous[-1] if resume else None)
+    return trainer.fit(task, TensorDataset(train), resume=previous)
 
 
 def load_autoencoder(path: Path, ema: bool = True) -> tuple[nn.Module, Checkpoint]:

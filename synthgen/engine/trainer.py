@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from synthgen.config import InputError, TrainConfig
+from synthgen.config import InputError, TrainConfig, load_config
 from synthgen.data.progress import Bar
 from synthgen.engine.checkpoint import (
     Checkpoint,
@@ -385,3 +386,38 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+# Keys that may change between a run and its --resume (they do not change what is trained).
+RESUMABLE_CHANGES = ("steps", "max_minutes", "checkpoint_every", "log_every", "keep_last")
+
+
+def previous_run(out: Path, resume: bool) -> Checkpoint | None:
+    """The checkpoint `--resume` continues from (None for a fresh run); refuses to overwrite a
+    run folder that holds checkpoints, or to resume one that holds none."""
+    previous = list_checkpoints(out)
+    if previous and not resume:
+        raise InputError(f"{out}: already holds checkpoints; pass --resume or choose another out")
+    if resume and not previous:
+        raise InputError(f"{out}: no checkpoint to resume from")
+    return previous[-1] if resume else None
+
+
+def check_resumable(previous: Checkpoint, cfg: BaseModel, fingerprint: str) -> None:
+    """Resume only the same training: same model, objective and data, wherever the files now
+    live (`cfg` is the stage's config; the run's own is read from the checkpoint)."""
+    if previous.meta.get("data_fingerprint") != fingerprint:
+        raise InputError(f"--resume: the data changed since the run in {cfg.out} started")  # type: ignore[attr-defined]
+    saved = load_config(type(cfg), previous.path / "config.yaml")
+    before, now = saved.model_dump(mode="json"), cfg.model_dump(mode="json")
+    for key in RESUMABLE_CHANGES:
+        before["train"].pop(key), now["train"].pop(key)
+    for moved in ("out", "data", "cache"):
+        before.pop(moved, None), now.pop(moved, None)
+    for section in now:
+        if before.get(section) != now[section]:
+            raise InputError(
+                f"--resume: `{section}` differs from the run in {previous.path.parent.parent}; "
+                "only train.steps, max_minutes, checkpoint_every, log_every, keep_last, the "
+                "run folder's place and the data's paths may change"
+            )

@@ -1,0 +1,1 @@
+"""Training objectives, sampling loops and the assembly of the denoiser input."""

@@ -1,0 +1,428 @@
+"""The diffusion stages: `synthgen train ldm` and `synthgen train inpaint`.
+
+Both train one `ConditionalDenoiser` on pixels or cached latents. The inpainting stage adds
+the mask and the masked image to the denoiser input; with P = `inpaint.plain` its mask is all
+ones and its masked image empty, so the same model also generates from scratch (as Stable
+Diffusion's inpainting model does). Each checkpoint holds a grid of samples per condition cell,
+the tokenizer (when a text field is used) and the scheduler's full config.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from synthgen.config import DiffusionTrainConfig, InputError, dump_config
+from synthgen.data.dataset import ManifestDataset
+from synthgen.data.io import write_png
+from synthgen.data.manifest import Manifest, load_manifest
+from synthgen.data.masks import draw_masks
+from synthgen.data.progress import progress
+from synthgen.diffusion.objectives import diffusion_loss, make_train_scheduler, scheduler_record
+from synthgen.diffusion.sampling import make_sampler, sample
+from synthgen.engine.checkpoint import Checkpoint
+from synthgen.engine.space import LatentSpace, PixelSpace, open_latent_space, to_model_mask
+from synthgen.engine.trainer import Optimize, Trainer, check_resumable, previous_run
+from synthgen.models.conditioning import (
+    ConditionEncoder,
+    Conditioning,
+    FieldSpec,
+    Values,
+    build_tokenizer,
+    field_specs,
+    mask_channels,
+    tokenize,
+)
+from synthgen.models.denoiser import ConditionalDenoiser, build_denoiser
+
+KIND = "diffusion"
+TOKENIZER_FILE = "tokenizer.json"
+GRID_FILE = "samples.png"
+Space = PixelSpace | LatentSpace
+
+
+@dataclass
+class SplitData:
+    """One split in memory: field values, x0 (pixels) or cache rows, and the masks used."""
+
+    ids: list[str]
+    values: Values
+    pixels: torch.Tensor | None
+    cache_rows: torch.Tensor | None
+    cond_mask: torch.Tensor | None
+    shapes: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def concat_channels(cfg: DiffusionTrainConfig, channels: int, cond_mask: int) -> int:
+    """Conditioning channels on the denoiser input: mask + masked image (inpaint), seg map."""
+    return cond_mask + (1 + channels if cfg.stage == "inpaint" else 0)
+
+
+def _shape_columns(cfg: DiffusionTrainConfig, manifest: Manifest) -> list[str]:
+    if cfg.stage != "inpaint" or cfg.inpaint.shape <= 0:
+        return []
+    schema = manifest.schema
+    names = cfg.inpaint.shape_masks
+    if names is None:
+        return [c for c in schema.with_role("mask") if manifest.has(c)]
+    for name in names:
+        if name not in schema.columns or schema.columns[name].role != "mask":
+            raise InputError(f"inpaint.shape_masks: {name!r} is not a mask column of the schema")
+    return list(names)
+
+
+def load_split(
+    manifest: Manifest,
+    split: str,
+    cfg: DiffusionTrainConfig,
+    specs: list[FieldSpec],
+    space: Space,
+    tokenizer: Any | None,
+    limit: int | None = None,
+    show: bool = False,
+) -> SplitData:
+    """Decode a split once: values for every field, pixels (pixel space), mask maps."""
+    shape_columns = _shape_columns(cfg, manifest)
+    wanted = set(shape_columns) | ({cfg.conditioning.mask} if cfg.conditioning.mask else set())
+    ds = ManifestDataset(manifest, split=split, masks=bool(wanted))
+    n = len(ds) if limit is None else min(limit, len(ds))
+    items = [ds[i] for i in progress(range(n), n, f"loading {split}", show)]
+    ids = [item["id"] for item in items]
+    values: Values = {}
+    for s in specs:
+        if s.kind == "text":
+            texts = [item["text"] for item in items]
+            values[s.name] = tokenize(tokenizer, texts, cfg.conditioning.text_max_tokens)
+        elif s.kind == "categorical":
+            source = "labels" if s.name in items[0]["labels"] else "covariates"
+            cells = [item[source][s.name] for item in items]
+            values[s.name] = torch.tensor(
+                [-1 if c != c or c < 0 else int(c) for c in cells], dtype=torch.long
+            )
+        else:
+            cells = [item["covariates"][s.name] for item in items]
+            values[s.name] = torch.tensor(cells, dtype=torch.float32)
+    pixels = None
+    if isinstance(space, PixelSpace):
+        pixels = space.encode(torch.stack([item["image"] for item in items]))
+    cond_mask = None
+    if cfg.conditioning.mask:
+        labels = manifest.schema.columns[cfg.conditioning.mask].labels or {}
+        maps = torch.stack([item["masks"][cfg.conditioning.mask] for item in items])
+        onehot = torch.cat([(maps == k).float() for k in sorted(labels)], dim=1)
+        cond_mask = torch.nn.functional.interpolate(onehot, size=space.shape, mode="area")
+    shapes = None
+    if shape_columns:
+        maps = torch.zeros_like(items[0]["masks"][shape_columns[0]][0]).expand(n, -1, -1)
+        maps = maps.clone().to(torch.int32)
+        offset = 0
+        for column in shape_columns:
+            layer = torch.stack([item["masks"][column][0] for item in items]).to(torch.int32)
+            maps = torch.where(layer > 0, layer + offset, maps)
+            offset += max(manifest.schema.columns[column].labels or {0: ""})
+        shapes = maps
+    return SplitData(ids, values, pixels, None, cond_mask, shapes)
+
+
+class DiffusionTask:
+    """Denoising loss on a batch of rows; validation loss and a grid of samples per cell."""
+
+    kind = KIND
+
+    def __init__(
+        self,
+        cfg: DiffusionTrainConfig,
+        model: ConditionalDenoiser,
+        space: Space,
+        train: SplitData,
+        val: SplitData,
+        cache: Any | None,
+        tokenizer: Any | None,
+    ) -> None:
+        self.cfg = cfg
+        self.modules: dict[str, nn.Module] = {"model": model}
+        self.space = space
+        self.train, self.val, self.cache = train, val, cache
+        self.tokenizer = tokenizer
+        self.scheduler = make_train_scheduler(cfg.diffusion)
+
+    def x0(self, data: SplitData, rows: torch.Tensor, generator: Any = None) -> torch.Tensor:
+        if data.pixels is not None:
+            return data.pixels[rows]
+        return self.cache.sample(data.cache_rows[rows], generator)  # type: ignore[index,union-attr]
+
+    def concat(
+        self, data: SplitData, rows: torch.Tensor, x0: torch.Tensor, generator: Any = None
+    ) -> torch.Tensor | None:
+        """The conditioning channels for these rows (random training masks when inpainting)."""
+        parts = []
+        if self.cfg.stage == "inpaint":
+            shapes = None if data.shapes is None else data.shapes[rows]
+            image_shape = self.space.image_shape
+            masks = draw_masks(len(rows), image_shape, self.cfg.inpaint, shapes, generator)
+            m = to_model_mask(masks, tuple(x0.shape[2:])).to(x0)
+            parts += [m, x0 * (1.0 - m)]
+        if data.cond_mask is not None:
+            parts.append(data.cond_mask[rows].to(x0))
+        return torch.cat(parts, dim=1) if parts else None
+
+    def training_step(self, batch: Any, step: int, optimize: Optimize) -> dict[str, float]:
+        (rows,) = batch
+        rows = rows.cpu()
+        model = self.modules["model"]
+        device = next(model.parameters()).device
+        x0 = self.x0(self.train, rows).to(device)
+        encoder = _unwrap(model).encoder
+        values = {k: v[rows] for k, v in self.train.values.items()}
+        tokens = encoder(values, encoder.draw_drop(len(rows)))
+        cond = Conditioning(tokens, self.concat(self.train, rows, x0))
+        loss = diffusion_loss(model, x0, cond, self.scheduler, self.cfg.diffusion)
+        optimize("model", loss)
+        return {"loss": loss.item()}
+
+    def validate(self, model: nn.Module, out_dir: Path) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(self.cfg.train.seed + 1)
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for rows in torch.arange(len(self.val)).split(self.cfg.train.batch_size):
+            x0 = self.x0(self.val, rows, generator).to(device)
+            values = {k: v[rows] for k, v in self.val.values.items()}
+            cond = Conditioning(model.encoder(values), self.concat(self.val, rows, x0, generator))
+            loss = diffusion_loss(model, x0, cond, self.scheduler, self.cfg.diffusion, generator)
+            total, count = total + float(loss) * len(rows), count + len(rows)
+        write_png(out_dir / GRID_FILE, self.sample_grid(model))
+        if self.tokenizer is not None and not isinstance(self.tokenizer, nn.Module):
+            (out_dir / TOKENIZER_FILE).write_text(self.tokenizer.to_str())
+        return {"loss": total / count}
+
+    def sample_grid(self, model: ConditionalDenoiser) -> np.ndarray:
+        """8-bit grid: one row per condition cell (the grid fields' levels crossed), the other
+        fields null; fixed noise, so grids of successive checkpoints compare."""
+        cells = grid_cells(model.encoder.specs, self.cfg.sampling.grid)
+        per = self.cfg.sampling.per_cell
+        rows_values = [cell for cell in cells for _ in range(per)]
+        values = values_for(model.encoder.specs, rows_values, self.cfg.conditioning.text_max_tokens)
+        images = generate(
+            model,
+            self.space,
+            make_train_scheduler(self.cfg.diffusion),
+            values,
+            torch.Generator().manual_seed(self.cfg.train.seed + 2),
+            self.cfg.sampling.sampler,
+            self.cfg.sampling.steps,
+            self.cfg.sampling.guidance,
+            inpaint=self.cfg.stage == "inpaint",
+            cond_mask=None
+            if self.val.cond_mask is None
+            else self.val.cond_mask[: len(rows_values)],
+        )
+        return image_grid(images, per)
+
+    def final_meta(self, model: nn.Module) -> dict[str, Any]:
+        return {
+            "scheduler": scheduler_record(self.scheduler),
+            "fields": [s.to_json() for s in model.encoder.specs],
+            "space": self.space.record(),
+            "stage": self.cfg.stage,
+        }
+
+
+def _unwrap(model: nn.Module) -> ConditionalDenoiser:
+    return getattr(model, "module", model)  # type: ignore[return-value]
+
+
+def grid_cells(specs: list[FieldSpec], fields: tuple[str, ...] | None) -> list[dict[str, Any]]:
+    """Every combination of the grid fields' levels (default: the first two categorical
+    fields), as {field: level}; one empty cell when there are none."""
+    categorical = [s for s in specs if s.kind == "categorical"]
+    if fields is None:
+        chosen = categorical[:2]
+    else:
+        by_name = {s.name: s for s in categorical}
+        missing = [f for f in fields if f not in by_name]
+        if missing:
+            raise InputError(f"sampling.grid: {missing} are not categorical fields of the model")
+        chosen = [by_name[f] for f in fields]
+    combos = itertools.product(*[s.levels for s in chosen])
+    return [dict(zip([s.name for s in chosen], combo, strict=True)) for combo in combos]
+
+
+def values_for(specs: list[FieldSpec], rows: list[dict[str, Any]], max_tokens: int) -> Values:
+    """Values for rows of {field: level}; fields a row does not name are absent (null)."""
+    out: Values = {}
+    for s in specs:
+        if s.kind == "categorical":
+            cells = [row.get(s.name) for row in rows]
+            out[s.name] = torch.tensor(
+                [-1 if c is None else s.levels.index(str(c)) for c in cells], dtype=torch.long
+            )
+        elif s.kind == "continuous":
+            out[s.name] = torch.full((len(rows),), float("nan"))
+        else:
+            out[s.name] = torch.zeros((len(rows), max_tokens), dtype=torch.long)
+    return out
+
+
+def generate(
+    model: ConditionalDenoiser,
+    space: Space,
+    train_scheduler: Any,
+    values: Values,
+    generator: torch.Generator,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    inpaint: bool = False,
+    cond_mask: torch.Tensor | None = None,
+    guide_fields: list[str] | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Images (N, 1, *image) in [-1, 1] for the given field values (plain generation)."""
+    n = next(iter(values.values())).shape[0]
+    device = next(model.parameters()).device
+    record = scheduler_record(train_scheduler)
+    out = []
+    noise = torch.randn((n, space.channels, *space.shape), generator=generator)
+    for start in range(0, n, batch_size):
+        rows = slice(start, start + batch_size)
+        part = {k: v[rows] for k, v in values.items()}
+        size = noise[rows].shape[0]
+        concat = []
+        if inpaint:
+            concat += [torch.ones((size, 1, *space.shape)), torch.zeros(noise[rows].shape)]
+        if cond_mask is not None:
+            concat.append(cond_mask[rows])
+        extra = torch.cat(concat, dim=1).to(device) if concat else None
+        cond = Conditioning(model.encoder(part), extra)
+        drop = model.encoder.null_drop(size, guide_fields)
+        uncond = Conditioning(model.encoder(part, drop), extra)
+        scheduler = make_sampler(record, sampler, steps)
+        x = sample(model, noise[rows].to(device), scheduler, cond, uncond, guidance)
+        out.append(space.decode(x).float().cpu())
+    return torch.cat(out)
+
+
+def image_grid(images: torch.Tensor, per_row: int) -> np.ndarray:
+    """(N, 1, *spatial) in [-1, 1] → 8-bit mosaic, `per_row` images per row (3D: middle slice)."""
+    frames = images[:, 0]
+    if frames.dim() == 4:
+        frames = frames[:, frames.shape[1] // 2]
+    rows = [torch.cat(list(frames[i : i + per_row]), dim=1) for i in range(0, len(frames), per_row)]
+    if rows and rows[-1].shape != rows[0].shape:
+        pad = torch.full_like(rows[0], -1.0)
+        pad[:, : rows[-1].shape[1]] = rows[-1]
+        rows[-1] = pad
+    mosaic = torch.cat(rows, dim=0).numpy()
+    return np.round((np.clip(mosaic, -1, 1) + 1) * 127.5).astype(np.uint8)
+
+
+def _latent_rows(cache: Any, ids: list[str]) -> torch.Tensor:
+    position = {row_id: i for i, row_id in enumerate(cache.ids)}
+    missing = [i for i in ids if i not in position]
+    if missing:
+        raise InputError(f"latent cache {cache.path}: no latents for rows {missing[:3]}")
+    return torch.tensor([position[i] for i in ids], dtype=torch.long)
+
+
+def _open_cache(cfg: DiffusionTrainConfig, space: LatentSpace, manifest: Manifest, show: bool):  # type: ignore[no-untyped-def]
+    from synthgen.data.latents import open_cache
+    from synthgen.engine.checkpoint import checkpoint_hash, open_checkpoint
+    from synthgen.engine.encode import encode_manifest
+
+    path = cfg.cache
+    if path is None:
+        path = Path(cfg.out) / "latents"
+        if not path.exists():
+            encode_manifest(space.checkpoint_path, manifest.path, path, show_progress=show)
+    checkpoint = open_checkpoint(space.checkpoint_path)
+    return open_cache(path, checkpoint_hash(checkpoint), manifest.fingerprint())
+
+
+def train_diffusion(
+    cfg: DiffusionTrainConfig, resume: bool = False, show_progress: bool = True
+) -> Checkpoint:
+    """Run a diffusion stage (ldm or inpaint) into `cfg.out`; return its final checkpoint."""
+    previous = previous_run(cfg.out, resume)
+    manifest = load_manifest(cfg.data.manifest, cfg.data.schema_file)
+    if previous is not None:
+        check_resumable(previous, cfg, manifest.fingerprint())
+    schema = manifest.schema
+    specs = field_specs(schema, cfg.conditioning)
+    k_mask = mask_channels(schema, cfg.conditioning)
+    if cfg.autoencoder is not None:
+        space: Space = open_latent_space(cfg.autoencoder)
+    else:
+        first = ManifestDataset(manifest, split=cfg.data.train_split, masks=False)[0]
+        space = PixelSpace(tuple(first["image"].shape[1:]), cfg.resolution)
+    tokenizer, text_module = _text_parts(cfg, manifest, specs)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    load = dict(cfg=cfg, specs=specs, space=space, tokenizer=tokenizer, show=show_progress)
+    train = load_split(manifest, cfg.data.train_split, **load)  # type: ignore[arg-type]
+    val = load_split(manifest, cfg.data.val_split, limit=cfg.val_images, **load)  # type: ignore[arg-type]
+    cache = None
+    if isinstance(space, LatentSpace):
+        cache = _open_cache(cfg, space, manifest, show_progress)
+        train.cache_rows, val.cache_rows = (
+            _latent_rows(cache, train.ids),
+            _latent_rows(cache, val.ids),
+        )
+    torch.manual_seed(cfg.train.seed)
+    vocab = tokenizer.get_vocab_size() if tokenizer is not None else None
+    encoder = ConditionEncoder(specs, cfg.conditioning, vocab, text_module)
+    extra = concat_channels(cfg, space.channels, k_mask)
+    model = build_denoiser(cfg.denoiser, encoder, len(space.shape), space.channels, extra)
+    task = DiffusionTask(cfg, model, space, train, val, cache, tokenizer)
+    meta = {
+        "data_fingerprint": manifest.fingerprint(),
+        "spatial_dims": len(space.shape),
+        "image_shape": list(space.image_shape),
+        "schema": schema.model_dump(mode="json", exclude_defaults=True),
+        "train_images": len(train),
+        "concat_channels": extra,
+        "mask_channels": k_mask,
+    }
+    trainer = Trainer(cfg.train, cfg.out, dump_config(cfg), meta, show_progress)
+    rows = TensorDataset(torch.arange(len(train)))
+    return trainer.fit(task, rows, resume=previous)
+
+
+def _text_parts(
+    cfg: DiffusionTrainConfig, manifest: Manifest, specs: list[FieldSpec]
+) -> tuple[Any | None, nn.Module | None]:
+    """The tokenizer (fitted on the training reports) or a local Hugging Face text encoder."""
+    text = [s for s in specs if s.kind == "text"]
+    if not text:
+        return None, None
+    if cfg.conditioning.text_encoder is not None:
+        from synthgen.models.hf_text import HFTextEncoder
+
+        module = HFTextEncoder(
+            cfg.conditioning.text_encoder,
+            cfg.conditioning.text_max_tokens,
+            cfg.conditioning.text_finetune,
+        )
+        return module, module
+    ds = ManifestDataset(manifest, split=cfg.data.train_split, masks=False)
+    reports = [str(manifest.value(r, text[0].name) or "") for r in ds.rows]
+    return build_tokenizer(reports, cfg.conditioning.text_vocab_size), None
+
+
+def describe(checkpoint: Checkpoint) -> str:
+    """One line: step, validation loss, where it ran and the sample grid's file."""
+    m = checkpoint.meta
+    loss = m.get("metrics", {}).get("loss", float("nan"))
+    space = m.get("space", {})
+    return (
+        f"step {m['step']}: validation loss {loss:.4f}, {space.get('kind', '?')} space "
+        f"{space.get('shape')}, samples in {checkpoint.path / GRID_FILE}"
+    )

@@ -1,0 +1,1 @@
+"""Evaluation: fidelity, utility, fairness, memorisation and phantom-rule probes."""

@@ -1,0 +1,287 @@
+"""Condition encoders: labels, covariates and text → one token sequence for cross-attention.
+
+Every field has a learned null token that replaces it when the field is absent or dropped, so
+one model learns conditional and unconditional denoising (classifier-free guidance) and can be
+guided on any subset of its fields. A learned register token is always present, so a model
+with every field dropped (or none configured) still has something to attend to.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from synthgen.config import ConditioningConfig, InputError
+from synthgen.data.schema import Schema
+
+FieldKind = Literal["categorical", "continuous", "text"]
+Values = dict[str, torch.Tensor]
+PAD, UNK = "[PAD]", "[UNK]"
+
+
+@dataclass
+class Conditioning:
+    """What the denoiser sees besides x_t: cross-attention tokens and stacked input channels."""
+
+    tokens: torch.Tensor
+    concat: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One conditioning field: a manifest column and how it becomes a token."""
+
+    name: str
+    kind: FieldKind
+    levels: tuple[str, ...] = ()
+    range: tuple[float, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FieldSpec:
+        rng = data.get("range")
+        return cls(
+            data["name"],
+            data["kind"],
+            tuple(data.get("levels", ())),
+            None if rng is None else (float(rng[0]), float(rng[1])),
+        )
+
+
+def field_specs(schema: Schema, cfg: ConditioningConfig) -> list[FieldSpec]:
+    """The fields `cfg` asks for, typed by the schema; a column of another role is an error."""
+    names = cfg.fields
+    if names is None:
+        names = tuple(schema.with_role("label", "covariate"))
+    specs = []
+    for name in names:
+        column = schema.columns.get(name)
+        if column is None:
+            raise InputError(f"conditioning.fields: {name!r} is not a column of the schema")
+        if column.role == "text":
+            specs.append(FieldSpec(name, "text"))
+        elif column.role in ("label", "covariate") and column.levels is not None:
+            specs.append(FieldSpec(name, "categorical", column.levels))
+        elif column.role == "covariate":
+            specs.append(FieldSpec(name, "continuous", range=column.range))
+        else:
+            raise InputError(
+                f"conditioning.fields: {name!r} has role {column.role}; "
+                "only label, covariate and text columns condition a generator"
+            )
+    if sum(s.kind == "text" for s in specs) > 1:
+        raise InputError("conditioning.fields: at most one text column")
+    return specs
+
+
+def mask_channels(schema: Schema, cfg: ConditioningConfig) -> int:
+    """Input channels a conditioning mask adds: one per label of that mask column."""
+    if cfg.mask is None:
+        return 0
+    column = schema.columns.get(cfg.mask)
+    if column is None or column.role != "mask":
+        raise InputError(f"conditioning.mask: {cfg.mask!r} is not a mask column of the schema")
+    return len(column.labels or {})
+
+
+# --- text -------------------------------------------------------------------------------------
+
+
+def build_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
+    """A word-level tokenizer fitted on the training reports (the `tokenizers` library).
+
+    Radiology report templates have a small closed vocabulary, so whole words are the natural
+    unit; unseen words map to [UNK]."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from tokenizers.trainers import WordLevelTrainer
+
+    tokenizer = Tokenizer(WordLevel(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    trainer = WordLevelTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK])
+    tokenizer.train_from_iterator([t for t in texts if t], trainer)
+    return tokenizer
+
+
+def load_tokenizer(json_text: str) -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(json_text)
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> torch.Tensor:
+    """(N, max_tokens) ids, truncated and padded with [PAD] (id 0); empty text is all padding.
+    A local Hugging Face encoder (an nn.Module) tokenizes with its own tokenizer."""
+    if isinstance(tokenizer, nn.Module):
+        return tokenizer.tokenize(list(texts))  # type: ignore[operator]
+    pad = tokenizer.token_to_id(PAD)
+    out = torch.full((len(texts), max_tokens), pad, dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = tokenizer.encode(text or "").ids[:max_tokens]
+        out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+class SmallTextEncoder(nn.Module):
+    """A few transformer layers over word embeddings, trained jointly with the denoiser."""
+
+    def __init__(self, vocab: int, max_tokens: int, dim: int, layers: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise InputError(f"conditioning.token_dim {dim} must divide by text_heads {heads}")
+        self.embed = nn.Embedding(vocab, dim, padding_idx=0)
+        self.position = nn.Parameter(torch.randn(max_tokens, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pad = ids == 0
+        # A row of pure padding would mask every key; let it attend to its own padding instead.
+        pad = pad & ~pad.all(dim=1, keepdim=True)
+        x = self.embed(ids) + self.position[: ids.shape[1]]
+        return self.norm(self.layers(x, src_key_padding_mask=pad))
+
+
+# --- field encoders ---------------------------------------------------------------------------
+
+
+class FourierMLP(nn.Module):
+    """A value in [0, 1] → sin/cos at `features // 2` frequencies → two-layer MLP → one token."""
+
+    def __init__(self, features: int, dim: int) -> None:
+        super().__init__()
+        half = max(1, features // 2)
+        self.register_buffer("freqs", math.pi * torch.arange(1, half + 1, dtype=torch.float32))
+        self.mlp = nn.Sequential(nn.Linear(2 * half, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, value: torch.Tensor) -> torch.Tensor:
+        angles = value.float()[:, None] * self.freqs
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=1))
+
+
+class ConditionEncoder(nn.Module):
+    """Field values → (N, 1 + fields + text tokens, D) tokens, dropped fields as null tokens.
+
+    Values: categorical fields a long level index (-1 = absent), continuous fields a float
+    scaled to [0, 1] by the schema (NaN = absent), text a (N, L) tensor of token ids.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[FieldSpec],
+        cfg: ConditioningConfig,
+        text_vocab: int | None = None,
+        text_module: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.specs = list(specs)
+        self.cfg = cfg
+        dim = cfg.token_dim
+        self.register = nn.Parameter(torch.randn(1, dim) * 0.02)
+        self.nulls = nn.ParameterDict(
+            {s.name: nn.Parameter(torch.randn(dim) * 0.02) for s in self.specs}
+        )
+        encoders: dict[str, nn.Module] = {}
+        for s in self.specs:
+            if s.kind == "categorical":
+                encoders[s.name] = nn.Embedding(len(s.levels), dim)
+            elif s.kind == "continuous":
+                encoders[s.name] = FourierMLP(cfg.fourier_features, dim)
+            elif text_module is not None:
+                hidden = int(getattr(text_module, "hidden_size", dim))
+                project = nn.Identity() if hidden == dim else nn.Linear(hidden, dim)
+                encoders[s.name] = nn.Sequential(text_module, project)
+            else:
+                if text_vocab is None:
+                    raise ValueError("a text field needs a tokenizer vocabulary size")
+                encoders[s.name] = SmallTextEncoder(
+                    text_vocab, cfg.text_max_tokens, dim, cfg.text_layers, cfg.text_heads
+                )
+        self.encoders = nn.ModuleDict(encoders)
+        self.text_pad = int(getattr(text_module, "pad_id", None) or 0)
+
+    @property
+    def num_tokens(self) -> int:
+        text = sum(s.kind == "text" for s in self.specs)
+        return 1 + len(self.specs) - text + text * self.cfg.text_max_tokens
+
+    def draw_drop(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per-field drop flags for one training batch: each field with P = drop_field, all
+        together with P = drop_all (global RNG unless a generator is given)."""
+        every = torch.rand(n, generator=generator) < self.cfg.drop_all
+        return {
+            s.name: (torch.rand(n, generator=generator) < self.cfg.drop_field) | every
+            for s in self.specs
+        }
+
+    def forward(
+        self, values: Values, drop: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        n = next(iter(values.values())).shape[0] if values else 1
+        device = self.register.device
+        tokens = [self.register.expand(n, 1, -1)]
+        for s in self.specs:
+            value = values[s.name].to(device)
+            null = self.nulls[s.name]
+            if s.kind == "categorical":
+                absent = value < 0
+                token = self.encoders[s.name](value.clamp(min=0))[:, None]
+            elif s.kind == "continuous":
+                absent = torch.isnan(value)
+                token = self.encoders[s.name](torch.nan_to_num(value, nan=0.0))[:, None]
+            else:
+                absent = (value == self.text_pad).all(dim=1)
+                token = self.encoders[s.name](value)
+            if drop is not None and s.name in drop:
+                absent = absent | drop[s.name].to(device)
+            token = torch.where(absent[:, None, None], null.to(token.dtype), token)
+            tokens.append(token)
+        return torch.cat(tokens, dim=1)
+
+    def null_drop(self, n: int, fields: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Drop flags that null `fields` (all fields when None): the unconditional branch."""
+        chosen = {s.name for s in self.specs} if fields is None else set(fields)
+        unknown = chosen - {s.name for s in self.specs}
+        if unknown:
+            raise InputError(f"guidance fields {sorted(unknown)} are not fields of this model")
+        return {name: torch.ones(n, dtype=torch.bool) for name in chosen}
+
+
+def encode_values(
+    specs: Sequence[FieldSpec],
+    rows: Sequence[Mapping[str, Any]],
+    tokenizer: Any | None,
+    max_tokens: int,
+) -> Values:
+    """Model inputs for `rows` of already-parsed values (level strings, numbers, text or None)."""
+    out: Values = {}
+    for s in specs:
+        cells = [row.get(s.name) for row in rows]
+        if s.kind == "categorical":
+            out[s.name] = torch.tensor(
+                [-1 if c is None else s.levels.index(str(c)) for c in cells], dtype=torch.long
+            )
+        elif s.kind == "continuous":
+            lo, hi = s.range  # type: ignore[misc]
+            out[s.name] = torch.tensor(
+                [math.nan if c is None else (float(c) - lo) / (hi - lo) for c in cells],
+                dtype=torch.float32,
+            )
+        else:
+            out[s.name] = tokenize(tokenizer, [c or "" for c in cells], max_tokens)
+    return out

@@ -1,0 +1,163 @@
+"""Condition encoders: field typing from the schema, null tokens, dropout rates, the tokenizer."""
+
+import math
+
+import pytest
+import torch
+
+from synthgen.config import ConditioningConfig, InputError
+from synthgen.data.schema import Schema
+from synthgen.models.conditioning import (
+    ConditionEncoder,
+    FieldSpec,
+    SmallTextEncoder,
+    build_tokenizer,
+    encode_values,
+    field_specs,
+    mask_channels,
+    tokenize,
+)
+
+SCHEMA = Schema.model_validate(
+    {
+        "columns": {
+            "id": {"role": "id"},
+            "image": {"role": "image"},
+            "seg": {"role": "mask", "labels": {1: "lung", 2: "heart"}},
+            "report": {"role": "text"},
+            "nodule": {"role": "label", "levels": [0, 1]},
+            "sex": {"role": "covariate", "levels": ["F", "M"]},
+            "age": {"role": "covariate", "range": [20, 90]},
+        }
+    }
+)
+REPORTS = [
+    "65-year-old male. Large nodule in the right lung.",
+    "30-year-old female. No acute findings.",
+    "Small left pleural effusion.",
+]
+
+
+def encoder(**cfg: object) -> ConditionEncoder:
+    config = ConditioningConfig(fields=("nodule", "sex", "age"), token_dim=16, **cfg)
+    torch.manual_seed(0)
+    return ConditionEncoder(field_specs(SCHEMA, config), config)
+
+
+def test_fields_are_typed_by_the_schema_and_default_to_labels_and_covariates():
+    specs = field_specs(SCHEMA, ConditioningConfig())
+    assert [(s.name, s.kind) for s in specs] == [
+        ("nodule", "categorical"),
+        ("sex", "categorical"),
+        ("age", "continuous"),
+    ]
+    assert specs[0].levels == ("0", "1") and specs[2].range == (20.0, 90.0)
+    text = field_specs(SCHEMA, ConditioningConfig(fields=("report",)))
+    assert text == [FieldSpec("report", "text")]
+    assert FieldSpec.from_json(specs[2].to_json()) == specs[2]
+    assert mask_channels(SCHEMA, ConditioningConfig(mask="seg")) == 2
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"fields": ("weight",)}, "'weight' is not a column"),
+        ({"fields": ("seg",)}, "'seg' has role mask"),
+        ({"fields": ("report", "report")}, "at most one text column"),
+        ({"mask": "nodule"}, "'nodule' is not a mask column"),
+    ],
+)
+def test_bad_fields_are_errors_naming_them(cfg, message):
+    config = ConditioningConfig(**cfg)
+    with pytest.raises(InputError, match=message):
+        field_specs(SCHEMA, config)
+        mask_channels(SCHEMA, config)
+
+
+def test_absent_and_dropped_fields_become_exactly_their_null_token():
+    enc = encoder()
+    values = {
+        "nodule": torch.tensor([1, -1, 0]),
+        "sex": torch.tensor([0, 1, 1]),
+        "age": torch.tensor([0.5, 0.2, math.nan]),
+    }
+    tokens = enc(values)
+    assert tokens.shape == (3, enc.num_tokens, 16) and enc.num_tokens == 4
+    assert torch.equal(tokens[1, 1], enc.nulls["nodule"].detach())
+    assert torch.equal(tokens[2, 3], enc.nulls["age"].detach())
+    assert not torch.equal(tokens[0, 1], enc.nulls["nodule"].detach())
+    dropped = enc(values, {"sex": torch.tensor([True, False, False])})
+    assert torch.equal(dropped[0, 2], enc.nulls["sex"].detach())
+    assert torch.equal(dropped[1:], tokens[1:])
+    assert torch.equal(tokens[:, 0], enc.register.detach().expand(3, -1))
+
+
+def test_levels_and_values_give_distinct_tokens_and_continuous_ones_vary_smoothly():
+    enc = encoder()
+    values = {
+        "nodule": torch.tensor([0, 1, 1, 1]),
+        "sex": torch.tensor([0, 0, 0, 0]),
+        "age": torch.tensor([0.30, 0.31, 0.30, 0.90]),
+    }
+    tokens = enc(values).detach()
+    assert not torch.allclose(tokens[0, 1], tokens[1, 1])
+    near = (tokens[1, 3] - tokens[2, 3]).norm()
+    far = (tokens[2, 3] - tokens[3, 3]).norm()
+    assert near < far / 5
+
+
+def test_drop_rates_match_the_config():
+    enc = encoder(drop_field=0.2, drop_all=0.1)
+    torch.manual_seed(1)
+    n = 20_000
+    drop = enc.draw_drop(n)
+    every = torch.stack(list(drop.values())).all(dim=0).float().mean()
+    # P(all three dropped) = 0.1 + 0.9 * 0.2**3
+    expected = 0.1 + 0.9 * 0.008
+    assert abs(float(every) - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
+    one = drop["nodule"].float().mean()
+    p = 0.1 + 0.9 * 0.2
+    assert abs(float(one) - p) < 4 * math.sqrt(p * (1 - p) / n)
+
+
+def test_null_drop_names_unknown_fields():
+    enc = encoder()
+    assert set(enc.null_drop(2)) == {"nodule", "sex", "age"}
+    assert set(enc.null_drop(2, ["sex"])) == {"sex"}
+    with pytest.raises(InputError, match="weight"):
+        enc.null_drop(2, ["weight"])
+
+
+def test_tokenizer_pads_truncates_and_maps_unseen_words_to_unk():
+    tok = build_tokenizer(REPORTS, vocab_size=100)
+    ids = tokenize(tok, ["large nodule", "", "enormous nodule"], max_tokens=4)
+    assert ids.shape == (3, 4)
+    assert ids[0, 2:].tolist() == [0, 0] and ids[1].tolist() == [0, 0, 0, 0]
+    assert ids[2, 0] == tok.token_to_id("[UNK]") and ids[2, 1] == ids[0, 1]
+    assert tokenize(tok, ["Large  NODULE"], 4).tolist() == ids[:1].tolist()
+    long = tokenize(tok, [REPORTS[0]], max_tokens=3)
+    assert (long != 0).all()
+    assert tokenize(tok, ["65"], 4)[0, :2].tolist() == [tok.token_to_id("6"), tok.token_to_id("5")]
+
+
+def test_text_encoder_ignores_padding_and_empty_text_is_null():
+    tok = build_tokenizer(REPORTS, vocab_size=100)
+    torch.manual_seed(0)
+    text = SmallTextEncoder(tok.get_vocab_size(), 12, 16, layers=2, heads=4).eval()
+    short, long = tokenize(tok, ["large nodule"], 8), tokenize(tok, ["large nodule"], 12)
+    with torch.no_grad():
+        torch.testing.assert_close(text(short)[0, :2], text(long)[0, :2])
+    config = ConditioningConfig(fields=("report",), token_dim=16, text_max_tokens=8)
+    enc = ConditionEncoder(field_specs(SCHEMA, config), config, tok.get_vocab_size())
+    values = encode_values(enc.specs, [{"report": "large nodule"}, {"report": None}], tok, 8)
+    tokens = enc(values)
+    assert tokens.shape == (2, 1 + 8, 16)
+    assert torch.equal(tokens[1, 1:], enc.nulls["report"].detach().expand(8, -1))
+    assert not torch.equal(tokens[0, 1], enc.nulls["report"].detach())
+
+
+def test_encode_values_scales_by_the_schema_and_marks_absent_cells():
+    specs = field_specs(SCHEMA, ConditioningConfig())
+    values = encode_values(specs, [{"nodule": "1", "sex": "M", "age": 55}, {}], None, 4)
+    assert values["nodule"].tolist() == [1, -1] and values["sex"].tolist() == [1, -1]
+    assert values["age"][0] == pytest.approx(0.5) and math.isnan(values["age"][1])

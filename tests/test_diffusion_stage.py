@@ -1,0 +1,151 @@
+"""The ldm and inpaint stages end to end on tiny phantom sets: checkpoints, resume, errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import synthgen
+from PIL import Image
+
+from synthgen.config import (
+    AETrainConfig,
+    AutoencoderConfig,
+    ConditioningConfig,
+    DataConfig,
+    DenoiserConfig,
+    DiffusionTrainConfig,
+    InputError,
+    PhantomConfig,
+    SamplingConfig,
+    TrainConfig,
+)
+from synthgen.data.phantoms import generate_phantoms
+from synthgen.engine.autoencoder import train_autoencoder
+from synthgen.engine.checkpoint import Checkpoint
+from synthgen.engine.diffusion import grid_cells, train_diffusion
+from synthgen.models.conditioning import FieldSpec
+
+TINY_UNET = DenoiserConfig(
+    channels=(16, 32), attention_levels=(False, True), norm_num_groups=8, num_head_channels=16
+)
+
+
+@pytest.fixture(scope="module")
+def chest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chest")
+    cfg = PhantomConfig(kind="chest2d", n=48, size=32, min_nodule_px=1.5)
+    return generate_phantoms(cfg, root / "data", False)
+
+
+def config(manifest, out, **kw) -> DiffusionTrainConfig:
+    base = dict(
+        data=DataConfig(manifest=manifest),
+        out=out,
+        denoiser=TINY_UNET,
+        conditioning=ConditioningConfig(token_dim=16, text_heads=2),
+        sampling=SamplingConfig(steps=3, per_cell=2),
+        train=TrainConfig(steps=4, batch_size=8, checkpoint_every=2, log_every=1, lr=1e-3),
+        val_images=8,
+    )
+    return DiffusionTrainConfig(**{**base, **kw})
+
+
+def weights(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    return checkpoint.weights("model", ema=False)
+
+
+def test_ldm_checkpoint_holds_schedule_fields_grid_and_tokenizer(chest, tmp_path):
+    cond = ConditioningConfig(fields=("nodule", "sex", "age", "report"), token_dim=16, text_heads=2)
+    ck = train_diffusion(config(chest, tmp_path / "run", conditioning=cond), show_progress=False)
+    meta = ck.meta
+    assert meta["final"] and meta["step"] == 4 and meta["kind"] == "diffusion"
+    assert meta["scheduler"]["class"] == "DDPMScheduler"
+    assert meta["scheduler"]["config"]["clip_sample"] is False
+    assert meta["scheduler"]["config"]["prediction_type"] == "v_prediction"
+    assert [f["name"] for f in meta["fields"]] == ["nodule", "sex", "age", "report"]
+    assert meta["space"] == {"kind": "pixel", "shape": [32, 32], "channels": 1}
+    assert meta["concat_channels"] == 0 and np.isfinite(meta["metrics"]["loss"])
+    grid = np.asarray(Image.open(ck.path / "samples.png"))
+    assert grid.shape == (4 * 32, 2 * 32)  # nodule x sex cells, 2 per cell
+    tokenizer = json.loads((ck.path / "tokenizer.json").read_text())
+    assert "nodule" in tokenizer["model"]["vocab"]
+
+
+def test_resume_continues_exactly(chest, tmp_path):
+    """2K steps straight equal K steps, then --resume K more (inpainting draws random masks,
+    field drops, noise and timesteps: all of it must come back)."""
+    straight = train_diffusion(config(chest, tmp_path / "a", stage="inpaint"), False)
+    half = config(chest, tmp_path / "b", stage="inpaint")
+    half = half.model_copy(update={"train": half.train.model_copy(update={"steps": 2})})
+    train_diffusion(half, show_progress=False)
+    resumed = train_diffusion(config(chest, tmp_path / "b", stage="inpaint"), True, False)
+    for name, value in weights(straight).items():
+        assert torch.equal(value, weights(resumed)[name]), name
+
+
+def test_inpaint_and_mask_conditioning_derive_the_input_channels(chest, tmp_path):
+    cond = ConditioningConfig(fields=("nodule",), mask="anatomy", token_dim=16)
+    ck = train_diffusion(
+        config(chest, tmp_path / "run", stage="inpaint", conditioning=cond), show_progress=False
+    )
+    assert ck.meta["mask_channels"] == 3  # right lung, left lung, heart
+    assert ck.meta["concat_channels"] == 3 + 1 + 1  # + mask + masked image
+    unet = weights(ck)
+    assert unet["unet.conv_in.conv.weight"].shape[1] == 1 + 5
+
+
+def test_latent_space_trains_on_the_cache_it_makes(chest, tmp_path):
+    ae = AETrainConfig(
+        autoencoder=AutoencoderConfig(channels=(8, 16), latent_channels=2, norm_num_groups=8),
+        train=TrainConfig(steps=2, batch_size=4, checkpoint_every=2),
+        data=DataConfig(manifest=chest),
+        out=tmp_path / "ae",
+        scale_batches=2,
+    )
+    train_autoencoder(ae, show_progress=False)
+    cfg = config(chest, tmp_path / "ldm", autoencoder=tmp_path / "ae", stage="inpaint")
+    ck = train_diffusion(cfg, show_progress=False)
+    assert ck.meta["space"]["kind"] == "latent" and ck.meta["space"]["shape"] == [16, 16]
+    assert (tmp_path / "ldm" / "latents" / "index.json").is_file()
+    grid = np.asarray(Image.open(ck.path / "samples.png"))
+    assert grid.shape == (4 * 32, 2 * 32), "samples are decoded to image size"
+
+
+def test_grid_cells_cross_the_chosen_levels():
+    specs = [
+        FieldSpec("nodule", "categorical", ("0", "1")),
+        FieldSpec("site", "categorical", ("A", "B", "C")),
+    ]
+    assert len(grid_cells(specs, None)) == 6
+    assert grid_cells(specs, ("site",)) == [{"site": "A"}, {"site": "B"}, {"site": "C"}]
+    with pytest.raises(InputError, match="age"):
+        grid_cells(specs, ("age",))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("conditioning.fields=[weight]", "'weight' is not a column"),
+        ("conditioning.mask=nodule", "'nodule' is not a mask column"),
+        ("sampling.sampler=flow", "sampler flow goes with diffusion.objective rflow"),
+        ("resolution=16", None),
+    ],
+)
+def test_cli_reports_bad_conditioning_in_one_line(chest, tmp_path, override, message):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"data: {{manifest: {chest}}}\nout: {tmp_path / 'run'}\n"
+        "denoiser: {channels: [16, 32], attention_levels: [false, true], norm_num_groups: 8, "
+        "num_head_channels: 16}\nsampling: {steps: 2, per_cell: 1}\n"
+        "train: {steps: 1, batch_size: 8, checkpoint_every: 1}\nval_images: 4\n"
+    )
+    result = synthgen(tmp_path, "train", "ldm", "--config", str(cfg), override, "--quiet")
+    if message is None:
+        assert result.returncode == 0, result.stderr
+        meta = json.loads(next((tmp_path / "run").glob("checkpoints/*/meta.json")).read_text())
+        assert meta["space"]["shape"] == [16, 16]
+        return
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
