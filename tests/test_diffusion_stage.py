@@ -149,3 +149,41 @@ def test_cli_reports_bad_conditioning_in_one_line(chest, tmp_path, override, mes
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def test_a_loaded_generator_redraws_the_validation_grid_and_inpaints_only_the_mask(chest, tmp_path):
+    from synthgen.engine.generator import image_grid, load_generator
+
+    cond = ConditioningConfig(fields=("nodule", "sex", "report"), token_dim=16, text_heads=2)
+    cfg = config(chest, tmp_path / "run", stage="inpaint", conditioning=cond)
+    ck = train_diffusion(cfg, show_progress=False)
+    gen = load_generator(tmp_path / "run")
+    assert gen.checkpoint.path == ck.path
+    cells = grid_cells(gen.specs, None)
+    rows = [cell for cell in cells for _ in range(2)]
+    noise = gen.noise(len(rows), torch.Generator().manual_seed(cfg.train.seed + 2))
+    images = gen.generate(rows, noise)
+    grid = np.asarray(Image.open(ck.path / "samples.png"))
+    assert np.abs(image_grid(images, 2).astype(int) - grid).max() <= 1
+
+    originals = torch.rand(2, 1, 32, 32) * 2 - 1
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[:, :, 8:20, 10:22] = 1
+    edited = gen.inpaint(
+        originals, masks, [{"nodule": "1", "report": "Large nodule."}] * 2, noise[:2]
+    )
+    keep = masks == 0
+    assert torch.equal(edited[keep], originals[keep])
+    assert (edited[~keep] - originals[~keep]).abs().mean() > 0.05
+    raw = gen.inpaint(originals, masks, [{}] * 2, noise[:2], blend=False)
+    assert not torch.equal(raw[keep], originals[keep])
+
+
+def test_inpainting_needs_an_inpainting_model(chest, tmp_path):
+    from synthgen.engine.generator import load_generator
+
+    train_diffusion(config(chest, tmp_path / "run"), show_progress=False)
+    gen = load_generator(tmp_path / "run")
+    image = torch.zeros(1, 1, 32, 32)
+    with pytest.raises(InputError, match="not an inpainting model"):
+        gen.inpaint(image, image, [{}], gen.noise(1, torch.Generator()))

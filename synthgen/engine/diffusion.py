@@ -26,8 +26,9 @@ from synthgen.data.manifest import Manifest, load_manifest
 from synthgen.data.masks import draw_masks
 from synthgen.data.progress import progress
 from synthgen.diffusion.objectives import diffusion_loss, make_train_scheduler, scheduler_record
-from synthgen.diffusion.sampling import make_sampler, sample
 from synthgen.engine.checkpoint import Checkpoint
+from synthgen.engine.generator import KIND as GENERATOR_KIND
+from synthgen.engine.generator import TOKENIZER_FILE, generate, image_grid, plain_concat
 from synthgen.engine.space import LatentSpace, PixelSpace, open_latent_space, to_model_mask
 from synthgen.engine.trainer import Optimize, Trainer, check_resumable, previous_run
 from synthgen.models.conditioning import (
@@ -36,14 +37,14 @@ from synthgen.models.conditioning import (
     FieldSpec,
     Values,
     build_tokenizer,
+    encode_values,
     field_specs,
     mask_channels,
     tokenize,
 )
 from synthgen.models.denoiser import ConditionalDenoiser, build_denoiser
 
-KIND = "diffusion"
-TOKENIZER_FILE = "tokenizer.json"
+KIND = GENERATOR_KIND
 GRID_FILE = "samples.png"
 Space = PixelSpace | LatentSpace
 
@@ -211,30 +212,34 @@ class DiffusionTask:
         cells = grid_cells(model.encoder.specs, self.cfg.sampling.grid)
         per = self.cfg.sampling.per_cell
         rows_values = [cell for cell in cells for _ in range(per)]
-        values = values_for(model.encoder.specs, rows_values, self.cfg.conditioning.text_max_tokens)
-        images = generate(
+        values = encode_values(
+            model.encoder.specs, rows_values, self.tokenizer, self.cfg.conditioning.text_max_tokens
+        )
+        n = len(rows_values)
+        cond_mask = self.val.cond_mask
+        if cond_mask is not None:
+            cond_mask = cond_mask[torch.arange(n) % len(cond_mask)]
+        noise = torch.randn(
+            (n, self.space.channels, *self.space.shape),
+            generator=torch.Generator().manual_seed(self.cfg.train.seed + 2),
+        )
+        s = self.cfg.sampling
+        x = generate(
             model,
             self.space,
-            make_train_scheduler(self.cfg.diffusion),
+            scheduler_record(self.scheduler),
             values,
-            torch.Generator().manual_seed(self.cfg.train.seed + 2),
-            self.cfg.sampling.sampler,
-            self.cfg.sampling.steps,
-            self.cfg.sampling.guidance,
-            inpaint=self.cfg.stage == "inpaint",
-            cond_mask=None
-            if self.val.cond_mask is None
-            else self.val.cond_mask[: len(rows_values)],
+            noise,
+            s.sampler,
+            s.steps,
+            s.guidance,
+            concat=plain_concat(n, self.space, self.cfg.stage == "inpaint", cond_mask),
         )
+        images = self.space.decode(x).float().cpu()
         return image_grid(images, per)
 
     def final_meta(self, model: nn.Module) -> dict[str, Any]:
-        return {
-            "scheduler": scheduler_record(self.scheduler),
-            "fields": [s.to_json() for s in model.encoder.specs],
-            "space": self.space.record(),
-            "stage": self.cfg.stage,
-        }
+        return {}
 
 
 def _unwrap(model: nn.Module) -> ConditionalDenoiser:
@@ -255,75 +260,6 @@ def grid_cells(specs: list[FieldSpec], fields: tuple[str, ...] | None) -> list[d
         chosen = [by_name[f] for f in fields]
     combos = itertools.product(*[s.levels for s in chosen])
     return [dict(zip([s.name for s in chosen], combo, strict=True)) for combo in combos]
-
-
-def values_for(specs: list[FieldSpec], rows: list[dict[str, Any]], max_tokens: int) -> Values:
-    """Values for rows of {field: level}; fields a row does not name are absent (null)."""
-    out: Values = {}
-    for s in specs:
-        if s.kind == "categorical":
-            cells = [row.get(s.name) for row in rows]
-            out[s.name] = torch.tensor(
-                [-1 if c is None else s.levels.index(str(c)) for c in cells], dtype=torch.long
-            )
-        elif s.kind == "continuous":
-            out[s.name] = torch.full((len(rows),), float("nan"))
-        else:
-            out[s.name] = torch.zeros((len(rows), max_tokens), dtype=torch.long)
-    return out
-
-
-def generate(
-    model: ConditionalDenoiser,
-    space: Space,
-    train_scheduler: Any,
-    values: Values,
-    generator: torch.Generator,
-    sampler: str,
-    steps: int,
-    guidance: float,
-    inpaint: bool = False,
-    cond_mask: torch.Tensor | None = None,
-    guide_fields: list[str] | None = None,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Images (N, 1, *image) in [-1, 1] for the given field values (plain generation)."""
-    n = next(iter(values.values())).shape[0]
-    device = next(model.parameters()).device
-    record = scheduler_record(train_scheduler)
-    out = []
-    noise = torch.randn((n, space.channels, *space.shape), generator=generator)
-    for start in range(0, n, batch_size):
-        rows = slice(start, start + batch_size)
-        part = {k: v[rows] for k, v in values.items()}
-        size = noise[rows].shape[0]
-        concat = []
-        if inpaint:
-            concat += [torch.ones((size, 1, *space.shape)), torch.zeros(noise[rows].shape)]
-        if cond_mask is not None:
-            concat.append(cond_mask[rows])
-        extra = torch.cat(concat, dim=1).to(device) if concat else None
-        cond = Conditioning(model.encoder(part), extra)
-        drop = model.encoder.null_drop(size, guide_fields)
-        uncond = Conditioning(model.encoder(part, drop), extra)
-        scheduler = make_sampler(record, sampler, steps)
-        x = sample(model, noise[rows].to(device), scheduler, cond, uncond, guidance)
-        out.append(space.decode(x).float().cpu())
-    return torch.cat(out)
-
-
-def image_grid(images: torch.Tensor, per_row: int) -> np.ndarray:
-    """(N, 1, *spatial) in [-1, 1] → 8-bit mosaic, `per_row` images per row (3D: middle slice)."""
-    frames = images[:, 0]
-    if frames.dim() == 4:
-        frames = frames[:, frames.shape[1] // 2]
-    rows = [torch.cat(list(frames[i : i + per_row]), dim=1) for i in range(0, len(frames), per_row)]
-    if rows and rows[-1].shape != rows[0].shape:
-        pad = torch.full_like(rows[0], -1.0)
-        pad[:, : rows[-1].shape[1]] = rows[-1]
-        rows[-1] = pad
-    mosaic = torch.cat(rows, dim=0).numpy()
-    return np.round((np.clip(mosaic, -1, 1) + 1) * 127.5).astype(np.uint8)
 
 
 def _latent_rows(cache: Any, ids: list[str]) -> torch.Tensor:
@@ -390,6 +326,10 @@ def train_diffusion(
         "train_images": len(train),
         "concat_channels": extra,
         "mask_channels": k_mask,
+        "scheduler": scheduler_record(task.scheduler),
+        "fields": [s.to_json() for s in specs],
+        "space": space.record(),
+        "stage": cfg.stage,
     }
     trainer = Trainer(cfg.train, cfg.out, dump_config(cfg), meta, show_progress)
     rows = TensorDataset(torch.arange(len(train)))

@@ -1,0 +1,232 @@
+"""A trained diffusion checkpoint as a generator: conditions in, images out.
+
+`load_generator` rebuilds the denoiser (EMA weights), its condition encoder and tokenizer,
+the space it runs in and the trained noise schedule from a checkpoint folder alone.
+`Generator.generate` draws from scratch; `Generator.inpaint` regenerates inside a mask and
+blends the result into the original, so pixels outside the mask are the original's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthgen.config import DiffusionTrainConfig, InputError, load_config
+from synthgen.diffusion.sampling import make_sampler, sample
+from synthgen.engine.checkpoint import Checkpoint, open_checkpoint
+from synthgen.engine.space import LatentSpace, PixelSpace, open_latent_space, to_model_mask
+from synthgen.models.conditioning import (
+    ConditionEncoder,
+    Conditioning,
+    FieldSpec,
+    Values,
+    encode_values,
+    load_tokenizer,
+)
+from synthgen.models.denoiser import ConditionalDenoiser, build_denoiser
+
+Space = PixelSpace | LatentSpace
+KIND = "diffusion"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def generate(
+    model: ConditionalDenoiser,
+    space: Space,
+    record: dict[str, Any],
+    values: Values,
+    noise: torch.Tensor,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    concat: torch.Tensor | None = None,
+    guide_fields: Sequence[str] | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Model-space samples (N, C, *shape) from unit `noise`, guided on `guide_fields` (all
+    fields when None): the unconditional branch nulls those fields and keeps `concat`."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(noise), batch_size):
+        rows = slice(start, start + batch_size)
+        part = {k: v[rows] for k, v in values.items()}
+        extra = None if concat is None else concat[rows].to(device)
+        size = noise[rows].shape[0]
+        with torch.no_grad():
+            cond = Conditioning(model.encoder(part), extra)
+            drop = model.encoder.null_drop(size, guide_fields)
+            uncond = Conditioning(model.encoder(part, drop), extra)
+            scheduler = make_sampler(record, sampler, steps)
+            x = sample(model, noise[rows].to(device), scheduler, cond, uncond, guidance)
+        out.append(x.float().cpu())
+    return torch.cat(out)
+
+
+def plain_concat(
+    n: int, space: Space, inpaint: bool, cond_mask: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Conditioning channels for generation from scratch: an all-ones mask and an empty
+    masked image (inpainting models), then any conditioning mask."""
+    parts = []
+    if inpaint:
+        parts += [torch.ones((n, 1, *space.shape)), torch.zeros((n, space.channels, *space.shape))]
+    if cond_mask is not None:
+        parts.append(cond_mask)
+    return torch.cat(parts, dim=1) if parts else None
+
+
+def image_grid(images: torch.Tensor, per_row: int) -> np.ndarray:
+    """(N, 1, *spatial) in [-1, 1] → 8-bit mosaic, `per_row` images per row (3D: middle slice)."""
+    frames = images[:, 0]
+    if frames.dim() == 4:
+        frames = frames[:, frames.shape[1] // 2]
+    rows = [torch.cat(list(frames[i : i + per_row]), dim=1) for i in range(0, len(frames), per_row)]
+    if rows and rows[-1].shape != rows[0].shape:
+        pad = torch.full_like(rows[0], -1.0)
+        pad[:, : rows[-1].shape[1]] = rows[-1]
+        rows[-1] = pad
+    mosaic = torch.cat(rows, dim=0).numpy()
+    return np.round((np.clip(mosaic, -1, 1) + 1) * 127.5).astype(np.uint8)
+
+
+@dataclass
+class Generator:
+    """Everything a trained checkpoint needs to turn conditions into images."""
+
+    model: ConditionalDenoiser
+    space: Space
+    cfg: DiffusionTrainConfig
+    checkpoint: Checkpoint
+    tokenizer: Any | None
+
+    @property
+    def specs(self) -> list[FieldSpec]:
+        return self.model.encoder.specs
+
+    @property
+    def inpainting(self) -> bool:
+        return self.cfg.stage == "inpaint"
+
+    def values(self, rows: Sequence[Mapping[str, Any]]) -> Values:
+        """Model inputs for rows of {field: level, number or text}; missing fields are null."""
+        return encode_values(
+            self.specs, rows, self.tokenizer, self.cfg.conditioning.text_max_tokens
+        )
+
+    def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn((n, self.space.channels, *self.space.shape), generator=generator)
+
+    def _options(
+        self, sampler: str | None, steps: int | None, guidance: float | None
+    ) -> tuple[str, int, float]:
+        s = self.cfg.sampling
+        return (
+            sampler or s.sampler,
+            steps or s.steps,
+            s.guidance if guidance is None else guidance,
+        )
+
+    def generate(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        noise: torch.Tensor,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        guide_fields: Sequence[str] | None = None,
+        cond_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Images (N, 1, *image) in [-1, 1] for `rows`, one per row of unit `noise`."""
+        if self.cfg.conditioning.mask is not None and cond_mask is None:
+            raise InputError("this model is conditioned on a mask: pass one per row")
+        concat = plain_concat(len(rows), self.space, self.inpainting, cond_mask)
+        x = generate(
+            self.model,
+            self.space,
+            self.checkpoint.meta["scheduler"],
+            self.values(rows),
+            noise,
+            *self._options(sampler, steps, guidance),
+            concat=concat,
+            guide_fields=guide_fields,
+        )
+        return self.space.decode(x).float().cpu()
+
+    def inpaint(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        rows: Sequence[Mapping[str, Any]],
+        noise: torch.Tensor,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        guide_fields: Sequence[str] | None = None,
+        blend: bool = True,
+    ) -> torch.Tensor:
+        """Regenerate `images` (N, 1, *image, model range) where `masks` (N, 1, *image) is 1,
+        under `rows`' conditions; with `blend` the result outside the mask is the original."""
+        if not self.inpainting:
+            raise InputError(f"{self.checkpoint.path}: not an inpainting model (stage ldm)")
+        if images.shape != masks.shape:
+            raise InputError(f"images {tuple(images.shape)} and masks {tuple(masks.shape)} differ")
+        known = self.space.encode(images).float().cpu()
+        m = to_model_mask(masks.float(), self.space.shape)
+        concat = torch.cat([m, known * (1.0 - m)], dim=1)
+        x = generate(
+            self.model,
+            self.space,
+            self.checkpoint.meta["scheduler"],
+            self.values(rows),
+            noise,
+            *self._options(sampler, steps, guidance),
+            concat=concat,
+            guide_fields=guide_fields,
+        )
+        out = self.space.decode(x).float().cpu()
+        if tuple(out.shape[2:]) != tuple(images.shape[2:]):
+            images = (
+                self.space.encode(images).cpu() if isinstance(self.space, PixelSpace) else images
+            )
+            masks = to_model_mask(masks.float(), tuple(out.shape[2:]))
+        return masks * out + (1.0 - masks) * images if blend else out
+
+
+def load_generator(path: Path, device: str | torch.device = "cpu") -> Generator:
+    """A diffusion checkpoint (or its run folder's newest one) ready to sample, EMA weights."""
+    checkpoint = open_checkpoint(Path(path), kind=KIND)
+    meta = checkpoint.meta
+    cfg = load_config(DiffusionTrainConfig, checkpoint.path / "config.yaml")
+    specs = [FieldSpec.from_json(f) for f in meta["fields"]]
+    tokenizer, text_module, vocab = None, None, None
+    if any(s.kind == "text" for s in specs):
+        if cfg.conditioning.text_encoder is not None:
+            from synthgen.models.hf_text import HFTextEncoder
+
+            text_module = HFTextEncoder(
+                cfg.conditioning.text_encoder,
+                cfg.conditioning.text_max_tokens,
+                cfg.conditioning.text_finetune,
+            )
+            tokenizer = text_module
+        else:
+            tokenizer = load_tokenizer((checkpoint.path / TOKENIZER_FILE).read_text())
+            vocab = tokenizer.get_vocab_size()
+    if meta["space"]["kind"] == "latent":
+        space: Space = open_latent_space(cfg.autoencoder)  # type: ignore[arg-type]
+    else:
+        space = PixelSpace(tuple(meta["image_shape"]), cfg.resolution)
+    encoder = ConditionEncoder(specs, cfg.conditioning, vocab, text_module)
+    model = build_denoiser(
+        cfg.denoiser, encoder, len(space.shape), space.channels, int(meta["concat_channels"])
+    )
+    model.load_state_dict(checkpoint.weights("model", ema=True))
+    model.eval().requires_grad_(False).to(device)
+    if isinstance(space, LatentSpace):
+        space.to(torch.device(device))
+    return Generator(model, space, cfg, checkpoint, tokenizer)
