@@ -238,7 +238,12 @@ class DiffusionStage(StrictModel):
         None, description="latent cache of that autoencoder (synthgen encode); None = make one"
     )
     resolution: int | None = Field(
-        None, ge=8, description="pixel space only: resize images to this side first"
+        None, ge=8, description="pixel or pretrained space: resize images to this side first"
+    )
+    pretrained: Path | None = Field(
+        None,
+        description="local Stable Diffusion folder (diffusers layout; 2D): fine-tune its UNet, "
+        "encode with its VAE, read text with its text encoder",
     )
     conditioning: ConditioningConfig = ConditioningConfig()
     denoiser: DenoiserConfig = DenoiserConfig()
@@ -254,6 +259,8 @@ class DiffusionStage(StrictModel):
             raise ValueError("cache needs the autoencoder it was made with")
         if self.autoencoder is not None and self.resolution is not None:
             raise ValueError("resolution applies to pixel space only (no autoencoder)")
+        if self.autoencoder is not None and self.pretrained is not None:
+            raise ValueError("pretrained brings its own VAE: leave autoencoder unset")
         if (self.diffusion.objective == "rflow") != (self.sampling.sampler == "flow"):
             raise ValueError(
                 "sampling.sampler flow goes with diffusion.objective rflow, and only with it"
@@ -268,8 +275,35 @@ class DiffusionTrainConfig(DiffusionStage):
     out: Path
 
 
+def demo_generator() -> DiffusionStage:
+    """The demo's generator: a pixel-space 32x32 inpainting model that also generates from
+    scratch, conditioned on chest2d's labels and covariates (the recipe that shows conditioning
+    on a 2-core CPU within 20 minutes; configs/inpaint-chest2d-pixel32.yaml is the same)."""
+    return DiffusionStage(
+        stage="inpaint",
+        conditioning=ConditioningConfig(
+            fields=("nodule", "effusion", "sex", "age", "site"), drop_field=0.05, drop_all=0.1
+        ),
+        denoiser=DenoiserConfig(),
+        diffusion=DiffusionConfig(objective="v", min_snr_gamma=5.0),
+        inpaint=InpaintConfig(plain=0.5, shape_masks=("nodule_mask", "effusion_mask", "anatomy")),
+        sampling=SamplingConfig(grid=("nodule", "sex"), per_cell=6),
+        train=TrainConfig(
+            steps=800,
+            batch_size=64,
+            lr=1e-3,
+            warmup_steps=200,
+            ema_decay=0.995,
+            checkpoint_every=400,
+            log_every=20,
+            max_minutes=20,
+        ),
+    )
+
+
 class DemoConfig(StrictModel):
-    """The built-in demo: phantom sets to make and check, and an autoencoder for each."""
+    """The built-in demo: phantom sets to make and check, an autoencoder for some, and a
+    conditional generator for some."""
 
     datasets: dict[str, PhantomConfig] = Field(
         default_factory=lambda: {
@@ -277,6 +311,7 @@ class DemoConfig(StrictModel):
                 kind="chest2d", n=2000, size=64, shortcut=0.9, hidden_stratum=0.1, write_clean=True
             ),
             "brain3d": PhantomConfig(kind="brain3d", n=400, size=32, write_clean=True),
+            "chest2d-32": PhantomConfig(kind="chest2d", n=2000, size=32, min_nodule_px=1.5),
         }
     )
     autoencoders: dict[str, AEStage] = Field(
@@ -313,19 +348,24 @@ class DemoConfig(StrictModel):
         }
     )
 
+    generators: dict[str, DiffusionStage] = Field(
+        default_factory=lambda: {"chest2d-32": demo_generator()}
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _own_datasets_own_stages(cls, data: Any) -> Any:
         """A config that lists its own datasets gets no default stages for the built-in ones."""
-        if isinstance(data, Mapping) and "datasets" in data and "autoencoders" not in data:
-            return {**data, "autoencoders": {}}
+        if isinstance(data, Mapping) and "datasets" in data:
+            return {"autoencoders": {}, "generators": {}, **data}
         return data
 
     @model_validator(mode="after")
     def _stages_name_datasets(self) -> DemoConfig:
-        unknown = sorted(set(self.autoencoders) - set(self.datasets))
-        if unknown:
-            raise ValueError(f"autoencoders {unknown} name no dataset")
+        for kind, stages in (("autoencoders", self.autoencoders), ("generators", self.generators)):
+            unknown = sorted(set(stages) - set(self.datasets))
+            if unknown:
+                raise ValueError(f"{kind} {unknown} name no dataset")
         return self
 
 

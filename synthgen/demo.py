@@ -10,18 +10,30 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel
 
-from synthgen.config import AETrainConfig, DataConfig, DemoConfig, dump_config
+from synthgen.config import (
+    AETrainConfig,
+    DataConfig,
+    DemoConfig,
+    DiffusionStage,
+    DiffusionTrainConfig,
+    dump_config,
+)
 from synthgen.data.check import check_manifest, print_summary
 from synthgen.data.dataset import split_rows
 from synthgen.data.intensity import to_model, window_for
 from synthgen.data.manifest import Manifest, load_manifest
 from synthgen.data.phantoms import generate_phantoms
+
+if TYPE_CHECKING:
+    from synthgen.engine.checkpoint import Checkpoint
 
 
 def stage_dir(root: Path, name: str, *configs: BaseModel) -> Path:
@@ -68,13 +80,53 @@ def _stage(fresh: bool, path: Path, label: str) -> bool:
     return True
 
 
+def _trained(run: Path, fresh: bool, label: str, what: str, train: Callable[[bool], Checkpoint]):  # type: ignore[no-untyped-def]
+    """The final checkpoint in `run`: reused when complete, else trained (resumed if partial)."""
+    from synthgen.engine.checkpoint import list_checkpoints
+
+    if fresh and run.exists():
+        shutil.rmtree(run)
+    done = list_checkpoints(run)
+    if done and done[-1].meta.get("final"):
+        print(f"[{label}] reusing {done[-1].path}")
+        return done[-1]
+    print(f"[{label}] {'resuming' if done else 'training'} {what}")
+    return train(bool(done))
+
+
+def run_generator(
+    name: str, stage: DiffusionStage, manifest: Path, run: Path, fresh: bool
+) -> GeneratorRow:
+    """Train (or reuse) one conditional generator on a demo dataset."""
+    from synthgen.engine.diffusion import describe, train_diffusion
+
+    cfg = DiffusionTrainConfig(**stage.model_dump(), data=DataConfig(manifest=manifest), out=run)
+    limit = stage.train.max_minutes
+    what = f"the {stage.stage} generator ({stage.train.steps} steps, {limit} min max)"
+    checkpoint = _trained(
+        run, fresh, f"gen-{name}", what, lambda resume: train_diffusion(cfg, resume=resume)
+    )
+    print(f"[gen-{name}] {describe(checkpoint)}")
+    meta = checkpoint.meta
+    return GeneratorRow(
+        name,
+        meta["stage"],
+        f"{meta['space']['kind']} {'x'.join(str(v) for v in meta['space']['shape'])}",
+        meta["step"],
+        meta["train_seconds"] / 60,
+        meta["metrics"]["loss"],
+        str(checkpoint.path / "samples.png"),
+    )
+
+
 def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
-    """Phantoms -> data check -> autoencoder -> latent cache for each configured dataset."""
+    """Phantoms -> data check -> autoencoder -> latent cache, and conditional generators."""
     from synthgen.engine.autoencoder import describe, train_autoencoder
-    from synthgen.engine.checkpoint import checkpoint_hash, list_checkpoints
+    from synthgen.engine.checkpoint import checkpoint_hash
     from synthgen.engine.encode import encode_manifest
 
     rows = []
+    generated = []
     for name, phantom_cfg in cfg.datasets.items():
         data = stage_dir(out / "data", name, phantom_cfg)
         if _stage(fresh, data, name):
@@ -87,6 +139,10 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
             raise RuntimeError(f"the demo's own {name} phantoms failed the data check")
         row = Row(name, len(manifest))
         rows.append(row)
+        generator = cfg.generators.get(name)
+        if generator is not None:
+            run = stage_dir(out / "runs", f"gen-{name}", phantom_cfg, generator)
+            generated.append(run_generator(name, generator, data / "manifest.csv", run, fresh))
         stage = cfg.autoencoders.get(name)
         if stage is None:
             continue
@@ -94,19 +150,15 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
         ae_cfg = AETrainConfig(
             **stage.model_dump(), data=DataConfig(manifest=data / "manifest.csv"), out=run
         )
-        if fresh and run.exists():
-            shutil.rmtree(run)
-        done = list_checkpoints(run)
-        if done and done[-1].meta.get("final"):
-            print(f"[ae-{name}] reusing {done[-1].path}")
-            checkpoint = done[-1]
-        else:
-            verb = "resuming" if done else "training"
-            limit = stage.train.max_minutes
-            print(
-                f"[ae-{name}] {verb} the autoencoder ({stage.train.steps} steps, {limit} min max)"
-            )
-            checkpoint = train_autoencoder(ae_cfg, resume=bool(done))
+        limit = stage.train.max_minutes
+        what = f"the autoencoder ({stage.train.steps} steps, {limit} min max)"
+        checkpoint = _trained(
+            run,
+            fresh,
+            f"ae-{name}",
+            what,
+            lambda resume, ae_cfg=ae_cfg: train_autoencoder(ae_cfg, resume=resume),
+        )
         print(f"[ae-{name}] {describe(checkpoint)}")
         cache = out / "cache" / f"{name}-{checkpoint_hash(checkpoint)[:12]}"
         if _stage(False, cache, f"cache-{name}"):
@@ -118,7 +170,40 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
         row.minutes = checkpoint.meta["train_seconds"] / 60
         row.cache = str(cache)
     print_rows(rows)
+    print_generators(generated)
     print(f"demo finished: everything is under {out}")
+
+
+@dataclass
+class GeneratorRow:
+    """One generator's line in the final summary."""
+
+    name: str
+    stage: str
+    space: str
+    steps: int
+    minutes: float
+    val_loss: float
+    samples: str
+
+
+def print_generators(rows: list[GeneratorRow]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not rows:
+        return
+    table = Table(title="generators", title_justify="left")
+    for header in ("dataset", "stage", "space", "steps", "train min", "val loss"):
+        table.add_column(header)
+    for r in rows:
+        table.add_row(
+            r.name, r.stage, r.space, str(r.steps), f"{r.minutes:.1f}", f"{r.val_loss:.4f}"
+        )
+    console = Console(soft_wrap=True)
+    console.print(table)
+    for r in rows:
+        console.print(f"{r.name} samples (rows: condition cells): {r.samples}")
 
 
 def print_rows(rows: list[Row]) -> None:

@@ -85,6 +85,19 @@ def test_brain3d_phantoms_pass_data_check(tmp_path):
     assert "shape (16, 16, 16)" in check.stdout and "lesion=0" in check.stdout
 
 
+TINY_GENERATOR = [
+    "denoiser.channels=[16,32]",
+    "denoiser.attention_levels=[false,true]",
+    "denoiser.norm_num_groups=8",
+    "denoiser.num_head_channels=16",
+    "train.steps=2",
+    "train.batch_size=8",
+    "sampling.steps=2",
+    "sampling.per_cell=1",
+    "val_images=4",
+]
+
+
 def test_demo_generates_checks_and_reuses(tmp_path):
     tiny_ae = ["autoencoder.channels=[8,16]", "autoencoder.norm_num_groups=8", "train.steps=2"]
     overrides = [
@@ -96,16 +109,21 @@ def test_demo_generates_checks_and_reuses(tmp_path):
         "autoencoders.chest2d.train.batch_size=4",
         *(f"autoencoders.brain3d.{o}" for o in tiny_ae),
         "autoencoders.brain3d.train.batch_size=2",
+        "datasets.chest2d-32.n=30",
+        *(f"generators.chest2d-32.{o}" for o in TINY_GENERATOR),
     ]
     first = run("demo", "--out", "out", *overrides, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "generating 30 chest2d" in first.stdout and "demo finished" in first.stdout
     assert "[ae-chest2d] training" in first.stdout and "[ae-brain3d] training" in first.stdout
     assert "chest2d latent cache:" in first.stdout and "noise floor" in first.stdout
+    assert "[gen-chest2d-32] training the inpaint generator" in first.stdout
+    assert "chest2d-32 samples (rows: condition cells)" in first.stdout
     made = tree_digest(tmp_path / "out")
     second = run("demo", "--out", "out", *overrides, cwd=tmp_path)
     assert second.returncode == 0
-    for stage in ("chest2d", "brain3d", "ae-chest2d", "ae-brain3d", "cache-chest2d"):
+    stages = ("chest2d", "brain3d", "ae-chest2d", "ae-brain3d", "cache-chest2d", "gen-chest2d-32")
+    for stage in stages:
         assert f"[{stage}] reusing" in second.stdout, stage
     assert tree_digest(tmp_path / "out") == made
     fresh = run("demo", "--out", "out", "--fresh", *overrides, cwd=tmp_path)

@@ -9,6 +9,8 @@ from pydantic import ValidationError
 from synthgen.config import (
     AETrainConfig,
     DemoConfig,
+    DiffusionStage,
+    DiffusionTrainConfig,
     InputError,
     PhantomConfig,
     apply_overrides,
@@ -26,7 +28,8 @@ def test_configs_folder_is_not_empty():
 def model_for(path: Path) -> type:
     """Run configs name their stage; the others are demo configs."""
     stage = (yaml.safe_load(path.read_text()) or {}).get("stage")
-    return {"ae": AETrainConfig, None: DemoConfig}[stage]
+    diffusion = DiffusionTrainConfig
+    return {"ae": AETrainConfig, "ldm": diffusion, "inpaint": diffusion, None: DemoConfig}[stage]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -40,6 +43,12 @@ def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
 
 def test_builtin_demo_defaults_equal_the_shipped_demo_config():
     assert load_config(DemoConfig, None) == load_config(DemoConfig, CONFIGS[0].parent / "demo.yaml")
+
+
+def test_the_demo_generator_is_the_shipped_pixel32_config():
+    shipped = load_config(DiffusionTrainConfig, CONFIGS[0].parent / "inpaint-chest2d-pixel32.yaml")
+    stage = DemoConfig().generators["chest2d-32"]
+    assert DiffusionStage(**shipped.model_dump(exclude={"data", "out"})) == stage
 
 
 def test_overrides_set_nested_values_with_yaml_types(tmp_path):

@@ -258,3 +258,65 @@ def test_missing_subfolders(sd: dict, tmp_path: Path) -> None:
     (no_scheduler / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(InputError, match=r"vae: no \*\.safetensors"):
         load_stable_diffusion(no_scheduler, max_tokens=MAX_TOKENS)
+
+
+# --- fine-tuning a local Stable Diffusion folder through `train inpaint` -------------------
+
+
+def test_train_inpaint_fine_tunes_a_local_stable_diffusion_folder(sd: dict, tmp_path: Path) -> None:
+    from synthgen.config import (
+        ConditioningConfig,
+        DataConfig,
+        DiffusionTrainConfig,
+        PhantomConfig,
+        SamplingConfig,
+        TrainConfig,
+    )
+    from synthgen.data.phantoms import generate_phantoms
+    from synthgen.engine.diffusion import train_diffusion
+    from synthgen.engine.generator import load_generator
+
+    manifest = generate_phantoms(
+        PhantomConfig(kind="chest2d", n=24, size=32), tmp_path / "d", False
+    )
+    cfg = DiffusionTrainConfig(
+        stage="inpaint",
+        pretrained=sd["root"],
+        resolution=16,  # the tiny VAE halves it to the tiny UNet's 8x8
+        data=DataConfig(manifest=manifest),
+        out=tmp_path / "run",
+        conditioning=ConditioningConfig(fields=("nodule", "report"), text_max_tokens=MAX_TOKENS),
+        diffusion={"objective": "epsilon"},
+        sampling=SamplingConfig(steps=2, per_cell=1),
+        train=TrainConfig(steps=2, batch_size=4, checkpoint_every=2, lr=1e-2, ema_decay=None),
+        val_images=4,
+    )
+    ck = train_diffusion(cfg, show_progress=False)
+    assert ck.meta["space"] == {"kind": "pretrained", "shape": [8, 8], "channels": 4}
+    assert ck.meta["scheduler"]["config"]["num_train_timesteps"] == 100  # SD's own schedule
+    assert ck.meta["scheduler"]["config"]["clip_sample"] is False
+    weights = ck.weights("model")
+    conv_in = weights["unet.unet.conv_in.weight"]
+    assert conv_in.shape[1] == 4 + 1 + 4  # latents + mask + masked latents
+    original = sd["unet"].state_dict()
+    assert not torch.equal(conv_in[:, :4], original["conv_in.weight"]), "UNet was not trained"
+    text = {k: v for k, v in weights.items() if k.startswith("encoder.encoders.report.0.model.")}
+    assert len(text) > 10
+    for name, value in sd["text"].state_dict().items():
+        key = f"encoder.encoders.report.0.model.{name}"
+        if key in text:
+            assert torch.equal(text[key], value), f"frozen text encoder changed: {name}"
+    gen = load_generator(tmp_path / "run")
+    noise = gen.noise(2, torch.Generator().manual_seed(0))
+    images = gen.generate([{"nodule": "1", "report": "nodule"}, {}], noise, steps=2)
+    assert images.shape == (2, 1, 16, 16) and images.abs().max() <= 1
+    with pytest.raises(InputError, match="predicts epsilon; set diffusion.objective to epsilon"):
+        train_diffusion(
+            cfg.model_copy(
+                update={
+                    "diffusion": cfg.diffusion.model_copy(update={"objective": "v"}),
+                    "out": tmp_path / "v",
+                }
+            ),
+            show_progress=False,
+        )

@@ -14,14 +14,27 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from synthgen.config import DiffusionConfig
+from synthgen.config import DiffusionConfig, InputError
 from synthgen.models.conditioning import Conditioning
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def make_train_scheduler(cfg: DiffusionConfig) -> Any:
-    """DDPM for epsilon / v, flow-matching Euler for rectified flow."""
+def make_train_scheduler(cfg: DiffusionConfig, pretrained: dict[str, Any] | None = None) -> Any:
+    """DDPM for epsilon / v, flow-matching Euler for rectified flow. A pretrained model's own
+    schedule (`pretrained`: its scheduler config) is kept, without sample clipping."""
+    if pretrained is not None:
+        from diffusers import DDPMScheduler
+
+        scheduler = DDPMScheduler.from_config(pretrained, clip_sample=False)
+        trained = scheduler.config.prediction_type
+        wanted = {"epsilon": "epsilon", "v": "v_prediction"}.get(cfg.objective)
+        if trained != wanted:
+            raise InputError(
+                f"the pretrained model predicts {trained}; set diffusion.objective to "
+                f"{'v' if trained == 'v_prediction' else trained}"
+            )
+        return scheduler
     if cfg.objective == "rflow":
         from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -70,16 +83,17 @@ def diffusion_loss(
     saves and restores for exact resume).
     """
     n = x0.shape[0]
+    steps = int(scheduler.config.num_train_timesteps)  # a pretrained schedule may differ from cfg
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     if cfg.objective == "rflow":
         sigma = torch.rand(n, generator=generator).to(x0)
         s = _broadcast(sigma, x0)
         x_t = (1.0 - s) * x0 + s * noise
         target = noise - x0
-        t = sigma * cfg.timesteps
+        t = sigma * steps
         weight = torch.ones(n, device=x0.device, dtype=x0.dtype)
     else:
-        t = torch.randint(0, cfg.timesteps, (n,), generator=generator).to(x0.device)
+        t = torch.randint(0, steps, (n,), generator=generator).to(x0.device)
         x_t = scheduler.add_noise(x0, noise, t)
         target = noise if cfg.objective == "epsilon" else scheduler.get_velocity(x0, noise, t)
         weight = snr_weight(scheduler, t, cfg).to(x0)

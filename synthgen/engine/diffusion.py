@@ -25,14 +25,19 @@ from synthgen.data.io import write_png
 from synthgen.data.manifest import Manifest, load_manifest
 from synthgen.data.masks import draw_masks
 from synthgen.data.progress import progress
-from synthgen.diffusion.objectives import diffusion_loss, make_train_scheduler, scheduler_record
+from synthgen.diffusion.objectives import diffusion_loss, scheduler_record
 from synthgen.engine.checkpoint import Checkpoint
 from synthgen.engine.generator import KIND as GENERATOR_KIND
-from synthgen.engine.generator import TOKENIZER_FILE, generate, image_grid, plain_concat
-from synthgen.engine.space import LatentSpace, PixelSpace, open_latent_space, to_model_mask
+from synthgen.engine.generator import (
+    TOKENIZER_FILE,
+    build_stack,
+    generate,
+    image_grid,
+    plain_concat,
+)
+from synthgen.engine.space import LatentSpace, PixelSpace, to_model_mask
 from synthgen.engine.trainer import Optimize, Trainer, check_resumable, previous_run
 from synthgen.models.conditioning import (
-    ConditionEncoder,
     Conditioning,
     FieldSpec,
     Values,
@@ -42,7 +47,7 @@ from synthgen.models.conditioning import (
     mask_channels,
     tokenize,
 )
-from synthgen.models.denoiser import ConditionalDenoiser, build_denoiser
+from synthgen.models.denoiser import ConditionalDenoiser
 
 KIND = GENERATOR_KIND
 GRID_FILE = "samples.png"
@@ -62,11 +67,6 @@ class SplitData:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def concat_channels(cfg: DiffusionTrainConfig, channels: int, cond_mask: int) -> int:
-    """Conditioning channels on the denoiser input: mask + masked image (inpaint), seg map."""
-    return cond_mask + (1 + channels if cfg.stage == "inpaint" else 0)
 
 
 def _shape_columns(cfg: DiffusionTrainConfig, manifest: Manifest) -> list[str]:
@@ -114,7 +114,7 @@ def load_split(
             cells = [item["covariates"][s.name] for item in items]
             values[s.name] = torch.tensor(cells, dtype=torch.float32)
     pixels = None
-    if isinstance(space, PixelSpace):
+    if not isinstance(space, LatentSpace):
         pixels = space.encode(torch.stack([item["image"] for item in items]))
     cond_mask = None
     if cfg.conditioning.mask:
@@ -149,13 +149,14 @@ class DiffusionTask:
         val: SplitData,
         cache: Any | None,
         tokenizer: Any | None,
+        scheduler: Any,
     ) -> None:
         self.cfg = cfg
         self.modules: dict[str, nn.Module] = {"model": model}
         self.space = space
         self.train, self.val, self.cache = train, val, cache
         self.tokenizer = tokenizer
-        self.scheduler = make_train_scheduler(cfg.diffusion)
+        self.scheduler = scheduler
 
     def x0(self, data: SplitData, rows: torch.Tensor, generator: Any = None) -> torch.Tensor:
         if data.pixels is not None:
@@ -295,12 +296,16 @@ def train_diffusion(
     schema = manifest.schema
     specs = field_specs(schema, cfg.conditioning)
     k_mask = mask_channels(schema, cfg.conditioning)
-    if cfg.autoencoder is not None:
-        space: Space = open_latent_space(cfg.autoencoder)
-    else:
-        first = ManifestDataset(manifest, split=cfg.data.train_split, masks=False)[0]
-        space = PixelSpace(tuple(first["image"].shape[1:]), cfg.resolution)
-    tokenizer, text_module = _text_parts(cfg, manifest, specs)
+    first = ManifestDataset(manifest, split=cfg.data.train_split, masks=False)[0]
+    torch.manual_seed(cfg.train.seed)
+    stack = build_stack(
+        cfg,
+        specs,
+        tuple(first["image"].shape[1:]),
+        _reports_tokenizer(cfg, manifest, specs),
+        k_mask,
+    )
+    space, tokenizer = stack.space, stack.tokenizer
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     load = dict(cfg=cfg, specs=specs, space=space, tokenizer=tokenizer, show=show_progress)
     train = load_split(manifest, cfg.data.train_split, **load)  # type: ignore[arg-type]
@@ -312,12 +317,8 @@ def train_diffusion(
             _latent_rows(cache, train.ids),
             _latent_rows(cache, val.ids),
         )
-    torch.manual_seed(cfg.train.seed)
-    vocab = tokenizer.get_vocab_size() if tokenizer is not None else None
-    encoder = ConditionEncoder(specs, cfg.conditioning, vocab, text_module)
-    extra = concat_channels(cfg, space.channels, k_mask)
-    model = build_denoiser(cfg.denoiser, encoder, len(space.shape), space.channels, extra)
-    task = DiffusionTask(cfg, model, space, train, val, cache, tokenizer)
+    task = DiffusionTask(cfg, stack.model, space, train, val, cache, tokenizer, stack.scheduler)
+    extra = stack.concat_channels
     meta = {
         "data_fingerprint": manifest.fingerprint(),
         "spatial_dims": len(space.shape),
@@ -336,25 +337,16 @@ def train_diffusion(
     return trainer.fit(task, rows, resume=previous)
 
 
-def _text_parts(
+def _reports_tokenizer(
     cfg: DiffusionTrainConfig, manifest: Manifest, specs: list[FieldSpec]
-) -> tuple[Any | None, nn.Module | None]:
-    """The tokenizer (fitted on the training reports) or a local Hugging Face text encoder."""
+) -> Any | None:
+    """A tokenizer fitted on the training reports, when a text field has no pretrained encoder."""
     text = [s for s in specs if s.kind == "text"]
-    if not text:
-        return None, None
-    if cfg.conditioning.text_encoder is not None:
-        from synthgen.models.hf_text import HFTextEncoder
-
-        module = HFTextEncoder(
-            cfg.conditioning.text_encoder,
-            cfg.conditioning.text_max_tokens,
-            cfg.conditioning.text_finetune,
-        )
-        return module, module
+    if not text or cfg.conditioning.text_encoder is not None or cfg.pretrained is not None:
+        return None
     ds = ManifestDataset(manifest, split=cfg.data.train_split, masks=False)
     reports = [str(manifest.value(r, text[0].name) or "") for r in ds.rows]
-    return build_tokenizer(reports, cfg.conditioning.text_vocab_size), None
+    return build_tokenizer(reports, cfg.conditioning.text_vocab_size)
 
 
 def describe(checkpoint: Checkpoint) -> str:

@@ -17,9 +17,16 @@ import numpy as np
 import torch
 
 from synthgen.config import DiffusionTrainConfig, InputError, load_config
+from synthgen.diffusion.objectives import make_train_scheduler
 from synthgen.diffusion.sampling import make_sampler, sample
 from synthgen.engine.checkpoint import Checkpoint, open_checkpoint
-from synthgen.engine.space import LatentSpace, PixelSpace, open_latent_space, to_model_mask
+from synthgen.engine.space import (
+    LatentSpace,
+    PixelSpace,
+    PretrainedSpace,
+    open_latent_space,
+    to_model_mask,
+)
 from synthgen.models.conditioning import (
     ConditionEncoder,
     Conditioning,
@@ -30,9 +37,79 @@ from synthgen.models.conditioning import (
 )
 from synthgen.models.denoiser import ConditionalDenoiser, build_denoiser
 
-Space = PixelSpace | LatentSpace
+Space = PixelSpace | LatentSpace | PretrainedSpace
 KIND = "diffusion"
 TOKENIZER_FILE = "tokenizer.json"
+
+
+def concat_channels(cfg: DiffusionTrainConfig, channels: int, cond_mask: int) -> int:
+    """Conditioning channels on the denoiser input: mask + masked image (inpaint), seg map."""
+    return cond_mask + (1 + channels if cfg.stage == "inpaint" else 0)
+
+
+@dataclass
+class Stack:
+    """A diffusion stage's pieces: denoiser (with its condition encoder), the space it runs
+    in, the text tokenizer and the training noise schedule."""
+
+    model: ConditionalDenoiser
+    space: Space
+    tokenizer: Any | None
+    scheduler: Any
+    concat_channels: int
+
+
+def build_stack(
+    cfg: DiffusionTrainConfig,
+    specs: list[FieldSpec],
+    image_shape: tuple[int, ...],
+    tokenizer: Any | None,
+    mask_channels: int,
+) -> Stack:
+    """Build the untrained stack from config (the caller seeds the RNG). A pretrained Stable
+    Diffusion folder supplies the UNet (widened for conditioning channels), the VAE, the text
+    encoder and the schedule; its tokens set the width of every other field's token."""
+    conditioning = cfg.conditioning
+    has_text = any(s.kind == "text" for s in specs)
+    text_module = None
+    pretrained_schedule = None
+    sd_unet = None
+    if cfg.pretrained is not None:
+        from synthgen.models.stable_diffusion import SDDenoiser, SDLatents, load_stable_diffusion
+
+        parts = load_stable_diffusion(
+            cfg.pretrained, conditioning.text_max_tokens, conditioning.text_finetune
+        )
+        space: Space = PretrainedSpace(SDLatents(parts.vae), image_shape, cfg.resolution)
+        sd_unet = parts.unet
+        width = SDDenoiser(parts.unet).cross_attention_dim
+        conditioning = conditioning.model_copy(update={"token_dim": width})
+        text_module = parts.text if has_text else None
+        pretrained_schedule = parts.scheduler_config
+    elif cfg.autoencoder is not None:
+        space = open_latent_space(cfg.autoencoder)
+    else:
+        space = PixelSpace(image_shape, cfg.resolution)
+    if has_text and text_module is None and conditioning.text_encoder is not None:
+        from synthgen.models.hf_text import HFTextEncoder
+
+        text_module = HFTextEncoder(
+            conditioning.text_encoder, conditioning.text_max_tokens, conditioning.text_finetune
+        )
+    if text_module is not None:
+        tokenizer = text_module
+    vocab = tokenizer.get_vocab_size() if has_text and text_module is None else None
+    encoder = ConditionEncoder(specs, conditioning, vocab, text_module)
+    extra = concat_channels(cfg, space.channels, mask_channels)
+    if sd_unet is not None:
+        from synthgen.models.stable_diffusion import SDDenoiser, expand_unet_inputs
+
+        unet = SDDenoiser(expand_unet_inputs(sd_unet, extra))
+        model = ConditionalDenoiser(encoder, unet, space.channels + extra)
+    else:
+        model = build_denoiser(cfg.denoiser, encoder, len(space.shape), space.channels, extra)
+    scheduler = make_train_scheduler(cfg.diffusion, pretrained_schedule)
+    return Stack(model, space, tokenizer, scheduler, extra)
 
 
 def generate(
@@ -203,30 +280,14 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> Generator:
     meta = checkpoint.meta
     cfg = load_config(DiffusionTrainConfig, checkpoint.path / "config.yaml")
     specs = [FieldSpec.from_json(f) for f in meta["fields"]]
-    tokenizer, text_module, vocab = None, None, None
-    if any(s.kind == "text" for s in specs):
-        if cfg.conditioning.text_encoder is not None:
-            from synthgen.models.hf_text import HFTextEncoder
-
-            text_module = HFTextEncoder(
-                cfg.conditioning.text_encoder,
-                cfg.conditioning.text_max_tokens,
-                cfg.conditioning.text_finetune,
-            )
-            tokenizer = text_module
-        else:
-            tokenizer = load_tokenizer((checkpoint.path / TOKENIZER_FILE).read_text())
-            vocab = tokenizer.get_vocab_size()
-    if meta["space"]["kind"] == "latent":
-        space: Space = open_latent_space(cfg.autoencoder)  # type: ignore[arg-type]
-    else:
-        space = PixelSpace(tuple(meta["image_shape"]), cfg.resolution)
-    encoder = ConditionEncoder(specs, cfg.conditioning, vocab, text_module)
-    model = build_denoiser(
-        cfg.denoiser, encoder, len(space.shape), space.channels, int(meta["concat_channels"])
+    tokenizer_file = checkpoint.path / TOKENIZER_FILE
+    tokenizer = load_tokenizer(tokenizer_file.read_text()) if tokenizer_file.is_file() else None
+    stack = build_stack(
+        cfg, specs, tuple(meta["image_shape"]), tokenizer, int(meta.get("mask_channels", 0))
     )
+    model, space = stack.model, stack.space
     model.load_state_dict(checkpoint.weights("model", ema=True))
     model.eval().requires_grad_(False).to(device)
-    if isinstance(space, LatentSpace):
+    if not isinstance(space, PixelSpace):
         space.to(torch.device(device))
-    return Generator(model, space, cfg, checkpoint, tokenizer)
+    return Generator(model, space, cfg, checkpoint, stack.tokenizer)

@@ -91,6 +91,45 @@ class LatentSpace:
         }
 
 
+class PretrainedSpace:
+    """Diffusion on a pretrained (Stable Diffusion) VAE's scaled latents of resized images."""
+
+    kind = "pretrained"
+
+    def __init__(self, latents: nn.Module, image_shape: tuple[int, ...], resolution: int | None):
+        self.latents = latents.eval().requires_grad_(False)
+        self.image_shape = tuple(image_shape)
+        self.input_shape = self.image_shape if resolution is None else (resolution,) * 2
+        vae = latents.vae.config  # type: ignore[union-attr]
+        factor = 2 ** (len(vae.block_out_channels) - 1)
+        if any(side % factor for side in self.input_shape):
+            raise InputError(
+                f"image side {self.input_shape} must divide by the VAE's downsampling {factor}; "
+                "set resolution"
+            )
+        self.shape = tuple(side // factor for side in self.input_shape)
+        self.channels = int(vae.latent_channels)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        parts = [
+            self.latents.encode(resize(images[i : i + batch_size], self.input_shape)).cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+        return torch.cat(parts).float()
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.latents.decode(x).float()
+
+    def to(self, device: torch.device) -> PretrainedSpace:
+        self.latents.to(device)
+        return self
+
+    def record(self) -> dict[str, Any]:
+        return {"kind": self.kind, "shape": list(self.shape), "channels": self.channels}
+
+
 def open_latent_space(path: Path) -> LatentSpace:
     from synthgen.engine.autoencoder import load_autoencoder
 

@@ -49,7 +49,7 @@ class ConditionalDenoiser(nn.Module):
                 f"the denoiser expects {self.in_channels} input channels (image/latent + "
                 f"conditioning), got {x.shape[1]}: the conditioning differs from the trained one"
             )
-        return self.unet(x, timesteps=t, context=tokens)
+        return self.unet(x, t, tokens)
 
 
 def build_denoiser(
