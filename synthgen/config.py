@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class InputError(Exception):
@@ -192,6 +192,19 @@ class DiffusionConfig(StrictModel):
     beta_start: float = Field(1e-4, gt=0)
     beta_end: float = Field(0.02, gt=0, lt=1)
     min_snr_gamma: float | None = Field(5.0, gt=0, description="min-SNR weighting; None = off")
+    region_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="mask column -> extra loss weight inside its regions (small findings "
+        "such as nodules are a tiny share of the pixels and are learned last without it)",
+    )
+
+    @field_validator("region_weights")
+    @classmethod
+    def _positive_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, w in v.items() if not w > 0]
+        if bad:
+            raise ValueError(f"region weights must be > 0: {bad}")
+        return v
 
 
 class SamplingConfig(StrictModel):
@@ -285,8 +298,10 @@ def demo_generator() -> DiffusionStage:
             fields=("nodule", "effusion", "sex", "age", "site"), drop_field=0.05, drop_all=0.1
         ),
         denoiser=DenoiserConfig(),
-        diffusion=DiffusionConfig(objective="v", min_snr_gamma=5.0),
-        inpaint=InpaintConfig(plain=0.5, shape_masks=("nodule_mask", "effusion_mask", "anatomy")),
+        diffusion=DiffusionConfig(
+            objective="v", min_snr_gamma=5.0, region_weights={"nodule_mask": 20.0}
+        ),
+        inpaint=InpaintConfig(plain=0.6, shape_masks=("nodule_mask", "effusion_mask", "anatomy")),
         sampling=SamplingConfig(grid=("nodule", "sex"), per_cell=6),
         train=TrainConfig(
             steps=800,

@@ -126,3 +126,23 @@ def test_assemble_stacks_conditioning_after_x_t():
     out = assemble(x, Conditioning(torch.zeros(2, 1, 8), concat))
     assert torch.equal(out[:, :3], x) and torch.equal(out[:, 3:], concat)
     assert assemble(x, Conditioning(torch.zeros(2, 1, 8))) is x
+
+
+def test_region_weights_scale_the_squared_error_inside_the_region():
+    cfg = DiffusionConfig(objective="epsilon", min_snr_gamma=None)
+    scheduler = make_train_scheduler(cfg)
+    x0 = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    cond = Conditioning(torch.zeros(4, 1, 4))
+    weights = torch.ones(4, 1, 8, 8)
+    weights[:, :, 2:4, 2:4] = 21.0
+
+    def zero(x, t, tokens):
+        return torch.zeros_like(x)
+
+    plain = diffusion_loss(zero, x0, cond, scheduler, cfg, torch.Generator().manual_seed(2))
+    weighted = diffusion_loss(
+        zero, x0, cond, scheduler, cfg, torch.Generator().manual_seed(2), weights
+    )
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+    assert plain.item() == pytest.approx(noise.pow(2).mean().item(), rel=1e-5)
+    assert weighted.item() == pytest.approx((weights * noise.pow(2)).mean().item(), rel=1e-5)

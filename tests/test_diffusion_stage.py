@@ -128,6 +128,8 @@ def test_grid_cells_cross_the_chosen_levels():
     [
         ("conditioning.fields=[weight]", "'weight' is not a column"),
         ("conditioning.mask=nodule", "'nodule' is not a mask column"),
+        ("diffusion.region_weights={nodule: 2}", "region_weights: 'nodule' is not a mask column"),
+        ("diffusion.region_weights={nodule_mask: 0}", "region weights must be > 0"),
         ("sampling.sampler=flow", "sampler flow goes with diffusion.objective rflow"),
         ("resolution=16", None),
     ],

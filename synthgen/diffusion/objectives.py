@@ -76,11 +76,13 @@ def diffusion_loss(
     scheduler: Any,
     cfg: DiffusionConfig,
     generator: torch.Generator | None = None,
+    pixel_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted MSE between the model's prediction and the objective's target, one batch.
 
     Noise and timesteps come from `generator` (the global RNG when None, which the trainer
-    saves and restores for exact resume).
+    saves and restores for exact resume). `pixel_weights` (N, 1, *spatial) scale each
+    position's squared error (region weighting).
     """
     n = x0.shape[0]
     steps = int(scheduler.config.num_train_timesteps)  # a pretrained schedule may differ from cfg
@@ -98,8 +100,10 @@ def diffusion_loss(
         target = noise if cfg.objective == "epsilon" else scheduler.get_velocity(x0, noise, t)
         weight = snr_weight(scheduler, t, cfg).to(x0)
     prediction = model(assemble(x_t, cond), t, cond.tokens)
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none")
-    per_sample = per_sample.flatten(1).mean(dim=1)
+    squared = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if pixel_weights is not None:
+        squared = squared * pixel_weights.to(squared)
+    per_sample = squared.flatten(1).mean(dim=1)
     return (weight * per_sample).mean()
 
 

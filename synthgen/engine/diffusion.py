@@ -64,6 +64,7 @@ class SplitData:
     cache_rows: torch.Tensor | None
     cond_mask: torch.Tensor | None
     shapes: torch.Tensor | None
+    weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -94,7 +95,12 @@ def load_split(
 ) -> SplitData:
     """Decode a split once: values for every field, pixels (pixel space), mask maps."""
     shape_columns = _shape_columns(cfg, manifest)
-    wanted = set(shape_columns) | ({cfg.conditioning.mask} if cfg.conditioning.mask else set())
+    region = cfg.diffusion.region_weights
+    for column in region:
+        if column not in manifest.schema.columns or manifest.schema.columns[column].role != "mask":
+            raise InputError(f"diffusion.region_weights: {column!r} is not a mask column")
+    wanted = set(shape_columns) | set(region)
+    wanted |= {cfg.conditioning.mask} if cfg.conditioning.mask else set()
     ds = ManifestDataset(manifest, split=split, masks=bool(wanted))
     n = len(ds) if limit is None else min(limit, len(ds))
     items = [ds[i] for i in progress(range(n), n, f"loading {split}", show)]
@@ -132,7 +138,13 @@ def load_split(
             maps = torch.where(layer > 0, layer + offset, maps)
             offset += max(manifest.schema.columns[column].labels or {0: ""})
         shapes = maps
-    return SplitData(ids, values, pixels, None, cond_mask, shapes)
+    weights = None
+    if region:
+        weights = torch.ones((n, 1, *space.shape))
+        for column, weight in region.items():
+            inside = torch.stack([(item["masks"][column] > 0).float() for item in items])
+            weights += weight * torch.nn.functional.interpolate(inside, space.shape, mode="area")
+    return SplitData(ids, values, pixels, None, cond_mask, shapes, weights)
 
 
 class DiffusionTask:
@@ -188,7 +200,8 @@ class DiffusionTask:
         values = {k: v[rows] for k, v in self.train.values.items()}
         tokens = encoder(values, encoder.draw_drop(len(rows)))
         cond = Conditioning(tokens, self.concat(self.train, rows, x0))
-        loss = diffusion_loss(model, x0, cond, self.scheduler, self.cfg.diffusion)
+        weights = None if self.train.weights is None else self.train.weights[rows]
+        loss = diffusion_loss(model, x0, cond, self.scheduler, self.cfg.diffusion, None, weights)
         optimize("model", loss)
         return {"loss": loss.item()}
 
