@@ -194,8 +194,8 @@ class DiffusionConfig(StrictModel):
     min_snr_gamma: float | None = Field(5.0, gt=0, description="min-SNR weighting; None = off")
     region_weights: dict[str, float] = Field(
         default_factory=dict,
-        description="mask column -> extra loss weight inside its regions (small findings "
-        "such as nodules are a tiny share of the pixels and are learned last without it)",
+        description="mask column (or column:label) -> extra loss weight inside it (small "
+        "findings such as nodules are a tiny share of the pixels and are learned last)",
     )
 
     @field_validator("region_weights")

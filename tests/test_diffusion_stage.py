@@ -130,6 +130,7 @@ def test_grid_cells_cross_the_chosen_levels():
         ("conditioning.mask=nodule", "'nodule' is not a mask column"),
         ("diffusion.region_weights={nodule: 2}", "region_weights: 'nodule' is not a mask column"),
         ("diffusion.region_weights={nodule_mask: 0}", "region weights must be > 0"),
+        ('diffusion.region_weights={"anatomy:spleen": 2}', "anatomy has no label 'spleen'"),
         ("sampling.sampler=flow", "sampler flow goes with diffusion.objective rflow"),
         ("resolution=16", None),
     ],
@@ -189,3 +190,40 @@ def test_inpainting_needs_an_inpainting_model(chest, tmp_path):
     image = torch.zeros(1, 1, 32, 32)
     with pytest.raises(InputError, match="not an inpainting model"):
         gen.inpaint(image, image, [{}], gen.noise(1, torch.Generator()))
+
+
+def test_3d_inpainting_trains_and_generates_volumes(tmp_path):
+    from synthgen.engine.generator import load_generator
+
+    manifest = generate_phantoms(
+        PhantomConfig(kind="brain3d", n=16, size=16), tmp_path / "d", False
+    )
+    unet = DenoiserConfig(
+        channels=(8, 16), attention_levels=(False, True), norm_num_groups=8, num_head_channels=8
+    )
+    cond = ConditioningConfig(fields=("age", "sex"), token_dim=16)
+    cfg = config(manifest, tmp_path / "run", stage="inpaint", denoiser=unet, conditioning=cond)
+    ck = train_diffusion(cfg, show_progress=False)
+    assert ck.meta["spatial_dims"] == 3 and ck.meta["space"]["shape"] == [16, 16, 16]
+    gen = load_generator(tmp_path / "run")
+    volumes = gen.generate([{"age": 30}, {"age": 80}], gen.noise(2, torch.Generator()), steps=2)
+    assert volumes.shape == (2, 1, 16, 16, 16) and volumes.abs().max() <= 1
+    masks = torch.zeros(2, 1, 16, 16, 16)
+    masks[:, :, 4:9, 4:9, 4:9] = 1
+    edited = gen.inpaint(volumes, masks, [{}, {}], gen.noise(2, torch.Generator()), steps=2)
+    assert torch.equal(edited[masks == 0], volumes[masks == 0])
+
+
+def test_region_weights_cover_exactly_the_named_mask_label(chest, tmp_path):
+    from synthgen.data.dataset import ManifestDataset
+    from synthgen.data.manifest import load_manifest
+    from synthgen.engine.diffusion import load_split
+    from synthgen.engine.space import PixelSpace
+
+    manifest = load_manifest(chest)
+    cfg = config(chest, tmp_path / "run", diffusion={"region_weights": {"anatomy:heart": 5.0}})
+    data = load_split(manifest, "train", cfg, [], PixelSpace((32, 32), None), None, limit=6)
+    ds = ManifestDataset(manifest, split="train")
+    heart = torch.stack([(ds[i]["masks"]["anatomy"] == 3).float() for i in range(6)])
+    assert torch.equal(data.weights, 1.0 + 5.0 * heart)
+    assert heart.sum() > 0

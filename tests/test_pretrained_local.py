@@ -320,3 +320,61 @@ def test_train_inpaint_fine_tunes_a_local_stable_diffusion_folder(sd: dict, tmp_
             ),
             show_progress=False,
         )
+
+
+def test_a_local_text_encoder_conditions_the_monai_denoiser(sd: dict, tmp_path: Path) -> None:
+    """`conditioning.text_encoder: FOLDER` (frozen): tokens come from the folder's model, the
+    checkpoint needs no tokenizer file, and a loaded generator reads text the same way."""
+    from synthgen.config import (
+        ConditioningConfig,
+        DataConfig,
+        DenoiserConfig,
+        DiffusionTrainConfig,
+        PhantomConfig,
+        SamplingConfig,
+        TrainConfig,
+    )
+    from synthgen.data.phantoms import generate_phantoms
+    from synthgen.engine.diffusion import train_diffusion
+    from synthgen.engine.generator import load_generator
+
+    manifest = generate_phantoms(
+        PhantomConfig(kind="chest2d", n=24, size=32), tmp_path / "d", False
+    )
+    cfg = DiffusionTrainConfig(
+        data=DataConfig(manifest=manifest),
+        out=tmp_path / "run",
+        resolution=16,
+        denoiser=DenoiserConfig(
+            channels=(16, 32),
+            attention_levels=(False, True),
+            norm_num_groups=8,
+            num_head_channels=16,
+        ),
+        conditioning=ConditioningConfig(
+            fields=("sex", "report"),
+            token_dim=16,
+            text_encoder=sd["plain"],
+            text_max_tokens=MAX_TOKENS,
+        ),
+        sampling=SamplingConfig(steps=2, per_cell=1),
+        train=TrainConfig(steps=2, batch_size=4, checkpoint_every=2),
+        val_images=4,
+    )
+    ck = train_diffusion(cfg, show_progress=False)
+    assert not (ck.path / "tokenizer.json").exists()
+    weights = ck.weights("model")
+    frozen = {
+        k[len("encoder.encoders.report.0.model.") :]: v
+        for k, v in weights.items()
+        if k.startswith("encoder.encoders.report.0.model.")
+    }
+    original = sd["text"].state_dict()
+    assert frozen and all(torch.equal(v, original[k]) for k, v in frozen.items() if k in original)
+    gen = load_generator(tmp_path / "run")
+    values = gen.values([{"report": "ab"}, {"report": None}])
+    assert values["report"][0, :4].tolist() == [0, 2, 5, 1]
+    tokens = gen.model.encoder(values)
+    assert tokens.shape == (2, 1 + 1 + MAX_TOKENS, 16)
+    null = gen.model.encoder.nulls["report"]
+    assert torch.equal(tokens[1, 2:], null.expand(MAX_TOKENS, -1))

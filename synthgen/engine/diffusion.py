@@ -83,6 +83,20 @@ def _shape_columns(cfg: DiffusionTrainConfig, manifest: Manifest) -> list[str]:
     return list(names)
 
 
+def _region(key: str, manifest: Manifest) -> tuple[str, int | None]:
+    """`column` (every labelled pixel) or `column:label` (one label) of a mask column."""
+    column, _, label = key.partition(":")
+    spec = manifest.schema.columns.get(column)
+    if spec is None or spec.role != "mask":
+        raise InputError(f"diffusion.region_weights: {column!r} is not a mask column")
+    if not label:
+        return column, None
+    names = {str(k): k for k in spec.labels or {}} | {v: k for k, v in (spec.labels or {}).items()}
+    if label not in names:
+        raise InputError(f"diffusion.region_weights: {column} has no label {label!r}")
+    return column, int(names[label])
+
+
 def load_split(
     manifest: Manifest,
     split: str,
@@ -95,11 +109,8 @@ def load_split(
 ) -> SplitData:
     """Decode a split once: values for every field, pixels (pixel space), mask maps."""
     shape_columns = _shape_columns(cfg, manifest)
-    region = cfg.diffusion.region_weights
-    for column in region:
-        if column not in manifest.schema.columns or manifest.schema.columns[column].role != "mask":
-            raise InputError(f"diffusion.region_weights: {column!r} is not a mask column")
-    wanted = set(shape_columns) | set(region)
+    region = {_region(key, manifest): w for key, w in cfg.diffusion.region_weights.items()}
+    wanted = set(shape_columns) | {column for column, _ in region}
     wanted |= {cfg.conditioning.mask} if cfg.conditioning.mask else set()
     ds = ManifestDataset(manifest, split=split, masks=bool(wanted))
     n = len(ds) if limit is None else min(limit, len(ds))
@@ -141,8 +152,9 @@ def load_split(
     weights = None
     if region:
         weights = torch.ones((n, 1, *space.shape))
-        for column, weight in region.items():
-            inside = torch.stack([(item["masks"][column] > 0).float() for item in items])
+        for (column, label), weight in region.items():
+            maps = torch.stack([item["masks"][column] for item in items])
+            inside = (maps > 0 if label is None else maps == label).float()
             weights += weight * torch.nn.functional.interpolate(inside, space.shape, mode="area")
     return SplitData(ids, values, pixels, None, cond_mask, shapes, weights)
 

@@ -123,7 +123,10 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> torch.Ten
     """(N, max_tokens) ids, truncated and padded with [PAD] (id 0); empty text is all padding.
     A local Hugging Face encoder (an nn.Module) tokenizes with its own tokenizer."""
     if isinstance(tokenizer, nn.Module):
-        return tokenizer.tokenize(list(texts))  # type: ignore[operator]
+        ids = tokenizer.tokenize([t or "" for t in texts])  # type: ignore[operator]
+        # Its tokenizer adds begin/end tokens even to "": absent text must be pure padding.
+        ids[torch.tensor([not t for t in texts], dtype=torch.bool)] = int(tokenizer.pad_id)
+        return ids
     pad = tokenizer.token_to_id(PAD)
     out = torch.full((len(texts), max_tokens), pad, dtype=torch.long)
     for i, text in enumerate(texts):
