@@ -141,8 +141,8 @@ def load_split(
         cond_mask = torch.nn.functional.interpolate(onehot, size=space.shape, mode="area")
     shapes = None
     if shape_columns:
-        maps = torch.zeros_like(items[0]["masks"][shape_columns[0]][0]).expand(n, -1, -1)
-        maps = maps.clone().to(torch.int32)
+        spatial = items[0]["masks"][shape_columns[0]].shape[1:]
+        maps = torch.zeros((n, *spatial), dtype=torch.int32)
         offset = 0
         for column in shape_columns:
             layer = torch.stack([item["masks"][column][0] for item in items]).to(torch.int32)
