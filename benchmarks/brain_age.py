@@ -6,7 +6,7 @@ from random real training rows), their ventricle volume measured from the voxels
 same measurement on real held-out phantoms (the reference, measured in the same run).
 
     python benchmarks/brain_age.py --checkpoint RUN --real data/brain3d/manifest.csv
-    python benchmarks/brain_age.py --quick     # trains a tiny 2-minute pixel-space model first
+    python benchmarks/brain_age.py --quick     # trains a tiny 1-minute pixel-space model first
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def quick_model(root: Path) -> tuple[Path, Path]:
-    """A tiny pixel-space model at 16^3 (no autoencoder) trained for 2 minutes."""
+    """A tiny pixel-space model at 16^3 (no autoencoder) trained for 1 minute."""
     manifest = generate_phantoms(
         PhantomConfig(kind="brain3d", n=80, size=16), root / "data", show_progress=False
     )
@@ -50,7 +50,7 @@ def quick_model(root: Path) -> tuple[Path, Path]:
             f"data.manifest={manifest}",
             f"out={root / 'run'}",
             "autoencoder=null",
-            "train.max_minutes=2",
+            "train.max_minutes=1",
             "train.batch_size=8",
             "val_images=8",
             "sampling.steps=5",

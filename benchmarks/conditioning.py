@@ -11,7 +11,7 @@ for inpainting models: edits of nodule-free real images asked for a nodule insid
 (and, as control, asked for none), with the change outside the mask.
 
     python benchmarks/conditioning.py --checkpoint RUN --real data/chest32/manifest.csv
-    python benchmarks/conditioning.py --quick        # trains a 2-minute model first
+    python benchmarks/conditioning.py --quick        # trains a 1-minute model first
 """
 
 from __future__ import annotations
@@ -181,13 +181,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write sample and edit grids (PNG) here")
-    parser.add_argument("--quick", action="store_true", help="train a 2-minute model, few samples")
+    parser.add_argument("--quick", action="store_true", help="train a 1-minute model, few samples")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
     if args.quick:
         args.per_cell, args.inpaint, args.steps = 16, 16, 10
-        args.checkpoint, args.real = quick_model(Path(tmp.name), 2.0, args.seed)
+        args.checkpoint, args.real = quick_model(Path(tmp.name), 1.0, args.seed)
     if args.checkpoint is None or args.real is None:
         parser.error("--checkpoint and --real are required (or --quick)")
     start = time.perf_counter()
