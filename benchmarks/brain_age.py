@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from quick_model import quick_model
 
-from synthgen.config import DiffusionTrainConfig, PhantomConfig, load_config
+from synthgen.config import PhantomConfig
 from synthgen.data.dataset import load_images
 from synthgen.data.io import write_png
 from synthgen.data.manifest import load_manifest
-from synthgen.data.phantoms import generate_phantoms
-from synthgen.engine.diffusion import train_diffusion
 from synthgen.engine.generator import image_grid, load_generator
 from synthgen.metrics.brain_probes import ventricle_volume
 
@@ -36,29 +35,6 @@ COPIED = ("sex", "site", "lesion")
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
     ok = np.isfinite(x) & np.isfinite(y)
     return float(np.corrcoef(x[ok], y[ok])[0, 1])
-
-
-def quick_model(root: Path) -> tuple[Path, Path]:
-    """A tiny pixel-space model at 16^3 (no autoencoder) trained for 1 minute."""
-    manifest = generate_phantoms(
-        PhantomConfig(kind="brain3d", n=80, size=16), root / "data", show_progress=False
-    )
-    cfg = load_config(
-        DiffusionTrainConfig,
-        CONFIG,
-        [
-            f"data.manifest={manifest}",
-            f"out={root / 'run'}",
-            "autoencoder=null",
-            "train.max_minutes=1",
-            "train.batch_size=8",
-            "val_images=8",
-            "sampling.steps=5",
-            "sampling.per_cell=1",
-        ],
-    )
-    train_diffusion(cfg, show_progress=False)
-    return root / "run", manifest
 
 
 def main() -> None:
@@ -77,7 +53,9 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     if args.quick:
         args.n, args.steps = 12, 5
-        args.checkpoint, args.real = quick_model(Path(tmp.name))
+        phantoms = PhantomConfig(kind="brain3d", n=80, size=16)
+        overrides = ["autoencoder=null", "train.batch_size=8", "val_images=8"]
+        args.checkpoint, args.real = quick_model(Path(tmp.name), phantoms, CONFIG, overrides)
     if args.checkpoint is None or args.real is None:
         parser.error("--checkpoint and --real are required (or --quick)")
     start = time.perf_counter()

@@ -25,13 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from quick_model import quick_model
 
-from synthgen.config import DiffusionTrainConfig, PhantomConfig, load_config
+from synthgen.config import PhantomConfig
 from synthgen.data.dataset import ManifestDataset
 from synthgen.data.io import write_png
 from synthgen.data.manifest import Manifest, load_manifest
-from synthgen.data.phantoms import generate_phantoms
-from synthgen.engine.diffusion import train_diffusion
 from synthgen.engine.generator import Generator, image_grid, load_generator
 from synthgen.metrics import phantom_probes as pp
 
@@ -147,29 +146,6 @@ def inpainting(
     return figures
 
 
-def quick_model(root: Path, minutes: float, seed: int) -> tuple[Path, Path]:
-    manifest = generate_phantoms(
-        PhantomConfig(kind="chest2d", n=400, size=32, min_nodule_px=1.5, seed=seed),
-        root / "data",
-        show_progress=False,
-    )
-    cfg = load_config(
-        DiffusionTrainConfig,
-        CONFIG,
-        [
-            f"data.manifest={manifest}",
-            f"out={root / 'run'}",
-            f"train.max_minutes={minutes}",
-            "train.checkpoint_every=100000",
-            "val_images=16",
-            "sampling.steps=5",
-            "sampling.per_cell=1",
-        ],
-    )
-    train_diffusion(cfg, show_progress=False)
-    return root / "run", manifest
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="diffusion run or checkpoint folder")
@@ -187,7 +163,10 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     if args.quick:
         args.per_cell, args.inpaint, args.steps = 16, 16, 10
-        args.checkpoint, args.real = quick_model(Path(tmp.name), 1.0, args.seed)
+        phantoms = PhantomConfig(kind="chest2d", n=400, size=32, min_nodule_px=1.5, seed=args.seed)
+        args.checkpoint, args.real = quick_model(
+            Path(tmp.name), phantoms, CONFIG, ["val_images=16"]
+        )
     if args.checkpoint is None or args.real is None:
         parser.error("--checkpoint and --real are required (or --quick)")
     start = time.perf_counter()

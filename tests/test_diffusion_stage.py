@@ -94,6 +94,20 @@ def test_inpaint_and_mask_conditioning_derive_the_input_channels(chest, tmp_path
     unet = weights(ck)
     assert unet["unet.conv_in.conv.weight"].shape[1] == 1 + 5
 
+    from synthgen.engine.generator import load_generator
+
+    gen = load_generator(tmp_path / "run")
+    noise = gen.noise(2, torch.Generator().manual_seed(0))
+    with pytest.raises(InputError, match="needs a conditioning mask"):
+        gen.generate([{}, {}], noise, steps=2)
+    seg = torch.zeros(2, 3, 32, 32)
+    seg[:, 0, 8:24, 4:14], seg[:, 1, 8:24, 18:28] = 1, 1
+    images = gen.generate([{"nodule": "1"}, {}], noise, steps=2, cond_mask=seg)
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[:, :, 10:16, 6:12] = 1
+    edited = gen.inpaint(images, masks, [{}, {}], noise, steps=2, cond_mask=seg)
+    assert torch.equal(edited[masks == 0], images[masks == 0])
+
 
 def test_latent_space_trains_on_the_cache_it_makes(chest, tmp_path):
     ae = AETrainConfig(

@@ -25,6 +25,7 @@ from synthgen.engine.space import (
     PixelSpace,
     PretrainedSpace,
     open_latent_space,
+    resize,
     to_model_mask,
 )
 from synthgen.models.conditioning import (
@@ -198,15 +199,37 @@ class Generator:
     def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn((n, self.space.channels, *self.space.shape), generator=generator)
 
-    def _options(
-        self, sampler: str | None, steps: int | None, guidance: float | None
-    ) -> tuple[str, int, float]:
+    def _draw(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        noise: torch.Tensor,
+        concat: torch.Tensor | None,
+        sampler: str | None,
+        steps: int | None,
+        guidance: float | None,
+        guide_fields: Sequence[str] | None,
+    ) -> torch.Tensor:
+        """Decoded samples for `rows`; unset sampling options fall back to the trained ones."""
         s = self.cfg.sampling
-        return (
+        x = generate(
+            self.model,
+            self.space,
+            self.checkpoint.meta["scheduler"],
+            self.values(rows),
+            noise,
             sampler or s.sampler,
             steps or s.steps,
             s.guidance if guidance is None else guidance,
+            concat=concat,
+            guide_fields=guide_fields,
         )
+        return self.space.decode(x).float().cpu()
+
+    def _cond_mask(self, cond_mask: torch.Tensor | None) -> list[torch.Tensor]:
+        if (self.cfg.conditioning.mask is None) != (cond_mask is None):
+            need = "needs" if cond_mask is None else "takes no"
+            raise InputError(f"this model {need} a conditioning mask (conditioning.mask)")
+        return [] if cond_mask is None else [cond_mask]
 
     def generate(
         self,
@@ -218,21 +241,11 @@ class Generator:
         guide_fields: Sequence[str] | None = None,
         cond_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Images (N, 1, *image) in [-1, 1] for `rows`, one per row of unit `noise`."""
-        if self.cfg.conditioning.mask is not None and cond_mask is None:
-            raise InputError("this model is conditioned on a mask: pass one per row")
+        """Images (N, 1, *image) in [-1, 1] for `rows`, one per row of unit `noise`;
+        `cond_mask` is the one-hot map at model resolution for mask-conditioned models."""
+        self._cond_mask(cond_mask)
         concat = plain_concat(len(rows), self.space, self.inpainting, cond_mask)
-        x = generate(
-            self.model,
-            self.space,
-            self.checkpoint.meta["scheduler"],
-            self.values(rows),
-            noise,
-            *self._options(sampler, steps, guidance),
-            concat=concat,
-            guide_fields=guide_fields,
-        )
-        return self.space.decode(x).float().cpu()
+        return self._draw(rows, noise, concat, sampler, steps, guidance, guide_fields)
 
     def inpaint(
         self,
@@ -245,6 +258,7 @@ class Generator:
         guidance: float | None = None,
         guide_fields: Sequence[str] | None = None,
         blend: bool = True,
+        cond_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Regenerate `images` (N, 1, *image, model range) where `masks` (N, 1, *image) is 1,
         under `rows`' conditions; with `blend` the result outside the mask is the original."""
@@ -254,22 +268,10 @@ class Generator:
             raise InputError(f"images {tuple(images.shape)} and masks {tuple(masks.shape)} differ")
         known = self.space.encode(images).float().cpu()
         m = to_model_mask(masks.float(), self.space.shape)
-        concat = torch.cat([m, known * (1.0 - m)], dim=1)
-        x = generate(
-            self.model,
-            self.space,
-            self.checkpoint.meta["scheduler"],
-            self.values(rows),
-            noise,
-            *self._options(sampler, steps, guidance),
-            concat=concat,
-            guide_fields=guide_fields,
-        )
-        out = self.space.decode(x).float().cpu()
+        concat = torch.cat([m, known * (1.0 - m), *self._cond_mask(cond_mask)], dim=1)
+        out = self._draw(rows, noise, concat, sampler, steps, guidance, guide_fields)
         if tuple(out.shape[2:]) != tuple(images.shape[2:]):
-            images = (
-                self.space.encode(images).cpu() if isinstance(self.space, PixelSpace) else images
-            )
+            images = resize(images, tuple(out.shape[2:]))
             masks = to_model_mask(masks.float(), tuple(out.shape[2:]))
         return masks * out + (1.0 - masks) * images if blend else out
 
