@@ -25,6 +25,9 @@ SIZE, N = 32, 80
 # r(estimate, age) within 0.004 of the phantom's own r(volume, age) (0.87..0.93).
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @dataclass(frozen=True)
 class Real:
     """Real phantoms as the dataset serves them, with the manifest's truth beside them."""
@@ -33,14 +36,6 @@ class Real:
     volume: np.ndarray  # manifest ventricle_volume (mm³)
     age: np.ndarray
     site: np.ndarray
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,9 @@ from synthgen.metrics import phantom_probes as pp
 SIZE, N = 32, 800
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @dataclass(frozen=True)
 class Real:
     """Real phantoms as the dataset would serve them, with the truth kept beside them."""
@@ -26,15 +29,6 @@ class Real:
     male: torch.Tensor
     anatomy: torch.Tensor  # (N, 1, H, W) labels: 1, 2 lungs, 3 heart
     nodule_mask: torch.Tensor
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny CNNs train fastest on one thread, especially on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
