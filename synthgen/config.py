@@ -172,6 +172,9 @@ class DenoiserConfig(StrictModel):
     num_res_blocks: int = Field(1, ge=1)
     norm_num_groups: int = Field(16, ge=1)
     num_head_channels: int = Field(32, ge=1)
+    # Also add the projected tokens to the timestep embedding, so every res block at every
+    # resolution sees the conditions (ADM-style), not only the cross-attention levels.
+    global_condition: bool = False
 
     @model_validator(mode="after")
     def _levels_match(self) -> DenoiserConfig:
