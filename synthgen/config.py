@@ -319,6 +319,18 @@ def demo_generator() -> DiffusionStage:
     )
 
 
+class DemoSampling(StrictModel):
+    """The demo's bulk-sampling stage, run on every demo generator: balanced, watermarked
+    samples, then verified (checksums, watermark detection, counts per cell)."""
+
+    n: int = Field(256, ge=1)
+    balance: tuple[str, ...] = ("sex", "nodule")
+    size: int | None = Field(128, ge=8)  # export size: 32 px images cannot carry the mark
+    steps: int | None = Field(25, ge=1)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+
+
 class DemoConfig(StrictModel):
     """The built-in demo: phantom sets to make and check, an autoencoder for some, and a
     conditional generator for some."""
@@ -369,6 +381,7 @@ class DemoConfig(StrictModel):
     generators: dict[str, DiffusionStage] = Field(
         default_factory=lambda: {"chest2d-32": demo_generator()}
     )
+    sampling: DemoSampling | None = DemoSampling()
 
     @model_validator(mode="before")
     @classmethod

@@ -111,6 +111,8 @@ def test_demo_generates_checks_and_reuses(tmp_path):
         "autoencoders.brain3d.train.batch_size=2",
         "datasets.chest2d-32.n=30",
         *(f"generators.chest2d-32.{o}" for o in TINY_GENERATOR),
+        "sampling.n=8",
+        "sampling.steps=2",
     ]
     first = run("demo", "--out", "out", *overrides, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -119,10 +121,13 @@ def test_demo_generates_checks_and_reuses(tmp_path):
     assert "chest2d latent cache:" in first.stdout and "noise floor" in first.stdout
     assert "[gen-chest2d-32] training the inpaint generator" in first.stdout
     assert "chest2d-32 samples (rows: condition cells)" in first.stdout
+    assert "8 samples in" in first.stdout
+    assert "8 checksums right, watermark detected in 8/8, 4 cells of 2" in first.stdout
     made = tree_digest(tmp_path / "out")
     second = run("demo", "--out", "out", *overrides, cwd=tmp_path)
     assert second.returncode == 0
-    stages = ("chest2d", "brain3d", "ae-chest2d", "ae-brain3d", "cache-chest2d", "gen-chest2d-32")
+    stages = ("chest2d", "brain3d", "ae-chest2d", "ae-brain3d", "cache-chest2d", "gen-chest2d-32",
+              "sample-chest2d-32")  # fmt: skip
     for stage in stages:
         assert f"[{stage}] reusing" in second.stdout, stage
     assert tree_digest(tmp_path / "out") == made

@@ -179,12 +179,24 @@ def default_affine(spacing: tuple[float, ...], shape: tuple[int, ...]) -> np.nda
     return affine
 
 
-def nifti_bytes(array: np.ndarray, affine: np.ndarray, *, compress: bool = True) -> bytes:
-    """Encode a 2D/3D array as NIfTI-1 with the given affine; gzip with mtime 0 for stable bytes."""
+def nifti_bytes(
+    array: np.ndarray,
+    affine: np.ndarray,
+    *,
+    compress: bool = True,
+    description: str = "",
+    window: tuple[float, float] | None = None,
+) -> bytes:
+    """Encode a 2D/3D array as NIfTI-1 with the given affine, header `descrip` (80 ASCII
+    bytes at most) and display `window` (cal_min/cal_max: the view a watermark was embedded
+    in); gzip with mtime 0 for stable bytes."""
     import nibabel as nib
 
     img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
     img.header.set_xyzt_units("mm")
+    img.header["descrip"] = description.encode("ascii", errors="replace")[:80]
+    if window is not None:
+        img.header["cal_min"], img.header["cal_max"] = window
     raw = img.to_bytes()
     return gzip.compress(raw, compresslevel=6, mtime=0) if compress else raw
 

@@ -19,6 +19,7 @@ class Bar:
         self, total: int, description: str, unit: str = "it", completed: int = 0, show: bool = True
     ) -> None:
         self._progress: Any = None
+        self.total = total
         if not show:
             return
         from rich.console import Console

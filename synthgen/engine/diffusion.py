@@ -321,7 +321,9 @@ def train_diffusion(
     schema = manifest.schema
     specs = field_specs(schema, cfg.conditioning)
     k_mask = mask_channels(schema, cfg.conditioning)
-    first = ManifestDataset(manifest, split=cfg.data.train_split, masks=False)[0]
+    train_rows = ManifestDataset(manifest, split=cfg.data.train_split, masks=False)
+    first = train_rows[0]
+    affine = manifest.image(train_rows.rows[0]).affine  # what sampled volumes are written with
     torch.manual_seed(cfg.train.seed)
     stack = build_stack(
         cfg,
@@ -348,6 +350,7 @@ def train_diffusion(
         "data_fingerprint": manifest.fingerprint(),
         "spatial_dims": len(space.shape),
         "image_shape": list(space.image_shape),
+        "affine": None if affine is None else affine.tolist(),
         "schema": schema.model_dump(mode="json", exclude_defaults=True),
         "train_images": len(train),
         "concat_channels": extra,

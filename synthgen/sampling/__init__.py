@@ -1,0 +1,1 @@
+"""Bulk sampling: conditions per sample, seeded noise, watermarked files, manifest shards."""

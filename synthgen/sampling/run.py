@@ -1,0 +1,319 @@
+"""`synthgen sample`: N seeded, watermarked, traceable samples from a trained generator.
+
+Sample i's noise comes from its own generator seeded from (run seed, i), and its conditions
+from `ConditionSource.row(i)`, so an image depends on nothing else: not the batch size, the
+number of processes under `accelerate launch` (process p takes i ≡ p mod P), nor resumes.
+The model thread only samples; encoding, watermarking, hashing and writing run on worker
+threads, a bounded number of images behind it, so memory stays flat for any N.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthgen import watermark
+from synthgen.config import InputError
+from synthgen.data.io import atomic_write_bytes, default_affine, read_image
+from synthgen.data.progress import Bar
+from synthgen.data.schema import IntensityPolicy
+from synthgen.engine.checkpoint import checkpoint_hash, versions
+from synthgen.engine.generator import Generator, load_generator
+from synthgen.engine.space import resize
+from synthgen.provenance import Provenance
+from synthgen.sampling.conditions import ConditionSource, Row
+from synthgen.sampling.outputs import (
+    Exporter,
+    ShardWriter,
+    complete_rows,
+    image_file,
+    read_rows,
+    write_sample,
+)
+
+RUN_FILE = "run.json"
+# run.json keys that must match for --resume to continue a run (n may grow).
+IDENTITY = (
+    "checkpoint_sha256",
+    "seed",
+    "conditions",
+    "sampler",
+    "steps",
+    "guidance",
+    "guide_fields",
+    "bits",
+    "size",
+    "watermark",
+)
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    checkpoint: Path
+    n: int
+    out: Path
+    seed: int = 0
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    guide_fields: tuple[str, ...] | None = None
+    batch_size: int = 16
+    bits: int = 8
+    size: int | None = None
+    watermark: bool = True
+    watermark_id: int | None = None
+    workers: int = 2
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class SampleSummary:
+    out: Path
+    n: int
+    generated: int
+    seconds: float
+    release_id: int | None
+
+
+def sample_seed(run_seed: int, i: int) -> int:
+    """Sample i's generator seed: a hash of (run seed, i), so neighbouring runs never share."""
+    return int(np.random.SeedSequence([run_seed, i]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def sample_noise(gen: Generator, run_seed: int, indices: Sequence[int]) -> torch.Tensor:
+    shape = (gen.space.channels, *gen.space.shape)
+    return torch.stack(
+        [
+            torch.randn(shape, generator=torch.Generator().manual_seed(sample_seed(run_seed, i)))
+            for i in indices
+        ]
+    )
+
+
+def cond_masks(gen: Generator, rows: Sequence[Row]) -> torch.Tensor | None:
+    """One-hot label maps at model resolution, for mask-conditioned models."""
+    column = gen.cfg.conditioning.mask
+    if column is None:
+        return None
+    labels = sorted(gen.checkpoint.meta["schema"]["columns"][column].get("labels", {}))
+    maps = []
+    for row in rows:
+        if not row.get(column):
+            raise InputError(f"this model is conditioned on a {column!r} mask: give its path")
+        array = torch.from_numpy(read_image(Path(row[column])).array)[None, None]
+        onehot = torch.cat([(array == int(k)).float() for k in labels], dim=1)
+        maps.append(resize(onehot, tuple(gen.space.shape))[0])
+    return torch.stack(maps)
+
+
+def exporter_for(gen: Generator, opts: SampleOptions, release_id: int | None) -> Exporter:
+    meta = gen.checkpoint.meta
+    shape = tuple(meta["image_shape"])
+    policy = IntensityPolicy.model_validate(meta["schema"].get("intensity", {}))
+    known = meta.get("affine")
+    affine = default_affine((1.0,) * 3, shape) if known is None else np.asarray(known)
+    exporter = Exporter(len(shape), policy.window(), affine, opts.bits, opts.size, release_id)
+    exporter.check(shape)
+    return exporter
+
+
+def _identity(
+    gen: Generator, opts: SampleOptions, source: ConditionSource, sha: str, release_id: int | None
+) -> dict[str, Any]:
+    s = gen.cfg.sampling
+    return {
+        "checkpoint_sha256": sha,
+        "seed": opts.seed,
+        "conditions": source.describe(),
+        "sampler": opts.sampler or s.sampler,
+        "steps": opts.steps or s.steps,
+        "guidance": s.guidance if opts.guidance is None else opts.guidance,
+        "guide_fields": None if opts.guide_fields is None else list(opts.guide_fields),
+        "bits": opts.bits,
+        "size": opts.size,
+        "watermark": None if release_id is None else f"{release_id:08x}",
+    }
+
+
+def _start_run(out: Path, record: dict[str, Any], resume: bool) -> None:
+    path = out / RUN_FILE
+    if path.is_file():
+        if not resume:
+            raise InputError(f"{out} already holds a sample run: pass --resume or a new --out")
+        old = json.loads(path.read_text())
+        changed = [k for k in IDENTITY if old.get(k) != record[k]]
+        if changed:
+            raise InputError(
+                f"{out}: --resume with different {', '.join(changed)} than the run there "
+                "(choose a new --out)"
+            )
+    elif out.is_dir() and any(out.iterdir()) and not resume:
+        raise InputError(f"{out} is not empty: choose a new --out")
+
+
+def run_sampling(
+    opts: SampleOptions, source: ConditionSource, show: bool = True, gen: Generator | None = None
+) -> SampleSummary:
+    """Generate samples 0..n-1 into `opts.out` (this process's share under accelerate)."""
+    from accelerate import PartialState
+
+    if opts.n < 1 or opts.batch_size < 1 or opts.workers < 1:
+        raise InputError("--n, --batch-size and --workers must be at least 1")
+    state = PartialState()
+    gen = gen or load_generator(opts.checkpoint, device=state.device)
+    sha = checkpoint_hash(gen.checkpoint)
+    release_id = None
+    if opts.watermark:
+        release_id = opts.watermark_id
+        if release_id is None:
+            release_id = watermark.release_id_from(f"{sha}:{opts.seed}:{source.describe()}")
+    exporter = exporter_for(gen, opts, release_id)
+    record = _identity(gen, opts, source, sha, release_id)
+    out = Path(opts.out)
+    _start_run(out, record, opts.resume)  # read-only: every process refuses alike
+    out.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    start = time.perf_counter()
+    done = complete_rows(out, opts.n)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _write_run(out, record, opts, gen, status="running")
+    todo = [i for i in range(opts.n) if i not in done]
+    mine = todo[state.process_index :: state.num_processes]
+    bar = Bar(
+        opts.n, "sampling", unit="img", completed=len(done), show=show and state.is_main_process
+    )
+    writer = Writer(
+        out,
+        exporter,
+        sha,
+        opts.seed,
+        release_id,
+        ShardWriter(out, state.process_index),
+        bar,
+        len(done),
+        state.num_processes,
+    )
+    try:
+        with ThreadPoolExecutor(opts.workers, thread_name_prefix="synthgen-write") as pool:
+            for b in range(0, len(mine), opts.batch_size):
+                batch = mine[b : b + opts.batch_size]
+                rows = [source.row(i) for i in batch]
+                images = gen.generate(
+                    rows,
+                    sample_noise(gen, opts.seed, batch),
+                    sampler=opts.sampler,
+                    steps=opts.steps,
+                    guidance=opts.guidance,
+                    guide_fields=opts.guide_fields,
+                    cond_mask=cond_masks(gen, rows),
+                )
+                for i, row, image in zip(batch, rows, images, strict=True):
+                    writer.submit(pool, i, row, image)
+                writer.drain(keep=2 * opts.batch_size)  # at most two batches behind the model
+            writer.drain(keep=0)
+    finally:
+        writer.close()
+    state.wait_for_everyone()
+    seconds = time.perf_counter() - start
+    if state.is_main_process:
+        merge_manifest(out, opts.n)
+        _write_run(out, record, opts, gen, status="complete", seconds=seconds, generated=len(todo))
+    return SampleSummary(out, opts.n, len(todo), seconds, release_id)
+
+
+class Writer:
+    """Encodes, marks, hashes and writes samples on worker threads; appends each one's row to
+    this process's shard, in submission order, once its file is on disk."""
+
+    def __init__(
+        self,
+        out: Path,
+        exporter: Exporter,
+        checkpoint_sha: str,
+        run_seed: int,
+        release_id: int | None,
+        shard: ShardWriter,
+        bar: Bar,
+        completed: int,
+        processes: int,
+    ) -> None:
+        self.out, self.exporter, self.sha = out, exporter, checkpoint_sha
+        self.run_seed, self.release_id = run_seed, release_id
+        self.shard, self.bar = shard, bar
+        self.completed, self.processes = completed, processes
+        self.pending: deque[Future[dict[str, Any]]] = deque()
+
+    def _write(self, i: int, row: Row, image: torch.Tensor) -> dict[str, Any]:
+        seed = sample_seed(self.run_seed, i)
+        prov = Provenance(f"synth-{i:08d}", i, seed, self.sha, self.release_id, row)
+        relative = image_file(i, self.exporter.spatial_dims)
+        return write_sample(self.out, relative, self.exporter.encode(image, prov), prov)
+
+    def submit(self, pool: ThreadPoolExecutor, i: int, row: Row, image: torch.Tensor) -> None:
+        self.pending.append(pool.submit(self._write, i, row, image))
+
+    def drain(self, keep: int) -> None:
+        """Record finished samples in order: all that are done, then wait until at most
+        `keep` are in flight."""
+        while self.pending and (len(self.pending) > keep or self.pending[0].done()):
+            self.shard.append(self.pending.popleft().result())
+            self.completed += self.processes  # the other processes advance at the same pace
+            self.bar.update(min(self.completed, self.bar.total))
+
+    def close(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.shard.close()
+        self.bar.close()
+
+
+def merge_manifest(out: Path, n: int) -> None:
+    """Rebuild manifest.csv and .parquet from the shards: one row per sample, by index."""
+    import pandas as pd
+
+    best: dict[int, dict[str, Any]] = {}
+    for row in read_rows(out):
+        i = int(row["index"])
+        if i < n:
+            best[i] = row
+    missing = [i for i in range(n) if i not in best]
+    if missing:
+        raise RuntimeError(f"{len(missing)} samples have no manifest row (first: {missing[0]})")
+    table = pd.DataFrame([best[i] for i in range(n)])
+    atomic_write_bytes(out / "manifest.csv", table.to_csv(index=False).encode())
+    atomic_write_bytes(out / "manifest.parquet", table.to_parquet(index=False))
+
+
+def _write_run(
+    out: Path,
+    record: dict[str, Any],
+    opts: SampleOptions,
+    gen: Generator,
+    status: str,
+    seconds: float | None = None,
+    generated: int | None = None,
+) -> None:
+    body = {
+        **record,
+        "status": status,
+        "n": opts.n,
+        "checkpoint": str(gen.checkpoint.path),
+        "step": gen.checkpoint.meta.get("step"),
+        "config": gen.cfg.model_dump(mode="json"),
+        "versions": versions(),
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if seconds is not None:
+        body |= {"seconds": round(seconds, 2), "generated_this_run": generated}
+    atomic_write_bytes(out / RUN_FILE, json.dumps(body, indent=2, default=str).encode())
