@@ -320,8 +320,9 @@ def demo_generator() -> DiffusionStage:
 
 
 class DemoSampling(StrictModel):
-    """The demo's bulk-sampling stage, run on every demo generator: balanced, watermarked
-    samples, then verified (checksums, watermark detection, counts per cell)."""
+    """The demo's bulk-sampling stage, run on every demo generator: samples balanced over
+    `balance` (other fields drawn from the training rows of each cell), watermarked, then
+    verified (checksums, watermark detection, counts per cell)."""
 
     n: int = Field(256, ge=1)
     balance: tuple[str, ...] = ("sex", "nodule")

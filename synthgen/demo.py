@@ -121,10 +121,13 @@ def run_generator(
     )
 
 
-def run_samples(name: str, cfg: DemoSampling, checkpoint: Path, out: Path, fresh: bool) -> str:
-    """Balanced, watermarked samples from a demo generator, then verified; a summary line."""
+def run_samples(
+    name: str, cfg: DemoSampling, checkpoint: Path, manifest: Path, out: Path, fresh: bool
+) -> str:
+    """Balanced, watermarked samples from a demo generator, then verified; a summary line.
+    The fields not balanced follow the training rows of each cell (`--match` + `--balance`)."""
     from synthgen.engine.generator import load_generator
-    from synthgen.sampling.conditions import Balanced
+    from synthgen.sampling.conditions import condition_source
     from synthgen.sampling.run import SampleOptions, run_sampling
     from synthgen.sampling.verify import verify_samples
 
@@ -140,7 +143,8 @@ def run_samples(name: str, cfg: DemoSampling, checkpoint: Path, out: Path, fresh
             checkpoint=checkpoint, n=cfg.n, out=out, seed=cfg.seed, steps=cfg.steps,
             batch_size=cfg.batch_size, size=cfg.size, resume=out.exists(),
         )  # fmt: skip
-        run_sampling(opts, Balanced(gen.specs, list(cfg.balance)), gen=gen)
+        source = condition_source(gen.specs, None, cfg.seed, match=manifest, balance=cfg.balance)
+        run_sampling(opts, source, gen=gen)
     check = verify_samples(out, cfg.balance)
     if not check.ok:
         raise RuntimeError(f"the demo's samples failed verification: {check.problems[0]}")
@@ -180,7 +184,9 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
             made = run_generator(name, generator, data / "manifest.csv", run, fresh)
             if cfg.sampling is not None:
                 where = stage_dir(out / "samples", name, phantom_cfg, generator, cfg.sampling)
-                made.sampled = run_samples(name, cfg.sampling, made.checkpoint, where, fresh)
+                made.sampled = run_samples(
+                    name, cfg.sampling, made.checkpoint, data / "manifest.csv", where, fresh
+                )
             generated.append(made)
         stage = cfg.autoencoders.get(name)
         if stage is None:
