@@ -46,8 +46,9 @@ def verify_samples(out: Path, columns: Sequence[str] = ()) -> SampleCheck:
         if not row["watermark"]:
             continue
         check.marked += 1
-        found = watermark.detect_file(file)
-        if found.detected and found.release_id == int(row["watermark"][-8:], 16):
+        release = int(row["watermark"][-8:], 16)
+        found = watermark.detect_file(file, release_id=release)
+        if found.detected and found.release_id == release:
             check.detected += 1
         else:
             check.problems.append(
