@@ -3,4 +3,4 @@
 set -euo pipefail
 p=$1 ck=$2 n=$3 out=$4; shift 4
 ACCELERATE_USE_CPU=1 exec python -m torch.distributed.run --standalone --nproc_per_node "$p" \
-  -m synthgen sample --checkpoint "$ck" --n "$n" --out "$out" "$@"
+  -m synthgen sample --checkpoint "$ck" --num-samples "$n" --out "$out" "$@"

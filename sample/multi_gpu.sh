@@ -3,4 +3,4 @@
 set -euo pipefail
 p=$1 ck=$2 n=$3 out=$4; shift 4
 exec accelerate launch --multi_gpu --num_processes "$p" -m synthgen sample \
-  --checkpoint "$ck" --n "$n" --out "$out" "$@"
+  --checkpoint "$ck" --num-samples "$n" --out "$out" "$@"

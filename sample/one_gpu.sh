@@ -3,4 +3,4 @@
 set -euo pipefail
 ck=$1 n=$2 out=$3; shift 3
 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} exec synthgen sample \
-  --checkpoint "$ck" --n "$n" --out "$out" "$@"
+  --checkpoint "$ck" --num-samples "$n" --out "$out" "$@"

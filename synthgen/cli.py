@@ -263,7 +263,17 @@ class Sampler(StrEnum):
 )
 def sample(
     checkpoint: Annotated[Path, typer.Option(help="diffusion checkpoint (or its run folder)")],
-    n: Annotated[int, typer.Option(min=1, help="number of samples (ids 0..n-1)")],
+    n: Annotated[
+        int,
+        typer.Option(
+            "--n",
+            "--num-samples",
+            "-n",
+            min=1,
+            help="number of samples (ids 0..n-1); --num-samples under torchrun/accelerate, "
+            "whose parsers take --n for their own options",
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="output folder (new, or the run to --resume)")],
     conditions: Annotated[
         Path | None,
@@ -313,15 +323,13 @@ def sample(
     """
     from synthgen.engine.generator import load_generator
     from synthgen.sampling.conditions import condition_source
-    from synthgen.sampling.run import SampleOptions, run_sampling
+    from synthgen.sampling.run import SampleOptions, process_state, run_sampling
 
     if bits not in (8, 16):
         raise InputError(f"--bits must be 8 or 16, got {bits}")
     release = None if watermark_id is None else _release(watermark_id)
-    from accelerate import PartialState
-
     split = [c.strip() for c in (balance or "").split(",") if c.strip()]
-    gen = load_generator(checkpoint, device=PartialState().device)
+    gen = load_generator(checkpoint, device=process_state().device)
     source = condition_source(gen.specs, gen.cfg.conditioning.mask, seed, conditions, match, split)
     opts = SampleOptions(
         checkpoint=checkpoint,
@@ -340,7 +348,12 @@ def sample(
         workers=workers,
         resume=resume,
     )
-    summary = run_sampling(opts, source, show=not quiet, gen=gen)
+    try:
+        summary = run_sampling(opts, source, show=not quiet, gen=gen)
+    finally:
+        process_state().destroy_process_group()  # see _run_training
+    if not process_state().is_main_process:
+        return
     mark = "unmarked" if summary.release_id is None else f"release {summary.release_id:08x}"
     typer.echo(
         f"{summary.out}: {summary.n} samples ({summary.generated} made now, "

@@ -90,6 +90,23 @@ def sample_seed(run_seed: int, i: int) -> int:
     return int(np.random.SeedSequence([run_seed, i]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def process_state() -> Any:
+    """accelerate's view of this process. Without a GPU, CPU must be asked for explicitly,
+    or the processes torchrun starts do not join one group (as in the trainer)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def batches(n: int, process: int, processes: int, size: int) -> list[list[int]]:
+    """This process's ids (i ≡ process mod processes) in fixed blocks of `size`. A resume
+    recomputes whole blocks (writing only the missing samples), so each sample is computed in
+    the same batch as before and comes out bit-identical: batched convolutions round
+    differently for different batch compositions."""
+    mine = list(range(process, n, processes))
+    return [mine[b : b + size] for b in range(0, len(mine), size)]
+
+
 def sample_noise(gen: Generator, run_seed: int, indices: Sequence[int]) -> torch.Tensor:
     shape = (gen.space.channels, *gen.space.shape)
     return torch.stack(
@@ -165,11 +182,9 @@ def run_sampling(
     opts: SampleOptions, source: ConditionSource, show: bool = True, gen: Generator | None = None
 ) -> SampleSummary:
     """Generate samples 0..n-1 into `opts.out` (this process's share under accelerate)."""
-    from accelerate import PartialState
-
     if opts.n < 1 or opts.batch_size < 1 or opts.workers < 1:
         raise InputError("--n, --batch-size and --workers must be at least 1")
-    state = PartialState()
+    state = process_state()
     gen = gen or load_generator(opts.checkpoint, device=state.device)
     sha = checkpoint_hash(gen.checkpoint)
     release_id = None
@@ -189,7 +204,7 @@ def run_sampling(
     if state.is_main_process:
         _write_run(out, record, opts, gen, status="running")
     todo = [i for i in range(opts.n) if i not in done]
-    mine = todo[state.process_index :: state.num_processes]
+    blocks = batches(opts.n, state.process_index, state.num_processes, opts.batch_size)
     bar = Bar(
         opts.n, "sampling", unit="img", completed=len(done), show=show and state.is_main_process
     )
@@ -206,8 +221,9 @@ def run_sampling(
     )
     try:
         with ThreadPoolExecutor(opts.workers, thread_name_prefix="synthgen-write") as pool:
-            for b in range(0, len(mine), opts.batch_size):
-                batch = mine[b : b + opts.batch_size]
+            for batch in blocks:
+                if all(i in done for i in batch):
+                    continue
                 rows = [source.row(i) for i in batch]
                 images = gen.generate(
                     rows,
@@ -219,7 +235,8 @@ def run_sampling(
                     cond_mask=cond_masks(gen, rows),
                 )
                 for i, row, image in zip(batch, rows, images, strict=True):
-                    writer.submit(pool, i, row, image)
+                    if i not in done:
+                        writer.submit(pool, i, row, image)
                 writer.drain(keep=2 * opts.batch_size)  # at most two batches behind the model
             writer.drain(keep=0)
     finally:
