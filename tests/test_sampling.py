@@ -178,7 +178,7 @@ def test_too_small_for_the_watermark_is_an_error_unless_asked_unmarked(chest, tm
     gen = load_generator(ck)
     source = Balanced(gen.specs, [])
     small = SampleOptions(checkpoint=ck, n=2, out=tmp_path / "a")
-    with pytest.raises(InputError, match="too small to carry the watermark.*--size"):
+    with pytest.raises(InputError, match="images of 32 px are too small to carry.*--size"):
         run_sampling(small, source, show=False, gen=gen)
     assert not (tmp_path / "a" / "images").exists()
     plain = SampleOptions(checkpoint=ck, n=2, out=tmp_path / "b", watermark=False, bits=16)

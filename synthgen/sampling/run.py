@@ -140,8 +140,17 @@ def exporter_for(gen: Generator, opts: SampleOptions, release_id: int | None) ->
     known = meta.get("affine")
     affine = default_affine((1.0,) * 3, shape) if known is None else np.asarray(known)
     exporter = Exporter(len(shape), policy.window(), affine, opts.bits, opts.size, release_id)
-    exporter.check(shape)
+    exporter.check(output_shape(gen))
     return exporter
+
+
+def output_shape(gen: Generator) -> tuple[int, ...]:
+    """The spatial shape of decoded samples (a pixel model at a lower `resolution` makes
+    smaller images than it was trained from), found by decoding one zero latent."""
+    device = next(gen.model.parameters()).device
+    zero = torch.zeros((1, gen.space.channels, *gen.space.shape), device=device)
+    with torch.no_grad():
+        return tuple(gen.space.decode(zero).shape[2:])
 
 
 def _identity(
