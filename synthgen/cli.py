@@ -429,6 +429,7 @@ def watermark_embed(
     """Write watermarked copies of images (8/16-bit gray PNG, NIfTI volumes per axial slice)."""
     from synthgen import watermark
     from synthgen.data.io import atomic_write_bytes
+    from synthgen.data.progress import progress
 
     release = _release(release_id)
     files = _image_files(paths)
@@ -438,6 +439,7 @@ def watermark_embed(
     for (path, _), target in zip(files, targets, strict=True):
         if target.resolve() == path.resolve():
             raise InputError(f"{path}: --out would overwrite the input")
+    for (path, _), target in progress(zip(files, targets, strict=True), len(files), "marking"):
         atomic_write_bytes(target, watermark.marked_file(path, release))
     typer.echo(f"marked {len(files)} files into {out} with release {release:08x}")
 

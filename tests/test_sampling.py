@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from helpers import synthgen
 from PIL import Image
 
@@ -159,6 +160,12 @@ def test_condition_file_rows_are_checked_and_used_in_turn(chest, tmp_path):
             condition_source(gen.specs, None, 0, conditions=good)
     with pytest.raises(InputError, match="only categorical fields balance"):
         condition_source(gen.specs, None, 0, balance=["age"])
+    bad_guide = SampleOptions(
+        checkpoint=ck, n=2, out=tmp_path / "g", size=EXPORT, guide_fields=("x",)
+    )
+    with pytest.raises(InputError, match=r"guidance fields \['x'\] are not fields"):
+        run_sampling(bad_guide, Balanced(gen.specs, []), show=False, gen=gen)
+    assert not (tmp_path / "g").exists()  # nothing half-written
 
 
 def test_resume_refuses_a_different_request_and_new_runs_need_an_empty_folder(chest, tmp_path):
@@ -255,7 +262,7 @@ def test_marked_volumes_are_detected_from_the_file_alone(tmp_path):
 
     rng = np.random.default_rng(4)
     smooth = np.cumsum(np.cumsum(rng.normal(size=(1, 64, 64, 8)), axis=1), axis=2)
-    image = torch_tensor(np.clip(smooth / np.abs(smooth).max(), -0.9, 0.9))
+    image = torch.from_numpy(np.clip(smooth / np.abs(smooth).max(), -0.9, 0.9).astype(np.float32))
     exporter = Exporter(3, (0.0, 1.0), np.eye(4), release_id=0x1234ABCD)
     exporter.check((64, 64, 8))
     prov = Provenance("synth-00000000", 0, 1, "ck", 0x1234ABCD, {"age": 40.0})
@@ -267,12 +274,6 @@ def test_marked_volumes_are_detected_from_the_file_alone(tmp_path):
     assert found.detected and found.release_id == 0x1234ABCD
     stored = nib.load(path).get_fdata()
     assert np.abs(stored - (image[0].numpy() + 1) / 2).max() < 0.05  # the mark is faint
-
-
-def torch_tensor(array: np.ndarray):
-    import torch
-
-    return torch.from_numpy(array.astype(np.float32))
 
 
 def test_watermark_cli_marks_copies_and_detects_them(chest, tmp_path):

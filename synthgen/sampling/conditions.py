@@ -250,6 +250,4 @@ def condition_source(
             f"this model is conditioned on {mask!r} masks: pass --conditions with a {mask} "
             "column of mask paths, or --match a manifest that has them"
         )
-    if balance:
-        return Balanced(list(specs), list(balance))
-    return Balanced(list(specs), [])
+    return Balanced(list(specs), list(balance))

@@ -201,6 +201,7 @@ def run_sampling(
         release_id = opts.watermark_id
         if release_id is None:
             release_id = watermark.release_id_from(f"{sha}:{opts.seed}:{source.describe()}")
+    gen.model.encoder.null_drop(1, opts.guide_fields)  # unknown --guide fields fail here
     exporter = exporter_for(gen, opts, release_id)
     record = _identity(gen, opts, source, sha, release_id)
     out = Path(opts.out)
