@@ -444,6 +444,84 @@ def watermark_embed(
     typer.echo(f"marked {len(files)} files into {out} with release {release:08x}")
 
 
+class EvalPart(StrEnum):
+    fidelity = "fidelity"
+    utility = "utility"
+    fairness = "fairness"
+    memorization = "memorization"
+    all = "all"
+
+
+@app.command(
+    "eval",
+    epilog="Example: synthgen eval all --real data/chest/manifest.csv --synthetic synth/chest "
+    "--out reports/chest --balance site",
+)
+def eval_(
+    part: Annotated[EvalPart, typer.Argument(help="which evaluation; all writes every part")],
+    real: Annotated[Path, typer.Option(help="real manifest (train split = generator's data)")],
+    synthetic: Annotated[Path, typer.Option(help="a `synthgen sample` output folder")],
+    out: Annotated[Path, typer.Option(help="report folder: report.json, report.html")],
+    schema: Annotated[Path | None, typer.Option(help="schema [default: beside manifest]")] = None,
+    extractor: Annotated[
+        str | None,
+        typer.Option(
+            help="features for FID/KID/PRDC: domain:CKPT, inception[:WEIGHTS], hf:FOLDER "
+            "[default: a probe classifier trained here on the real images]"
+        ),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="two-level label for utility [default: first label]")
+    ] = None,
+    balance: Annotated[
+        str | None,
+        typer.Option(help="subgroup column: adds the real + synthetic balanced regime"),
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="classifier seeds per regime")] = 3,
+    bootstrap: Annotated[int, typer.Option(min=20, help="bootstrap resamples for CIs")] = 1000,
+    steps: Annotated[int, typer.Option(min=1, help="classifier training steps")] = 300,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="use at most this many train/synthetic images")
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="cache for probes and reference features [default: ~/.cache/synthgen]"),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress")] = False,
+) -> None:
+    """Judge a synthetic set against real images: fidelity (FID, KID, precision/recall/density/
+    coverage, MS-SSIM diversity, FID per subgroup), utility (train on synthetic, test on real,
+    with bootstrap CIs), fairness (per-subgroup AUROC/TPR/FPR/calibration per regime, hidden
+    strata, conditioning fidelity), memorisation (nearest training image per sample).
+    """
+    from synthgen.config import ClassifierConfig
+    from synthgen.metrics.evaluate import PARTS, EvalOptions, evaluate
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out is a file, not a folder")
+    cfg = ClassifierConfig()
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": steps})})
+    opts = EvalOptions(
+        real=real,
+        synthetic=synthetic,
+        out=out,
+        schema=schema,
+        extractor=extractor,
+        target=target,
+        balance=balance,
+        seeds=tuple(range(seeds)),
+        bootstrap=bootstrap,
+        limit=limit,
+        classifier=cfg,
+        show=not quiet,
+    )
+    if cache is not None:
+        opts.cache = cache
+    parts = PARTS if part == EvalPart.all else (part.value,)
+    found = evaluate(parts, opts)
+    typer.echo(f"report: {out / 'report.html'} ({found['meta']['seconds']:.0f} s)")
+
+
 @app.command(epilog="Example: synthgen demo --out demo datasets.chest2d.n=200")
 def demo(
     overrides: Overrides = None,

@@ -77,6 +77,31 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
 
 
+class ClassifierConfig(StrictModel):
+    """The small classifier evaluation trains: utility regimes, probes, domain features."""
+
+    arch: Literal["resnet", "densenet"] = Field(
+        "resnet", description="MONAI ResNet (basic blocks, one per stage) or DenseNet121"
+    )
+    widths: tuple[int, int, int, int] = Field(
+        (16, 32, 64, 128), description="ResNet channels per stage; the last is the feature size"
+    )
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(
+            steps=300,
+            batch_size=64,
+            lr=2e-3,
+            weight_decay=1e-4,
+            warmup_steps=20,
+            lr_schedule="cosine",
+            ema_decay=None,
+            checkpoint_every=100_000,
+            keep_last=1,
+            log_every=50,
+        )
+    )
+
+
 class AutoencoderConfig(StrictModel):
     """MONAI AutoencoderKL settings, or `kind: none` for pixel-space diffusion."""
 

@@ -1,0 +1,293 @@
+"""`synthgen eval`: run the chosen parts on one real manifest and one synthetic folder, and
+write one report.
+
+Real images are split the manifest's way: `train` is what the generator learned from (the
+fidelity reference and the memorisation search space), `val` + `test` are held out (the
+utility test set and the memorisation calibration). A probe classifier trained once on the
+real training images serves three parts: its penultimate layer is the default (`domain:`)
+feature extractor, and it reads the conditions back off synthetic images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from synthgen.config import ClassifierConfig, InputError, dump_config
+from synthgen.data.manifest import Manifest, load_manifest
+from synthgen.data.schema import Schema
+from synthgen.engine.checkpoint import list_checkpoints, versions
+from synthgen.metrics import classifier, fairness, utility
+from synthgen.metrics.inputs import EvalSet, load_real, load_synthetic
+
+PARTS = ("fidelity", "utility", "fairness", "memorization")
+TRAIN_SPLITS, HELDOUT_SPLITS = ("train",), ("val", "test")
+
+
+@dataclass
+class EvalOptions:
+    """Everything `synthgen eval` can be told; defaults suit a few thousand small images."""
+
+    real: Path
+    synthetic: Path
+    out: Path
+    schema: Path | None = None
+    extractor: str | None = None
+    target: str | None = None
+    balance: str | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    bootstrap: int = 1000
+    specificity: float = 0.9
+    cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "synthgen" / "eval")
+    limit: int | None = None
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    show: bool = True
+
+
+@dataclass
+class Inputs:
+    manifest: Manifest
+    train: EvalSet
+    heldout: EvalSet
+    synthetic: EvalSet
+
+    @property
+    def schema(self) -> Schema:
+        return self.manifest.schema
+
+
+def load_inputs(opts: EvalOptions) -> Inputs:
+    manifest = load_manifest(opts.real, opts.schema)
+    train = load_real(manifest, TRAIN_SPLITS, opts.limit, show=opts.show)
+    heldout = load_real(manifest, HELDOUT_SPLITS, show=opts.show)
+    shape = tuple(train.images.shape[2:])
+    synthetic = load_synthetic(opts.synthetic, manifest.schema, shape, opts.limit, show=opts.show)
+    return Inputs(manifest, train, heldout, synthetic)
+
+
+def condition_columns(schema: Schema, table: Any) -> list[str]:
+    """Labels and covariates present in `table`, schema order."""
+    return [c for c, s in schema.columns.items() if s.role in ("label", "covariate") and c in table]
+
+
+def probe_path(inputs: Inputs, opts: EvalOptions) -> Path:
+    """The probe's run folder in the cache, trained here unless one exists for this data and
+    config (keyed by both)."""
+    columns = condition_columns(inputs.schema, inputs.train.table)
+    if not columns:
+        raise InputError(f"{opts.real}: no label or covariate columns to train a probe on")
+    key = hashlib.sha256(
+        f"{inputs.train.fingerprint}|{columns}|{dump_config(opts.classifier)}".encode()
+    ).hexdigest()[:16]
+    folder = opts.cache / "probes" / key
+    if not list_checkpoints(folder):
+        if opts.show:
+            print(f"training the probe classifier on {len(inputs.train)} real images", flush=True)
+        classifier.train_classifier(
+            inputs.train.images,
+            inputs.train.table,
+            inputs.schema,
+            columns,
+            opts.classifier,
+            folder,
+            seed=0,
+            fingerprint=inputs.train.fingerprint,
+            show=opts.show,
+        )
+    return folder
+
+
+def conditioning_fidelity(inputs: Inputs, probe: classifier.MultiHead) -> dict[str, Any]:
+    """The probe's score on synthetic images against the conditions they were generated with,
+    beside its score on held-out real images against their true values."""
+    specs = [t for t in probe.targets if t.column in inputs.synthetic.table]
+    found = {}
+    for name, data in (("synthetic", inputs.synthetic), ("real_heldout", inputs.heldout)):
+        truth = {t.column: classifier.encode(data.table, inputs.schema, t) for t in specs}
+        found[name] = classifier.score_targets(classifier.predict(probe, data.images), truth, specs)
+    return found
+
+
+def evaluate(parts: tuple[str, ...], opts: EvalOptions) -> dict[str, Any]:
+    """Run `parts` and write report.json / report.html into `opts.out`; return the report."""
+    from synthgen.metrics import report as html
+
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise InputError(f"unknown evaluation part {unknown[0]!r} (known: {', '.join(PARTS)})")
+    started = time.monotonic()
+    inputs = load_inputs(opts)
+    spatial_dims = inputs.train.images.dim() - 2
+    report: dict[str, Any] = {"meta": _meta(inputs, opts, parts)}
+    figures: list[Any] = []
+    extractor = None
+    probe = None
+    if "fidelity" in parts or "memorization" in parts or "fairness" in parts:
+        probe_dir = probe_path(inputs, opts)
+        probe = classifier.load_classifier(probe_dir)
+        from synthgen.metrics.features import extractor_from_spec
+
+        spec = opts.extractor or f"domain:{probe_dir}"
+        extractor = extractor_from_spec(spec, spatial_dims)
+        report["meta"]["extractor"] = extractor.name
+    if "fidelity" in parts:
+        report["fidelity"] = _fidelity(inputs, opts, extractor)
+        figures += html.grids_by_condition(
+            "fidelity",
+            inputs.synthetic.images,
+            inputs.synthetic.table,
+            [c for c in _categorical(inputs.schema) if c in inputs.synthetic.table],
+        )
+    if "utility" in parts or "fairness" in parts:
+        report_u, report_f, charts = _downstream(inputs, opts, parts, probe)
+        report.update(report_u | report_f)
+        figures += charts
+    if "memorization" in parts:
+        found, pairs = _memorization(inputs, opts, extractor)
+        report["memorization"] = found
+        figures += pairs
+    report["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    html.write_report(opts.out, report, figures)
+    return report
+
+
+def _categorical(schema: Schema) -> list[str]:
+    return [
+        c
+        for c, s in schema.columns.items()
+        if s.role in ("label", "covariate") and s.levels is not None
+    ]
+
+
+def _fidelity(inputs: Inputs, opts: EvalOptions, extractor: Any) -> dict[str, Any]:
+    from synthgen.metrics.fidelity import fidelity
+
+    return fidelity(
+        inputs.train.images,
+        inputs.synthetic.images,
+        extractor,
+        real_table=inputs.train.table,
+        synthetic_table=inputs.synthetic.table,
+        group_columns=[c for c in _categorical(inputs.schema) if c in inputs.synthetic.table],
+        real_key=inputs.train.fingerprint,
+        cache_dir=opts.cache / "features",
+        seed=opts.seeds[0],
+        show=opts.show,
+    )
+
+
+def _downstream(
+    inputs: Inputs, opts: EvalOptions, parts: tuple[str, ...], probe: Any
+) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    from synthgen.metrics import report as html
+
+    target = opts.target or _default_target(inputs.schema)
+    uopts = utility.UtilityOptions(
+        target=target,
+        balance=opts.balance,
+        regimes=utility.REGIMES if opts.balance else utility.REGIMES[:3],
+        seeds=opts.seeds,
+        bootstrap=opts.bootstrap,
+        specificity=opts.specificity,
+        classifier=opts.classifier,
+    )
+    scores, summaries = utility.run_regimes(
+        inputs.train, inputs.synthetic, inputs.heldout, inputs.schema, uopts, opts.out, opts.show
+    )
+    found_u = utility.report(scores, summaries, uopts)
+    charts = []
+    series = {
+        r: {"all": e["auroc"], **{g: v["auroc"] for g, v in e["by_group"].items()}}
+        for r, e in found_u["regimes"].items()
+    }
+    charts.append(html.bar_chart_ci("utility", f"AUROC for {target} by regime", series, "AUROC"))
+    found_f: dict[str, Any] = {}
+    if "fairness" in parts:
+        fair = fairness.report(inputs.schema, scores, opts.bootstrap)
+        if probe is not None:
+            fair["conditioning_fidelity"] = conditioning_fidelity(inputs, probe)
+        found_f["fairness"] = fair
+        for column in fair["regimes"][utility.REAL]["auroc_ci"]:
+            series = {r: e["auroc_ci"][column] for r, e in fair["regimes"].items()}
+            charts.append(html.bar_chart_ci("fairness", f"AUROC by {column}", series, "AUROC"))
+    return ({"utility": found_u} if "utility" in parts else {}), found_f, charts
+
+
+def _default_target(schema: Schema) -> str:
+    labels = [
+        c for c, s in schema.columns.items() if s.role == "label" and len(s.levels or ()) == 2
+    ]
+    if not labels:
+        raise InputError("no two-level label column for utility; name one with --target")
+    return labels[0]
+
+
+def _memorization(
+    inputs: Inputs, opts: EvalOptions, extractor: Any
+) -> tuple[dict[str, Any], list[Any]]:
+    from synthgen.metrics import report as html
+    from synthgen.metrics.memorization import memorization
+
+    feats = [
+        extractor(x) for x in (inputs.train.images, inputs.heldout.images, inputs.synthetic.images)
+    ]
+    found = memorization(
+        inputs.train.images,
+        inputs.heldout.images,
+        inputs.synthetic.images,
+        train_features=feats[0],
+        holdout_features=feats[1],
+        synthetic_features=feats[2],
+        show=opts.show,
+    )
+    closest = found.get("closest", [])
+    if not closest:
+        return found, []
+    left = torch.stack([inputs.synthetic.images[c["synthetic"]] for c in closest])
+    right = torch.stack([inputs.train.images[c["train"]] for c in closest])
+    captions = [
+        f"synthetic {c['synthetic']} ~ train {c['train']}: {c['score']:.3f}" for c in closest
+    ]
+    pairs = html.pairs_figure(
+        "memorization", "closest synthetic / training pairs", left, right, captions
+    )
+    return found, [pairs]
+
+
+def _meta(inputs: Inputs, opts: EvalOptions, parts: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "parts": list(parts),
+        "real": {
+            "manifest": str(opts.real),
+            "fingerprint": inputs.manifest.fingerprint(),
+            "train_images": len(inputs.train),
+            "heldout_images": len(inputs.heldout),
+            "image_shape": list(inputs.train.images.shape[2:]),
+        },
+        "synthetic": {
+            "folder": str(opts.synthetic),
+            "fingerprint": inputs.synthetic.fingerprint,
+            "images": len(inputs.synthetic),
+            "run": _run_record(opts.synthetic),
+        },
+        "seeds": list(opts.seeds),
+        "bootstrap": opts.bootstrap,
+        "classifier": json.loads(opts.classifier.model_dump_json()),
+        "versions": versions(),
+    }
+
+
+def _run_record(folder: Path) -> dict[str, Any]:
+    """The sampling run's identity (checkpoint, seed, sampler) when the folder has one."""
+    path = Path(folder) / "run.json"
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    keep = ("checkpoint", "step", "seed", "sampler", "steps", "guidance", "release_id", "n")
+    return {k: record[k] for k in keep if k in record}

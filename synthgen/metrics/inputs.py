@@ -1,0 +1,142 @@
+"""What evaluation reads: real images from a manifest split, synthetic ones from a sample folder.
+
+Both become an `EvalSet`: images in the model range [-1, 1] at the real images' shape (a
+synthetic set exported at another size, e.g. `sample --size 128`, is resized back so every
+metric compares like with like), and a table of condition cells as strings, the way the
+manifest stores them, so one schema reads both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from synthgen.config import InputError
+from synthgen.data.dataset import load_images, split_rows
+from synthgen.data.intensity import to_model, window_for
+from synthgen.data.io import ImageReadError, read_image
+from synthgen.data.manifest import Manifest
+from synthgen.data.progress import progress
+from synthgen.data.schema import Schema, parse_value
+
+SYNTHETIC_MANIFEST = "manifest.csv"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Images (N, 1, *spatial) in [-1, 1] and their condition cells (strings, '' = absent)."""
+
+    images: torch.Tensor
+    table: pd.DataFrame
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, rows: np.ndarray | list[int]) -> EvalSet:
+        rows = np.asarray(rows, dtype=np.int64)
+        tag = hashlib.sha256(self.fingerprint.encode() + rows.tobytes()).hexdigest()
+        return EvalSet(self.images[rows], self.table.iloc[rows].reset_index(drop=True), tag)
+
+
+def load_real(
+    manifest: Manifest, splits: tuple[str, ...], limit: int | None = None, show: bool = False
+) -> EvalSet:
+    """The rows of `splits` (in manifest order, at most `limit`), images decoded once."""
+    images, tables = [], []
+    for split in splits:
+        rows = split_rows(manifest, split)
+        if not rows:
+            continue
+        x, _ = load_images(manifest, split, show=show)
+        images.append(x)
+        tables.append(manifest.table.iloc[rows])
+    if not images:
+        raise InputError(f"{manifest.path}: no rows in split(s) {', '.join(splits)}")
+    x = torch.cat(images)
+    table = pd.concat(tables).reset_index(drop=True)
+    if limit is not None:
+        x, table = x[:limit], table.iloc[:limit].reset_index(drop=True)
+    digest = hashlib.sha256(f"{manifest.fingerprint()}|{','.join(splits)}|{limit}".encode())
+    return EvalSet(x, table, digest.hexdigest())
+
+
+def load_synthetic(
+    folder: Path,
+    schema: Schema,
+    shape: tuple[int, ...],
+    limit: int | None = None,
+    show: bool = False,
+) -> EvalSet:
+    """A `synthgen sample` folder: its manifest's condition columns (checked against `schema`)
+    and images mapped to [-1, 1] by the schema's intensity policy, resized to `shape`."""
+    folder = Path(folder)
+    path = folder / SYNTHETIC_MANIFEST
+    if not path.is_file():
+        raise InputError(f"{folder}: no {SYNTHETIC_MANIFEST}; is this a `synthgen sample` folder?")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "file" not in table.columns:
+        raise InputError(f"{path}: no `file` column")
+    if limit is not None:
+        table = table.iloc[:limit].reset_index(drop=True)
+    if table.empty:
+        raise InputError(f"{path}: no samples")
+    conditions = [c for c in table.columns if c in schema.columns]
+    for column in conditions:
+        spec = schema.columns[column]
+        if spec.role not in ("label", "covariate"):
+            continue
+        for row, cell in enumerate(table[column]):
+            try:
+                parse_value(spec.model_copy(update={"optional": True}), _as_cell(cell, spec))
+            except ValueError as e:
+                raise InputError(f"{path} row {row + 1}, column {column}: {e}") from None
+            table.iat[row, table.columns.get_loc(column)] = _as_cell(cell, spec)
+    files = [folder / f for f in table["file"]]
+    images = [
+        _read(p, schema, shape) for p in progress(files, len(files), "loading synthetic", show)
+    ]
+    digest = hashlib.sha256(path.read_bytes())
+    return EvalSet(torch.stack(images), table, digest.hexdigest())
+
+
+def _as_cell(cell: str, spec: object) -> str:
+    """Sample manifests write levels as they were given (`1.0` for level `1` after a float
+    round trip); map such a cell back to its level string."""
+    levels = getattr(spec, "levels", None)
+    if levels is None or cell in levels or cell == "":
+        return cell
+    try:
+        number = float(cell)
+    except ValueError:
+        return cell
+    for level in levels:
+        try:
+            if math.isclose(float(level), number):
+                return level
+        except ValueError:
+            continue
+    return cell
+
+
+def _read(path: Path, schema: Schema, shape: tuple[int, ...]) -> torch.Tensor:
+    try:
+        image = read_image(path)
+    except ImageReadError as e:
+        raise InputError(f"{path}: {e.reason}") from None
+    if image.array.ndim != len(shape):
+        raise InputError(
+            f"{path}: a {image.array.ndim}D image, but the real images are {len(shape)}D"
+        )
+    x = torch.from_numpy(to_model(image.array, window_for(image.array, schema.intensity)))[None]
+    if tuple(x.shape[1:]) != tuple(shape):
+        mode = "bilinear" if len(shape) == 2 else "trilinear"
+        x = F.interpolate(x[None], size=shape, mode=mode, antialias=len(shape) == 2)[0]
+    return x.clamp(-1.0, 1.0)
