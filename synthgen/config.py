@@ -357,6 +357,15 @@ class DemoSampling(StrictModel):
     seed: int = 0
 
 
+class DemoEvaluation(StrictModel):
+    """The demo's `eval all` stage on every demo generator's bulk samples."""
+
+    seeds: int = Field(2, ge=1, description="classifier seeds per utility regime")
+    steps: int = Field(200, ge=1, description="classifier training steps")
+    bootstrap: int = Field(500, ge=20)
+    balance: str | None = Field(None, description="subgroup column for the balanced regime")
+
+
 class DemoConfig(StrictModel):
     """The built-in demo: phantom sets to make and check, an autoencoder for some, and a
     conditional generator for some."""
@@ -408,6 +417,7 @@ class DemoConfig(StrictModel):
         default_factory=lambda: {"chest2d-32": demo_generator()}
     )
     sampling: DemoSampling | None = DemoSampling()
+    evaluation: DemoEvaluation | None = DemoEvaluation()
 
     @model_validator(mode="before")
     @classmethod

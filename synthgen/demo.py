@@ -9,6 +9,7 @@ config makes a new one. An unfinished training run is resumed.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ from pydantic import BaseModel
 
 from synthgen.config import (
     AETrainConfig,
+    ClassifierConfig,
     DataConfig,
     DemoConfig,
+    DemoEvaluation,
     DemoSampling,
     DiffusionStage,
     DiffusionTrainConfig,
@@ -158,6 +161,53 @@ def run_samples(
     return line
 
 
+def run_evaluation(
+    name: str, cfg: DemoEvaluation, manifest: Path, samples: Path, out: Path, fresh: bool
+) -> str:
+    """`synthgen eval all` of a generator's bulk samples against its real data; a summary line."""
+    from synthgen.metrics.evaluate import PARTS, EvalOptions, evaluate
+
+    label = f"eval-{name}"
+    report_file = out / "report.json"
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    if report_file.is_file():
+        print(f"[{label}] reusing {out}")
+        report = json.loads(report_file.read_text())
+    else:
+        print(f"[{label}] fidelity, utility, fairness and memorisation of {samples}")
+        classifier = ClassifierConfig()
+        train = classifier.train.model_copy(update={"steps": cfg.steps})
+        opts = EvalOptions(
+            real=manifest,
+            synthetic=samples,
+            out=out,
+            balance=cfg.balance,
+            seeds=tuple(range(cfg.seeds)),
+            bootstrap=cfg.bootstrap,
+            classifier=classifier.model_copy(update={"train": train}),
+            cache=out / "cache",
+        )
+        report = evaluate(PARTS, opts)
+    line = headline(report) + f"; report {out / 'report.html'}"
+    print(f"[{label}] {line}")
+    return line
+
+
+def headline(report: dict) -> str:
+    """FID, precision/recall, real-only vs synthetic-only AUROC, memorisation flags."""
+    fid = report["fidelity"]
+    regimes = report["utility"]["regimes"]
+    auroc = {r: regimes[r]["auroc"]["mean"] for r in ("real", "synthetic")}
+    flagged = report["memorization"].get("fraction_flagged")
+    return (
+        f"FID {fid['fid']:.2f} ({report['meta']['extractor'].split(':')[0]}), precision "
+        f"{fid['precision']:.2f}, recall {fid['recall']:.2f}; {report['utility']['target']} AUROC "
+        f"real-only {auroc['real']:.3f}, synthetic-only {auroc['synthetic']:.3f}; "
+        f"memorisation flags {flagged}"
+    )
+
+
 def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
     """Phantoms -> data check -> autoencoder -> latent cache, and conditional generators."""
     from synthgen.engine.autoencoder import describe, train_autoencoder
@@ -187,6 +237,13 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
                 made.sampled = run_samples(
                     name, cfg.sampling, made.checkpoint, data / "manifest.csv", where, fresh
                 )
+                if cfg.evaluation is not None:
+                    report = stage_dir(
+                        out / "reports", name, phantom_cfg, generator, cfg.sampling, cfg.evaluation
+                    )
+                    made.evaluated = run_evaluation(
+                        name, cfg.evaluation, data / "manifest.csv", where, report, fresh
+                    )
             generated.append(made)
         stage = cfg.autoencoders.get(name)
         if stage is None:
@@ -232,6 +289,7 @@ class GeneratorRow:
     samples: str
     checkpoint: Path
     sampled: str = ""
+    evaluated: str = ""
 
 
 def print_generators(rows: list[GeneratorRow]) -> None:
@@ -253,6 +311,8 @@ def print_generators(rows: list[GeneratorRow]) -> None:
         console.print(f"{r.name} samples (rows: condition cells): {r.samples}")
         if r.sampled:
             console.print(f"{r.name} bulk samples: {r.sampled}")
+        if r.evaluated:
+            console.print(f"{r.name} evaluation: {r.evaluated}")
 
 
 def print_rows(rows: list[Row]) -> None:

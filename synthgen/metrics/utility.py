@@ -125,6 +125,12 @@ def run_regimes(
 ) -> tuple[Scores, dict[str, dict[str, Any]]]:
     """Train every regime × seed into `out/classifiers/` and score the test images."""
     binary_target(schema, opts.target)
+    if opts.balance is not None:
+        spec = schema.columns.get(opts.balance)
+        if spec is None or spec.levels is None or spec.role not in ("label", "covariate"):
+            raise InputError(
+                f"--balance {opts.balance!r} is not a categorical column of the schema"
+            )
     (target,) = targets_for(schema, [opts.target])
     labels = encode(test.table, schema, target).numpy()
     if (labels < 0).any() or len(np.unique(labels)) != 2:
