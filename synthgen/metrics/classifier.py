@@ -226,7 +226,12 @@ def train_classifier(
     """Train a classifier on `columns` into the run folder `out`; return it in eval mode."""
     specs = targets_for(schema, columns)
     ys = [encode(table, schema, t) for t in specs]
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
+    if len(images) < 2:
+        raise InputError(f"a classifier needs at least 2 training images, got {len(images)}")
+    # Small sets (a few dozen volumes) still train: the batch shrinks to fit one epoch.
+    batch = min(cfg.train.batch_size, len(images))
+    train = cfg.train.model_copy(update={"seed": seed, "batch_size": batch})
+    cfg = cfg.model_copy(update={"train": train})
     spatial_dims = images.dim() - 2
     val_pair = None
     if val is not None:
