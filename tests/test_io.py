@@ -170,3 +170,17 @@ def test_percentile_policy_maps_the_percentiles_to_the_ends():
     scaled = to_model(array, (low, high))
     assert np.mean(scaled == -1) == pytest.approx(0.01, abs=0.003)
     assert np.mean(scaled == 1) == pytest.approx(0.01, abs=0.003)
+
+
+def test_atomic_write_gives_the_mode_a_plain_open_would(tmp_path):
+    import os
+    import stat
+
+    from synthgen.data.io import atomic_write_bytes
+
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    atomic_write_bytes(tmp_path / "atomic.bin", b"y")
+    mode = stat.S_IMODE(os.stat(tmp_path / "atomic.bin").st_mode)
+    assert mode == stat.S_IMODE(os.stat(plain).st_mode)
+    assert (tmp_path / "atomic.bin").read_bytes() == b"y"

@@ -136,6 +136,15 @@ def _read_dicom(path: Path) -> Image:
     return Image(array=array, spacing=(slice_mm, row_mm, col_mm), affine=affine)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so readers see the old file or the whole new one, never a part."""
     path = Path(path)
@@ -144,6 +153,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            # mkstemp makes the file 0600; give it the mode a plain open() would have.
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
