@@ -311,6 +311,9 @@ def test_keep_last_prunes_to_the_newest(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, 9, weights, {"kind": "toy"}, "a: 1\n", keep_last=1)
     assert [c.path.name for c in list_checkpoints(tmp_path)] == ["step-00000009"]
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000009"]
+    # A stale later step (a previous, longer run in the same folder) never evicts the new one.
+    save_checkpoint(tmp_path, 4, weights, {"kind": "toy"}, "a: 1\n", keep_last=1)
+    assert (tmp_path / "checkpoints" / "step-00000004" / "meta.json").is_file()
 
 
 # ----------------------------------------------------------------------------- 5. never unpickle

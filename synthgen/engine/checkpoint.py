@@ -109,7 +109,8 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old.path, ignore_errors=True)
+        if old.path != final:  # a stale later step must not evict the one just written
+            shutil.rmtree(old.path, ignore_errors=True)
     return final
 
 

@@ -8,6 +8,7 @@ regime use the same resamples for both regimes (paired), overall and per subgrou
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,7 @@ def run_regimes(
             if show:
                 print(f"utility: {regime}, seed {seed} ({len(train)} images)", flush=True)
             folder = out / "classifiers" / f"{regime.replace(' ', '-')}-seed{seed}"
+            shutil.rmtree(folder, ignore_errors=True)  # a previous report's run, not a resume
             model = train_classifier(
                 train.images,
                 train.table,
