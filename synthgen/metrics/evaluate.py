@@ -252,7 +252,8 @@ def _memorization(
     left = torch.stack([inputs.synthetic.images[c["synthetic"]] for c in closest])
     right = torch.stack([inputs.train.images[c["train"]] for c in closest])
     captions = [
-        f"synthetic {c['synthetic']} ~ train {c['train']}: {c['score']:.3f}" for c in closest
+        f"synthetic {c['synthetic']} ~ train {c['train']}: noise ratio {c['noise_ratio']:.3f}"
+        for c in closest
     ]
     pairs = html.pairs_figure(
         "memorization", "closest synthetic / training pairs", left, right, captions

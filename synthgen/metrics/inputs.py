@@ -93,9 +93,10 @@ def load_synthetic(
         spec = schema.columns[column]
         if spec.role not in ("label", "covariate"):
             continue
+        optional = spec.model_copy(update={"optional": True})  # balance-only rows leave cells empty
         for row, cell in enumerate(table[column]):
             try:
-                parse_value(spec.model_copy(update={"optional": True}), _as_cell(cell, spec))
+                parse_value(optional, _as_cell(cell, spec))
             except ValueError as e:
                 raise InputError(f"{path} row {row + 1}, column {column}: {e}") from None
             table.iat[row, table.columns.get_loc(column)] = _as_cell(cell, spec)
