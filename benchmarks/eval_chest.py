@@ -7,6 +7,10 @@ oracle generator — fresh phantoms from the same rules without the shortcut, i.
 perfect site × nodule-conditioned generator gives when asked to balance them. The oracle
 isolates what evaluation itself measures from how good a trained generator is.
 
+Figures are read against references from the same run: the held-out real images' FID and
+precision/recall against the training images (what a perfect generator reaches), the
+real-only regime for utility, and the 10-minute budget for time.
+
 Ground truth the report should show: a classifier trained on the shortcut data leans on the
 site, so its AUROC within sites A and C (where the shortcut misleads) falls below its AUROC
 within site B, and subtle nodules are found less often than typical ones. Balancing with
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+SYNTHGEN = (sys.executable, "-m", "synthgen")
 CONDITIONS = ("nodule", "effusion", "sex", "age", "site", "report")
 
 
@@ -35,9 +40,9 @@ def phantoms(out: Path, n: int, seed: int, *extra: str) -> Path:
     """Run `synthgen phantoms` (once: reused when the manifest exists)."""
     manifest = out / "manifest.csv"
     if not manifest.is_file():
+        size = ["--size", "64", "--seed", str(seed), "--out", str(out)]
         subprocess.run(
-            [sys.executable, "-m", "synthgen", "phantoms", "--kind", "chest2d", "--n", str(n),
-             "--size", "64", "--seed", str(seed), "--out", str(out), *extra],
+            [*SYNTHGEN, "phantoms", "--kind", "chest2d", "--n", str(n), *size, *extra],
             check=True,
         )
     return manifest
@@ -66,10 +71,10 @@ def main() -> None:
     synthetic = args.synthetic or oracle_samples(args.out / "oracle", n, 1)
     report_dir = args.out / "report"
     started = time.monotonic()
+    inputs = ["--real", str(real), "--synthetic", str(synthetic), "--out", str(report_dir)]
+    budget = ["--seeds", str(seeds), "--steps", str(steps), "--cache", str(args.out / "cache")]
     subprocess.run(
-        [sys.executable, "-m", "synthgen", "eval", "all", "--real", str(real),
-         "--synthetic", str(synthetic), "--out", str(report_dir), "--balance", "site",
-         "--seeds", str(seeds), "--steps", str(steps), "--cache", str(args.out / "cache")],
+        [*SYNTHGEN, "eval", "all", *inputs, "--balance", "site", *budget],
         check=True,
     )
     seconds = time.monotonic() - started
@@ -91,10 +96,14 @@ def print_headline(report: dict, seconds: float) -> None:
     fid = report["fidelity"]
     mem = report["memorization"]
     print()
+    ref = fid["heldout_real_reference"]
     print(f"eval_seconds: {seconds:.0f}")
+    print(f"eval_time_ratio_vs_10min_budget: {seconds / 600:.2f}")
     print(f"fid: {fid['fid']:.3f}")
-    print(f"precision: {fid['precision']:.3f}")
-    print(f"recall: {fid['recall']:.3f}")
+    print(f"fid_heldout_real_reference: {ref['fid']:.3f}")
+    print(f"fid_ratio_vs_heldout_real: {fid['fid'] / max(ref['fid'], 1e-9):.2f}")
+    print(f"precision: {fid['precision']:.3f} (held-out real {ref['precision']:.3f})")
+    print(f"recall: {fid['recall']:.3f} (held-out real {ref['recall']:.3f})")
     for site in ("A", "B", "C"):
         print(f"real_only_auroc_site_{site}: {_fmt(real_sites[site])}")
     gap = fair["real"]["by_subgrouping"]["site"].get("largest_gap", {}).get("auroc")

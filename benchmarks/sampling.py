@@ -92,7 +92,9 @@ def main() -> None:
     if args.quick:
         args.n, args.steps, args.rounds = 64, 10, 2
         phantoms = PhantomConfig(kind="chest2d", n=80, size=32, min_nodule_px=1.5)
-        args.checkpoint, _ = quick_model(root, phantoms, CONFIG, ["train.steps=5", "train.batch_size=16"])
+        args.checkpoint, _ = quick_model(
+            root, phantoms, CONFIG, ["train.steps=5", "train.batch_size=16"]
+        )
     if args.checkpoint is None:
         parser.error("--checkpoint is required (or --quick)")
     gen = load_generator(args.checkpoint)

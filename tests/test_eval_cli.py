@@ -61,6 +61,10 @@ def test_eval_all_writes_one_report(sets: tuple[Path, Path], tmp_path: Path) -> 
     assert report["meta"]["synthetic"]["images"] == 120
     fid = report["fidelity"]
     assert fid["fid"] >= 0 and 0 <= fid["precision"] <= 1 and 0 <= fid["coverage"] <= 1
+    reference = fid["heldout_real_reference"]
+    assert reference["n"] == report["meta"]["real"]["heldout_images"]
+    assert reference["fid"] >= 0 and 0 <= reference["recall"] <= 1
+    assert len(list((cache / "features").glob("*.safetensors"))) == 2  # train + held-out
     assert set(report["utility"]["regimes"]) == {
         "real", "synthetic", "real+synthetic", "real+synthetic balanced"
     }  # fmt: skip

@@ -136,8 +136,9 @@ def evaluate(parts: tuple[str, ...], opts: EvalOptions) -> dict[str, Any]:
         spec = opts.extractor or f"domain:{probe_dir}"
         extractor = extractor_from_spec(spec, spatial_dims)
         report["meta"]["extractor"] = extractor.name
+    features = _features(inputs, opts, extractor) if extractor is not None else {}
     if "fidelity" in parts:
-        report["fidelity"] = _fidelity(inputs, opts, extractor)
+        report["fidelity"] = _fidelity(inputs, opts, extractor, features)
         figures += html.grids_by_condition(
             "fidelity",
             inputs.synthetic.images,
@@ -149,7 +150,7 @@ def evaluate(parts: tuple[str, ...], opts: EvalOptions) -> dict[str, Any]:
         report.update(report_u | report_f)
         figures += charts
     if "memorization" in parts:
-        found, pairs = _memorization(inputs, opts, extractor)
+        found, pairs = _memorization(inputs, opts, features)
         report["memorization"] = found
         figures += pairs
     report["meta"]["seconds"] = round(time.monotonic() - started, 1)
@@ -165,10 +166,31 @@ def _categorical(schema: Schema) -> list[str]:
     ]
 
 
-def _fidelity(inputs: Inputs, opts: EvalOptions, extractor: Any) -> dict[str, Any]:
-    from synthgen.metrics.fidelity import fidelity
+def _features(inputs: Inputs, opts: EvalOptions, extractor: Any) -> dict[str, torch.Tensor]:
+    """Each set's features, extracted once for fidelity and memorisation; the real sets' come
+    from the cache when their fingerprint and the extractor match."""
+    from synthgen.metrics.fidelity import reference_features
 
-    return fidelity(
+    cache = opts.cache / "features"
+    return {
+        "train": reference_features(
+            inputs.train.images, extractor, inputs.train.fingerprint, cache, opts.show
+        ),
+        "heldout": reference_features(
+            inputs.heldout.images, extractor, inputs.heldout.fingerprint, cache, opts.show
+        ),
+        "synthetic": extractor.embed(inputs.synthetic.images, show=opts.show),
+    }
+
+
+def _fidelity(
+    inputs: Inputs, opts: EvalOptions, extractor: Any, features: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """Fidelity of the synthetic set against the real training set, with the same figures for
+    the held-out real images as the reference a perfect generator would reach."""
+    from synthgen.metrics.fidelity import PRDC_K, fid, fidelity, prdc
+
+    found = fidelity(
         inputs.train.images,
         inputs.synthetic.images,
         extractor,
@@ -179,7 +201,15 @@ def _fidelity(inputs: Inputs, opts: EvalOptions, extractor: Any) -> dict[str, An
         cache_dir=opts.cache / "features",
         seed=opts.seeds[0],
         show=opts.show,
+        synthetic_features=features["synthetic"],
     )
+    if len(inputs.heldout) > PRDC_K:
+        found["heldout_real_reference"] = {
+            "n": len(inputs.heldout),
+            "fid": fid(features["train"], features["heldout"]),
+            **prdc(features["train"], features["heldout"], PRDC_K),
+        }
+    return found
 
 
 def _downstream(
@@ -229,21 +259,18 @@ def _default_target(schema: Schema) -> str:
 
 
 def _memorization(
-    inputs: Inputs, opts: EvalOptions, extractor: Any
+    inputs: Inputs, opts: EvalOptions, features: dict[str, torch.Tensor]
 ) -> tuple[dict[str, Any], list[Any]]:
     from synthgen.metrics import report as html
     from synthgen.metrics.memorization import memorization
 
-    feats = [
-        extractor(x) for x in (inputs.train.images, inputs.heldout.images, inputs.synthetic.images)
-    ]
     found = memorization(
         inputs.train.images,
         inputs.heldout.images,
         inputs.synthetic.images,
-        train_features=feats[0],
-        holdout_features=feats[1],
-        synthetic_features=feats[2],
+        train_features=features["train"],
+        holdout_features=features["heldout"],
+        synthetic_features=features["synthetic"],
         show=opts.show,
     )
     closest = found.get("closest", [])

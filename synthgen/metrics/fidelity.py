@@ -341,8 +341,10 @@ def fidelity(
     show: bool = False,
     min_group: int = MIN_GROUP,
     ms_ssim_pairs: int = MS_SSIM_PAIRS,
+    synthetic_features: Tensor | None = None,
 ) -> dict[str, Any]:
-    """Every fidelity metric of `synthetic` against `real` as a JSON-serialisable dict."""
+    """Every fidelity metric of `synthetic` against `real` as a JSON-serialisable dict.
+    `synthetic_features`, when given, spares a second pass of the extractor."""
     _check_images("real", real)
     _check_images("synthetic", synthetic)
     if real.shape[1:] != synthetic.shape[1:]:
@@ -350,7 +352,9 @@ def fidelity(
         raise InputError(f"real images are {shapes[0]} but synthetic are {shapes[1]}")
     _check_tables(real, synthetic, real_table, synthetic_table, group_columns)
     real_f = reference_features(real, extractor, real_key, cache_dir, show)
-    fake_f = extractor.embed(synthetic, show=show)
+    fake_f = synthetic_features
+    if fake_f is None:
+        fake_f = extractor.embed(synthetic, show=show)
     subset = min(KID_SUBSET_SIZE, real_f.shape[0], fake_f.shape[0])
     kid_mean, kid_std = kid(real_f, fake_f, subset, seed=seed)
     by_group = {}
