@@ -24,7 +24,7 @@ from synthgen.data.intensity import to_model, window_for
 from synthgen.data.io import ImageReadError, read_image
 from synthgen.data.manifest import Manifest
 from synthgen.data.progress import progress
-from synthgen.data.schema import Schema, parse_value
+from synthgen.data.schema import ColumnSpec, Schema, parse_value
 
 SYNTHETIC_MANIFEST = "manifest.csv"
 
@@ -95,11 +95,12 @@ def load_synthetic(
             continue
         optional = spec.model_copy(update={"optional": True})  # balance-only rows leave cells empty
         for row, cell in enumerate(table[column]):
+            value = _as_cell(cell, spec)
             try:
-                parse_value(optional, _as_cell(cell, spec))
+                parse_value(optional, value)
             except ValueError as e:
                 raise InputError(f"{path} row {row + 1}, column {column}: {e}") from None
-            table.iat[row, table.columns.get_loc(column)] = _as_cell(cell, spec)
+            table.iat[row, table.columns.get_loc(column)] = value
     files = [folder / f for f in table["file"]]
     images = [
         _read(p, schema, shape) for p in progress(files, len(files), "loading synthetic", show)
@@ -108,10 +109,10 @@ def load_synthetic(
     return EvalSet(torch.stack(images), table, digest.hexdigest())
 
 
-def _as_cell(cell: str, spec: object) -> str:
+def _as_cell(cell: str, spec: ColumnSpec) -> str:
     """Sample manifests write levels as they were given (`1.0` for level `1` after a float
     round trip); map such a cell back to its level string."""
-    levels = getattr(spec, "levels", None)
+    levels = spec.levels
     if levels is None or cell in levels or cell == "":
         return cell
     try:
