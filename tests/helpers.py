@@ -30,3 +30,43 @@ def synthgen(cwd: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
     )
+
+
+def tiny_diffusion(
+    root: Path,
+    kind: str,
+    size: int,
+    fields: tuple[str, ...],
+    stage: str = "ldm",
+    shortcut: float | None = None,
+) -> Path:
+    """Train a 2-step diffusion model on 24 phantoms into root/run; return their manifest."""
+    from synthgen.config import (
+        ConditioningConfig,
+        DataConfig,
+        DenoiserConfig,
+        DiffusionTrainConfig,
+        PhantomConfig,
+        SamplingConfig,
+        TrainConfig,
+    )
+    from synthgen.data.phantoms import generate_phantoms
+    from synthgen.engine.diffusion import train_diffusion
+
+    phantoms = PhantomConfig(kind=kind, n=24, size=size, shortcut=shortcut)
+    manifest = generate_phantoms(phantoms, root / "data", False)
+    unet = DenoiserConfig(
+        channels=(8, 16), attention_levels=(False, True), norm_num_groups=8, num_head_channels=8
+    )
+    cfg = DiffusionTrainConfig(
+        stage=stage,
+        data=DataConfig(manifest=manifest),
+        out=root / "run",
+        denoiser=unet,
+        conditioning=ConditioningConfig(fields=fields, token_dim=8),
+        sampling=SamplingConfig(steps=4, per_cell=1),
+        train=TrainConfig(steps=2, batch_size=4, checkpoint_every=2, log_every=1),
+        val_images=4,
+    )
+    train_diffusion(cfg, show_progress=False)
+    return manifest

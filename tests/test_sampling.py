@@ -18,48 +18,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import synthgen
+from helpers import synthgen, tiny_diffusion
 from PIL import Image
 
 from synthgen import watermark
 from synthgen.config import (
-    ConditioningConfig,
-    DataConfig,
-    DenoiserConfig,
-    DiffusionTrainConfig,
     InputError,
-    PhantomConfig,
-    SamplingConfig,
-    TrainConfig,
 )
-from synthgen.data.phantoms import generate_phantoms
-from synthgen.engine.diffusion import train_diffusion
 from synthgen.engine.generator import load_generator
 from synthgen.provenance import read_png_provenance
 from synthgen.sampling.conditions import Balanced, condition_source
 from synthgen.sampling.outputs import sha256
 from synthgen.sampling.run import SampleOptions, run_sampling
 
-UNET = DenoiserConfig(
-    channels=(8, 16), attention_levels=(False, True), norm_num_groups=8, num_head_channels=8
-)
 EXPORT = 128  # the 32 px phantoms are exported larger so they can carry the watermark
 
 
 def tiny_model(root: Path, kind: str, size: int) -> Path:
-    manifest = generate_phantoms(PhantomConfig(kind=kind, n=24, size=size), root / "data", False)
     fields = ("nodule", "sex", "age") if kind == "chest2d" else ("age", "sex")
-    cfg = DiffusionTrainConfig(
-        data=DataConfig(manifest=manifest),
-        out=root / "run",
-        denoiser=UNET,
-        conditioning=ConditioningConfig(fields=fields, token_dim=8),
-        sampling=SamplingConfig(steps=4, per_cell=1),
-        train=TrainConfig(steps=2, batch_size=4, checkpoint_every=2, log_every=1),
-        val_images=4,
-    )
-    train_diffusion(cfg, show_progress=False)
-    return manifest
+    return tiny_diffusion(root, kind, size, fields)
 
 
 @pytest.fixture(scope="module")

@@ -71,10 +71,11 @@ def read_image(path: Path) -> Image:
     except ImageReadError:
         raise
     except Exception as e:  # decoders raise many types; all mean "this file is not a valid image"
-        raise ImageReadError(path, f"cannot decode: {_reason(e)}") from None
+        raise ImageReadError(path, f"cannot decode: {error_reason(e)}") from None
 
 
-def _reason(e: Exception) -> str:
+def error_reason(e: Exception) -> str:
+    """The first line of a decoder's error, or its type when it has no message."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
 

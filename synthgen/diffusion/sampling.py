@@ -59,6 +59,27 @@ def make_sampler(record: dict[str, Any], kind: str, steps: int) -> Any:
     return scheduler
 
 
+def partial_start(
+    scheduler: Any, x0: torch.Tensor, noise: torch.Tensor, strength: float
+) -> tuple[torch.Tensor, int]:
+    """SDEdit's start (Meng et al. 2022): `x0` noised to the point where the last `strength` of
+    the schedule remains, and the index of the first step still to run. Strength 1 is pure
+    noise (index 0), the usual start."""
+    if not 0.0 < strength <= 1.0:
+        raise InputError(f"strength {strength}: expected a value in (0, 1]")
+    steps = len(scheduler.timesteps)
+    skip = min(steps - 1, int(round(steps * (1.0 - strength))))
+    if skip == 0:
+        return noise, 0
+    order = int(getattr(scheduler, "order", 1))
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(skip * order)
+    t = scheduler.timesteps[skip * order].reshape(1).expand(x0.shape[0])
+    if hasattr(scheduler, "scale_noise"):  # rectified flow: x_t = (1 - s) x0 + s noise
+        return scheduler.scale_noise(x0, t, noise), skip * order
+    return scheduler.add_noise(x0, noise, t), skip * order
+
+
 def sample(
     model: Denoise,
     x: torch.Tensor,
@@ -68,14 +89,17 @@ def sample(
     guidance: float = 1.0,
     generator: torch.Generator | None = None,
     on_step: Callable[[int], None] | None = None,
+    start: int = 0,
 ) -> torch.Tensor:
     """Denoise unit Gaussian noise `x` into a sample, with classifier-free guidance when
-    `uncond` is given and `guidance` != 1: pred = uncond + guidance * (cond - uncond)."""
+    `uncond` is given and `guidance` != 1: pred = uncond + guidance * (cond - uncond). With
+    `start` > 0, `x` is already noised to that step (see `partial_start`)."""
     guided = uncond is not None and guidance != 1.0
     n = x.shape[0]
-    x = x * float(getattr(scheduler, "init_noise_sigma", 1.0))
+    if start == 0:
+        x = x * float(getattr(scheduler, "init_noise_sigma", 1.0))
     scale = getattr(scheduler, "scale_model_input", None)
-    for i, t in enumerate(scheduler.timesteps):
+    for i, t in enumerate(scheduler.timesteps[start:]):
         x_in = scale(x, t) if scale is not None else x
         t_batch = t.reshape(1).to(x.device).expand(n)
         if guided:

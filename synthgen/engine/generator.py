@@ -18,7 +18,7 @@ import torch
 
 from synthgen.config import DiffusionTrainConfig, InputError, load_config
 from synthgen.diffusion.objectives import make_train_scheduler
-from synthgen.diffusion.sampling import make_sampler, sample
+from synthgen.diffusion.sampling import make_sampler, partial_start, sample
 from synthgen.engine.checkpoint import Checkpoint, open_checkpoint
 from synthgen.engine.space import (
     LatentSpace,
@@ -125,9 +125,13 @@ def generate(
     concat: torch.Tensor | None = None,
     guide_fields: Sequence[str] | None = None,
     batch_size: int = 64,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """Model-space samples (N, C, *shape) from unit `noise`, guided on `guide_fields` (all
-    fields when None): the unconditional branch nulls those fields and keeps `concat`."""
+    fields when None): the unconditional branch nulls those fields and keeps `concat`. With
+    `init` (model-space) and `strength` < 1, sampling starts from `init` partly noised
+    (SDEdit), so the sample keeps its layout and changes its details."""
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(noise), batch_size):
@@ -140,7 +144,10 @@ def generate(
             drop = model.encoder.null_drop(size, guide_fields)
             uncond = Conditioning(model.encoder(part, drop), extra)
             scheduler = make_sampler(record, sampler, steps)
-            x = sample(model, noise[rows].to(device), scheduler, cond, uncond, guidance)
+            x, start = noise[rows].to(device), 0
+            if init is not None:
+                x, start = partial_start(scheduler, init[rows].to(device), x, strength)
+            x = sample(model, x, scheduler, cond, uncond, guidance, start=start)
         out.append(x.float().cpu())
     return torch.cat(out)
 
@@ -208,6 +215,8 @@ class Generator:
         steps: int | None,
         guidance: float | None,
         guide_fields: Sequence[str] | None,
+        init: torch.Tensor | None = None,
+        strength: float = 1.0,
     ) -> torch.Tensor:
         """Decoded samples for `rows`; unset sampling options fall back to the trained ones."""
         s = self.cfg.sampling
@@ -222,6 +231,8 @@ class Generator:
             s.guidance if guidance is None else guidance,
             concat=concat,
             guide_fields=guide_fields,
+            init=init,
+            strength=strength,
         )
         return self.space.decode(x).float().cpu()
 
@@ -230,6 +241,20 @@ class Generator:
             need = "needs" if cond_mask is None else "takes no"
             raise InputError(f"this model {need} a conditioning mask (conditioning.mask)")
         return [] if cond_mask is None else [cond_mask]
+
+    def _known(
+        self, images: torch.Tensor, masks: torch.Tensor, cond_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The images in model space, and the conditioning channels: for an inpainting model
+        the mask and the image outside it, then any conditioning mask."""
+        if images.shape != masks.shape:
+            raise InputError(f"images {tuple(images.shape)} and masks {tuple(masks.shape)} differ")
+        known = self.space.encode(images).float().cpu()
+        extra = self._cond_mask(cond_mask)
+        if not self.inpainting:
+            return known, plain_concat(len(images), self.space, False, cond_mask)
+        m = to_model_mask(masks.float(), self.space.shape)
+        return known, torch.cat([m, known * (1.0 - m), *extra], dim=1)
 
     def generate(
         self,
@@ -264,16 +289,35 @@ class Generator:
         under `rows`' conditions; with `blend` the result outside the mask is the original."""
         if not self.inpainting:
             raise InputError(f"{self.checkpoint.path}: not an inpainting model (stage ldm)")
-        if images.shape != masks.shape:
-            raise InputError(f"images {tuple(images.shape)} and masks {tuple(masks.shape)} differ")
-        known = self.space.encode(images).float().cpu()
-        m = to_model_mask(masks.float(), self.space.shape)
-        concat = torch.cat([m, known * (1.0 - m), *self._cond_mask(cond_mask)], dim=1)
+        _, concat = self._known(images, masks, cond_mask)
         out = self._draw(rows, noise, concat, sampler, steps, guidance, guide_fields)
         if tuple(out.shape[2:]) != tuple(images.shape[2:]):
             images = resize(images, tuple(out.shape[2:]))
             masks = to_model_mask(masks.float(), tuple(out.shape[2:]))
         return masks * out + (1.0 - masks) * images if blend else out
+
+    def edit(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        rows: Sequence[Mapping[str, Any]],
+        noise: torch.Tensor,
+        strength: float = 1.0,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        guide_fields: Sequence[str] | None = None,
+        cond_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`images` (N, 1, *image, model range) redrawn under `rows`' conditions where `masks`
+        is 1, at the model's image size, unblended (the caller pastes the original back in its
+        own pixel grid). An inpainting model sees the unmasked part as known; `strength` < 1
+        starts from the image partly noised (SDEdit), which a plain LDM needs to keep layout."""
+        known, concat = self._known(images, masks, cond_mask)
+        init = known if strength < 1.0 else None
+        return self._draw(
+            rows, noise, concat, sampler, steps, guidance, guide_fields, init, strength
+        )
 
 
 def load_generator(path: Path, device: str | torch.device = "cpu") -> Generator:

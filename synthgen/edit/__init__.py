@@ -1,0 +1,1 @@
+"""Mask-constrained editing of real images (RadEdit-style) for classifier stress tests."""
