@@ -485,6 +485,86 @@ def edit(
     )
 
 
+@app.command(
+    epilog="Example: synthgen stress --classifier runs/classifier --original "
+    "data/chest/manifest.csv --edited edits/site --edited edits/add --split test "
+    "--out reports/stress"
+)
+def stress(
+    classifier: Annotated[
+        str,
+        typer.Option(
+            help="TorchScript file, synthgen classifier checkpoint, or module:function "
+            "returning a callable (images (N, 1, *S) in [-1, 1] → one score each)"
+        ),
+    ],
+    original: Annotated[Path, typer.Option(help="manifest of the unedited images")],
+    edited: Annotated[list[Path], typer.Option(help="a `synthgen edit` folder (repeatable)")],
+    out: Annotated[Path, typer.Option(help="report folder: report.json, report.html")],
+    target: Annotated[
+        str | None, typer.Option(help="two-level label scored [default: the first label]")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="test pool: only rows of this split [default: all]")
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="score at which a prediction is positive")
+    ] = 0.5,
+    bootstrap: Annotated[int, typer.Option(min=20, help="bootstrap resamples for CIs")] = 1000,
+    top: Annotated[int, typer.Option(min=0, help="largest-change pairs shown per shift")] = 8,
+    schema: Annotated[Path | None, typer.Option(help="schema [default: beside manifest]")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Measure how a classifier's predictions move on edited images: per shift type and
+    subgroup, the prediction flip rate, mean score change, and AUROC of the test pool before
+    and after the edits (edited rows replaced by their edits) with its drop, each with a
+    paired bootstrap 95 % interval; plus the images whose score moved most.
+    """
+    from synthgen.data.manifest import load_manifest
+    from synthgen.metrics import report as html
+    from synthgen.metrics.stress import load_scorer, stress_figures
+    from synthgen.metrics.stress import stress as run_stress
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out is a file, not a folder")
+    manifest = load_manifest(original, schema)
+    labels = [
+        c
+        for c, s in manifest.schema.columns.items()
+        if s.role == "label" and len(s.levels or ()) == 2
+    ]
+    column = target or (labels[0] if labels else "")
+    scorer, name = load_scorer(classifier, column or None)
+    found, pairs = run_stress(
+        scorer, manifest, edited, column, split, threshold, bootstrap, top, show=not quiet
+    )
+    figures = stress_figures(found, pairs)
+    report = {
+        "meta": {
+            "classifier": name,
+            "target": column,
+            "original": str(original),
+            "fingerprint": manifest.fingerprint(),
+            "split": split,
+            "threshold": threshold,
+            "bootstrap": bootstrap,
+        },
+        "shifts": found,
+    }
+    html.write_report(out, report, figures)
+    for shift, entry in found.items():
+        whole = entry["by_subgroup"]["all"]
+        drop = whole["auroc_drop"]
+        flips = whole.get("flip_rate", {}).get("mean")
+        typer.echo(
+            f"{shift}: {entry['n_edits']} edits, AUROC drop {drop['mean']:.3f} "
+            f"[{drop['lo']:.3f}, {drop['hi']:.3f}], flip rate {flips:.2f}"
+            if drop["lo"] is not None and flips is not None
+            else f"{shift}: {entry['n_edits']} edits, AUROC drop {drop['mean']}"
+        )
+    typer.echo(f"report: {out / 'report.html'}")
+
+
 def _image_files(paths: list[Path]) -> list[tuple[Path, Path]]:
     """(file, name to write it under): the files named, and the PNG/JPEG/NIfTI files under
     the folders named (keeping their path inside the folder)."""

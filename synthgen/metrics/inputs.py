@@ -103,7 +103,8 @@ def load_synthetic(
             table.iat[row, table.columns.get_loc(column)] = value
     files = [folder / f for f in table["file"]]
     images = [
-        _read(p, schema, shape) for p in progress(files, len(files), "loading synthetic", show)
+        read_as_model(p, schema, shape)
+        for p in progress(files, len(files), "loading synthetic", show)
     ]
     digest = hashlib.sha256(path.read_bytes())
     return EvalSet(torch.stack(images), table, digest.hexdigest())
@@ -128,7 +129,8 @@ def _as_cell(cell: str, spec: ColumnSpec) -> str:
     return cell
 
 
-def _read(path: Path, schema: Schema, shape: tuple[int, ...]) -> torch.Tensor:
+def read_as_model(path: Path, schema: Schema, shape: tuple[int, ...]) -> torch.Tensor:
+    """One image file as a (1, *shape) tensor in [-1, 1], windowed by `schema`'s policy."""
     try:
         image = read_image(path)
     except ImageReadError as e:

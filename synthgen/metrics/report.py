@@ -354,8 +354,9 @@ def pairs_figure(
     left: torch.Tensor,
     right: torch.Tensor,
     captions: Sequence[str],
+    caption: str = "Each pair: synthetic sample (left) | its nearest training image (right).",
 ) -> Figure:
-    """PNG of nearest-neighbour pairs: each tile is synthetic | training, labelled by caption."""
+    """PNG of image pairs side by side (left | right), each labelled by its caption."""
     a, b = _display_uint8(left), _display_uint8(right)
     if a.shape != b.shape:
         raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} differ")
@@ -364,7 +365,6 @@ def pairs_figure(
     gap = np.full((len(a), a.shape[1], 1), PAD_VALUE, np.uint8)
     tiles = np.concatenate([a, gap, b], axis=2)
     data = png_bytes(np.asarray(_grid(tiles, captions, PAIRS_PER_ROW)))
-    caption = "Each pair: synthetic sample (left) | its nearest training image (right)."
     return Figure(section=section, title=title, kind="png", data=data, caption=caption)
 
 
