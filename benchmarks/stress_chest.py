@@ -1,0 +1,121 @@
+"""RadEdit-style stress test on chest2d phantoms with a planted shortcut (issue #7's acceptance).
+
+Classifier S learns nodules on data where site B marks 90 % of positives (`--shortcut 0.9`);
+classifier C learns them on clean data. The test pool is the shortcut data's test split.
+Acquisition edits move the pool's site-B positives to site A while a keep mask holds every
+nodule pixel: a classifier that reads the site loses AUROC, one that reads the nodule should
+not. Manifestation edits add a nodule inside the lungs of the pool's negatives: C should flip.
+
+The reference measured in the same run is C: the headline is S's AUROC drop as a ratio of C's.
+
+    python benchmarks/stress_chest.py --generator RUN     # a trained 32² inpainting model
+    python benchmarks/stress_chest.py --quick --generator RUN   # fewer images and steps
+
+Without --generator a 32² pixel inpainting model is trained first with
+configs/inpaint-chest2d-pixel32.yaml (about 20 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from synthgen.config import ClassifierConfig
+from synthgen.data.manifest import load_manifest
+from synthgen.metrics.classifier import train_classifier
+from synthgen.metrics.inputs import load_real
+
+SYNTHGEN = (sys.executable, "-m", "synthgen")
+SIZE = ["--size", "32", "--min-nodule-px", "1.5"]
+
+
+def run(*args: str) -> None:
+    subprocess.run([*SYNTHGEN, *args], check=True)
+
+
+def phantoms(out: Path, n: int, seed: int, *extra: str) -> Path:
+    if not (out / "manifest.csv").is_file():
+        run("phantoms", "--kind", "chest2d", "--n", str(n), "--seed", str(seed), *SIZE,
+            "--out", str(out), "--quiet", *extra)  # fmt: skip
+    return out / "manifest.csv"
+
+
+def classifier(manifest: Path, out: Path, steps: int) -> Path:
+    """A nodule classifier trained on the manifest's train split (reused when present)."""
+    if not (out / "checkpoints").is_dir():
+        m = load_manifest(manifest)
+        data = load_real(m, ("train",))
+        cfg = ClassifierConfig()
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": steps})})
+        train_classifier(data.images, data.table, m.schema, ["nodule"], cfg, out, seed=0)
+    return out
+
+
+def edit(generator: Path, manifest: Path, out: Path, *args: str) -> Path:
+    if not (out / "manifest.csv").is_file():
+        run("edit", "--checkpoint", str(generator), "--manifest", str(manifest), "--out", str(out),
+            "--split", "test", "--no-watermark", "--quiet", *args)  # fmt: skip
+    return out
+
+
+def stress(spec: Path, manifest: Path, edits: list[Path], out: Path) -> dict:
+    run("stress", "--classifier", str(spec), "--original", str(manifest),
+        *[a for e in edits for a in ("--edited", str(e))], "--split", "test", "--out", str(out),
+        "--quiet")  # fmt: skip
+    return json.loads((out / "report.json").read_text())["shifts"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="600 images, 150 classifier steps")
+    parser.add_argument("--generator", type=Path, help="a trained 32² inpainting run")
+    parser.add_argument("--strength", type=float, default=0.6, help="acquisition edit strength")
+    parser.add_argument("--out", type=Path, default=Path("bench-stress"))
+    args = parser.parse_args()
+    n, steps = (600, 150) if args.quick else (2000, 300)
+    started = time.monotonic()
+    shortcut = phantoms(args.out / "shortcut", n, 0, "--shortcut", "0.9")
+    clean = phantoms(args.out / "clean", n, 1)
+    generator = args.generator
+    if generator is None:
+        generator = args.out / "generator"
+        if not (generator / "checkpoints").is_dir():
+            run("train", "inpaint", "--config", "configs/inpaint-chest2d-pixel32.yaml",
+                f"data.manifest={clean}", f"out={generator}")  # fmt: skip
+    s = classifier(shortcut, args.out / "classifier-S", steps)
+    c = classifier(clean, args.out / "classifier-C", steps)
+    site = edit(generator, shortcut, args.out / "edit-site", "--set", "site=A",
+                "--where", "nodule=1", "--where", "site=B", "--keep-mask", "nodule_mask",
+                "--strength", str(args.strength))  # fmt: skip
+    add = edit(generator, shortcut, args.out / "edit-add", "--set", "nodule=1",
+               "--where", "nodule=0", "--edit-mask", "anatomy:right_lung,left_lung")  # fmt: skip
+    found = {name: stress(spec, shortcut, [site, add], args.out / f"report-{name}")
+             for name, spec in (("S", s), ("C", c))}  # fmt: skip
+    print_headline(found, time.monotonic() - started)
+
+
+def _fmt(e: dict) -> str:
+    return f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}]" if e.get("lo") is not None else "n/a"
+
+
+def print_headline(found: dict, seconds: float) -> None:
+    site = next(k for k in found["S"] if k.startswith("acquisition"))
+    add = next(k for k in found["S"] if k.startswith("manifestation"))
+    drop_s = found["S"][site]["by_subgroup"]["all"]["auroc_drop"]
+    drop_c = found["C"][site]["by_subgroup"]["all"]["auroc_drop"]
+    flips_c = found["C"][add]["by_subgroup"]["all"]["flip_rate"]
+    print()
+    print(f"seconds: {seconds:.0f}")
+    print(f"acquisition_auroc_drop_S: {_fmt(drop_s)}")
+    print(f"acquisition_auroc_drop_C: {_fmt(drop_c)}")
+    print(f"drop_ratio_S_vs_C: {drop_s['mean'] / max(abs(drop_c['mean']), 1e-3):.1f}")
+    print(f"add_nodule_flip_rate_C: {_fmt(flips_c)}")
+    print(f"add_nodule_flip_rate_S: {_fmt(found['S'][add]['by_subgroup']['all']['flip_rate'])}")
+
+
+if __name__ == "__main__":
+    main()
