@@ -30,17 +30,17 @@ from synthgen.metrics.classifier import train_classifier
 from synthgen.metrics.inputs import load_real
 
 SYNTHGEN = (sys.executable, "-m", "synthgen")
-SIZE = ["--size", "32", "--min-nodule-px", "1.5"]
+NODULE_PX = "1.5"  # the demo generator's data; smaller nodules make the shortcut matter more
 
 
 def run(*args: str) -> None:
     subprocess.run([*SYNTHGEN, *args], check=True)
 
 
-def phantoms(out: Path, n: int, seed: int, *extra: str) -> Path:
+def phantoms(out: Path, n: int, seed: int, nodule_px: str, *extra: str) -> Path:
     if not (out / "manifest.csv").is_file():
-        run("phantoms", "--kind", "chest2d", "--n", str(n), "--seed", str(seed), *SIZE,
-            "--out", str(out), "--quiet", *extra)  # fmt: skip
+        run("phantoms", "--kind", "chest2d", "--n", str(n), "--seed", str(seed), "--size", "32",
+            "--min-nodule-px", nodule_px, "--out", str(out), "--quiet", *extra)  # fmt: skip
     return out / "manifest.csv"
 
 
@@ -74,12 +74,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="600 images, 150 classifier steps")
     parser.add_argument("--generator", type=Path, help="a trained 32² inpainting run")
     parser.add_argument("--strength", type=float, default=0.6, help="acquisition edit strength")
+    parser.add_argument("--nodule-px", default=NODULE_PX, help="smallest nodule radius (px)")
     parser.add_argument("--out", type=Path, default=Path("bench-stress"))
     args = parser.parse_args()
     n, steps = (600, 150) if args.quick else (2000, 300)
     started = time.monotonic()
-    shortcut = phantoms(args.out / "shortcut", n, 0, "--shortcut", "0.9")
-    clean = phantoms(args.out / "clean", n, 1)
+    shortcut = phantoms(args.out / "shortcut", n, 0, args.nodule_px, "--shortcut", "0.9")
+    clean = phantoms(args.out / "clean", n, 1, args.nodule_px)
     generator = args.generator
     if generator is None:
         generator = args.out / "generator"
