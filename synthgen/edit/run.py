@@ -14,6 +14,7 @@ killed run resumes where it stopped (`--resume`) and gives the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from synthgen.edit.stored import Stored, read_stored
 from synthgen.engine.checkpoint import checkpoint_hash, versions
 from synthgen.engine.generator import Generator, load_generator
 from synthgen.engine.space import resize, to_model_mask
-from synthgen.sampling.outputs import ShardWriter, complete_rows, sha256
+from synthgen.sampling.outputs import ShardWriter, complete_rows
 from synthgen.sampling.run import cond_masks, merge_manifest, process_state, sample_noise
 
 RUN_FILE = "run.json"
@@ -309,7 +310,7 @@ class Editor:
             "edited_fraction": round(float(region.mean()), 6),
             "strength": self.opts.strength,
             "seed": self.opts.seed,
-            "sha256": sha256(out / relative),
+            "sha256": hashlib.sha256(data).hexdigest(),
             "watermark": self.record["watermark"] or "",
             "watermark_detected": detected,
         }

@@ -120,7 +120,12 @@ def binary_labels(values: pd.Series, levels: tuple[str, ...], where: str) -> np.
 
 
 def load_edited(
-    folder: Path, manifest: Manifest, rows: np.ndarray, target: str, shape: tuple[int, ...]
+    folder: Path,
+    manifest: Manifest,
+    rows: np.ndarray,
+    target: str,
+    shape: tuple[int, ...],
+    show: bool = False,
 ) -> EditedSet:
     path = Path(folder) / "manifest.csv"
     if not path.is_file():
@@ -137,8 +142,12 @@ def load_edited(
             raise InputError(f"{path}: original row {original} is not in the test pool")
         positions.append(where_in_pool[index])
     levels = tuple(manifest.schema.columns[target].levels or ())
+    files = list(table["file"])
     images = torch.stack(
-        [read_as_model(Path(folder) / f, manifest.schema, shape) for f in table["file"]]
+        [
+            read_as_model(Path(folder) / f, manifest.schema, shape)
+            for f in progress(files, len(files), f"loading {Path(folder).name}", show)
+        ]
     )
     shifts = sorted(set(table["shift"]))
     return EditedSet(
@@ -224,7 +233,7 @@ def stress(
     found: dict[str, Any] = {}
     pairs = {}
     for folder in folders:
-        edits = load_edited(folder, manifest, rows, target, shape)
+        edits = load_edited(folder, manifest, rows, target, shape, show)
         scores = probabilities(scorer, edits.images, show)
         after, labels_after = before.copy(), labels.copy()
         after[edits.positions], labels_after[edits.positions] = scores, edits.labels
