@@ -1,11 +1,14 @@
-"""Shared test helpers: run the CLI in a subprocess and fingerprint a folder tree."""
+"""Shared test helpers: run the CLI (subprocess or in-process), fingerprint a folder tree."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -30,6 +33,33 @@ def synthgen(cwd: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
     )
+
+
+def synthgen_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the console entry point in this process, as `synthgen` would, capturing its output.
+
+    Bad-input tests fail before any heavy work, so the ~5 s of interpreter and torch start-up a
+    subprocess costs is most of their time; an escaping exception is returned as a traceback
+    on stderr with exit code 1, which those tests then reject.
+    """
+    from synthgen.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["synthgen", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(["synthgen", *args], code, out.getvalue(), err.getvalue())
 
 
 def tiny_diffusion(

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import synthgen
+from helpers import synthgen, synthgen_here
 
 from synthgen.config import (
     AETrainConfig,
@@ -141,23 +141,16 @@ def test_encode_cli_refuses_a_non_empty_output_and_wrong_checkpoint(trained, tmp
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("keep me")
     args = ["encode", "--checkpoint", str(checkpoint.path), "--manifest", str(cfg.data.manifest)]
-    out = synthgen(tmp_path, *args, "--out", "busy", "--quiet")
+    out = synthgen_here(*args, "--out", str(tmp_path / "busy"), "--quiet")
     assert out.returncode == 2 and "not empty" in out.stderr
     assert (tmp_path / "busy" / "x").read_text() == "keep me"
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     (wrong / "meta.json").write_text(json.dumps({"kind": "ldm", "step": 1}))
-    out = synthgen(
-        tmp_path,
-        "encode",
-        "--checkpoint",
-        str(wrong),
-        "--manifest",
-        str(cfg.data.manifest),
-        "--out",
-        "c2",
-        "--quiet",
-    )
+    out = synthgen_here(
+        "encode", "--checkpoint", str(wrong), "--manifest", str(cfg.data.manifest),
+        "--out", str(tmp_path / "c2"), "--quiet",
+    )  # fmt: skip
     assert out.returncode == 2 and "'ldm' checkpoint" in out.stderr
     assert not (tmp_path / "c2").exists()
     ok = synthgen(tmp_path, *args, "--out", "c3", "--quiet")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import synthgen
+from helpers import synthgen, synthgen_here
 from PIL import Image
 
 from synthgen.config import (
@@ -157,7 +157,8 @@ def test_cli_reports_bad_conditioning_in_one_line(chest, tmp_path, override, mes
         "num_head_channels: 16}\nsampling: {steps: 2, per_cell: 1}\n"
         "train: {steps: 1, batch_size: 8, checkpoint_every: 1}\nval_images: 4\n"
     )
-    result = synthgen(tmp_path, "train", "ldm", "--config", str(cfg), override, "--quiet")
+    args = ("train", "ldm", "--config", str(cfg), override, "--quiet")
+    result = synthgen(tmp_path, *args) if message is None else synthgen_here(*args)
     if message is None:
         assert result.returncode == 0, result.stderr
         meta = json.loads(next((tmp_path / "run").glob("checkpoints/*/meta.json")).read_text())

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from diffusers import DDIMScheduler
-from helpers import snapshot, synthgen, tiny_diffusion
+from helpers import snapshot, synthgen_here, tiny_diffusion
 
 from synthgen.config import (
     InputError,
@@ -208,8 +208,8 @@ def test_3d_edit_keeps_the_lesion_voxels(tmp_path, one_thread):
 def test_bad_requests_are_one_line(chest, tmp_path, args, message):
     ck, manifest = chest
     out = tmp_path / "o"
-    result = synthgen(
-        None, "edit", "--checkpoint", str(ck), "--manifest", str(manifest), "--out", str(out),
+    result = synthgen_here(
+        "edit", "--checkpoint", str(ck), "--manifest", str(manifest), "--out", str(out),
         "--quiet", *args,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import snapshot, synthgen
+from helpers import snapshot, synthgen, synthgen_here
 
 CONDITIONS = ["nodule", "effusion", "sex", "age", "site"]
 FAST = ["--steps", "8", "--seeds", "1", "--bootstrap", "50", "--quiet"]
@@ -110,7 +110,7 @@ def test_bad_input_is_one_line(sets: tuple[Path, Path], tmp_path: Path) -> None:
         (["everything", *base, "--out", str(tmp_path / "o")], "everything"),
     ]
     for args, message in cases:
-        result = synthgen(None, "eval", *args, *FAST)
+        result = synthgen_here("eval", *args, *FAST)
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, result.stderr)

@@ -196,18 +196,22 @@ def test_volumes_are_nifti_with_the_training_affine_and_a_sidecar(tmp_path, one_
         )  # fmt: skip
 
 
-def test_sigkill_at_five_random_points_then_resume_gives_exactly_n_valid_samples(chest, tmp_path):
+@pytest.mark.parametrize(
+    ("kills", "n"), [(1, 24), pytest.param(5, 96, marks=pytest.mark.slow, id="5-kills-slow")]
+)
+def test_sigkill_at_random_points_then_resume_gives_exactly_n_valid_samples(
+    chest, tmp_path, kills, n
+):
     """Each kill lands at a random point of the sample stream: once a random number of files
     exist, plus a random fraction of a file's write time."""
     ck, _ = chest
-    n = 96
     args = ["sample", "--checkpoint", str(ck), "--n", str(n), "--size", str(EXPORT),
             "--balance", "sex", "--steps", "6", "--batch-size", "4", "--quiet"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "synthgen", *args]
     out = tmp_path / "k"
     rng = random.Random(1)
-    targets = sorted(rng.sample(range(4, n - 4), 5))
+    targets = sorted(rng.sample(range(4, n - 4), kills))
     for attempt, target in enumerate(targets):
         resume = ["--resume"] if attempt else []
         proc = subprocess.Popen([*command, "--out", str(out), *resume], env=env)
