@@ -2,11 +2,16 @@
 
 Classifier S learns nodules on data where site B marks 90 % of positives (`--shortcut 0.9`);
 classifier C learns them on clean data. The test pool is the shortcut data's test split.
-Acquisition edits move the pool's site-B positives to site A while a keep mask holds every
-nodule pixel: a classifier that reads the site loses AUROC, one that reads the nodule should
-not. Manifestation edits add a nodule inside the lungs of the pool's negatives: C should flip.
+Acquisition edits move the pool's site-B positives to site A: a classifier that reads the site
+loses AUROC, one that reads the nodule should not. Two forms are measured:
+- `edit-site`: the whole image re-generated at site A by SDEdit (`--strength`), a keep mask
+  holding every nodule pixel (which therefore keeps site B's contrast curve and noise);
+- `edit-marker`: only the band of rows holding the sites' burned-in corner markers edited.
+Manifestation edits add a nodule inside the lungs of the pool's negatives: C should flip.
 
-The reference measured in the same run is C: the headline is S's AUROC drop as a ratio of C's.
+References measured in the same run: C (the headline is S's AUROC drop as a ratio of C's),
+and `truth`, the same cases re-rendered by the phantom generator at site A — the drops a
+perfect acquisition edit would cause.
 
     python benchmarks/stress_chest.py --generator RUN     # a trained 32² inpainting model
     python benchmarks/stress_chest.py --quick --generator RUN   # fewer images and steps
@@ -18,19 +23,26 @@ configs/inpaint-chest2d-pixel32.yaml (about 20 minutes on 2 cores).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from synthgen.config import ClassifierConfig
+import numpy as np
+import pandas as pd
+
+from synthgen.config import ClassifierConfig, PhantomConfig
+from synthgen.data.io import write_png
 from synthgen.data.manifest import load_manifest
+from synthgen.data.phantoms import phantom_options
 from synthgen.metrics.classifier import train_classifier
 from synthgen.metrics.inputs import load_real
 
 SYNTHGEN = (sys.executable, "-m", "synthgen")
 NODULE_PX = "1.5"  # the demo generator's data; smaller nodules make the shortcut matter more
+MARKER_ROWS = 5  # 32² markers are 3 px, one px in from the top edge: rows 1-3, plus a margin
 
 
 def run(*args: str) -> None:
@@ -52,6 +64,29 @@ def classifier(manifest: Path, out: Path, steps: int) -> Path:
         cfg = ClassifierConfig()
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": steps})})
         train_classifier(data.images, data.table, m.schema, ["nodule"], cfg, out, seed=0)
+    return out
+
+
+def truth(manifest: Path, n: int, nodule_px: str, out: Path) -> Path:
+    """The pool's site-B positives re-rendered at site A: ground-truth acquisition edits."""
+    if (out / "manifest.csv").is_file():
+        return out
+    cfg = PhantomConfig(kind="chest2d", n=n, seed=0, size=32, shortcut=0.9,
+                        min_nodule_px=float(nodule_px))  # fmt: skip
+    module, options = phantom_options(cfg)
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    chosen = table[(table["split"] == "test") & (table["nodule"] == "1") & (table["site"] == "B")]
+    rows = []
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for index, row in chosen.iterrows():
+        case = module.draw_case(np.random.default_rng([cfg.seed, int(index)]), options)
+        assert case.site == "B" and case.nodule is not None, "phantom re-draw does not match"
+        image = module.render(dataclasses.replace(case, site="A")).image
+        write_png(out / f"images/{row['id']}.png", np.round(image * 255.0).astype(np.uint8))
+        rows.append({"id": f"{row['id']}-A", "original_row": int(index) + 1,
+                     "original_id": row["id"], "file": f"images/{row['id']}.png",
+                     "shift": "acquisition", "nodule": "1", "site": "A"})  # fmt: skip
+    pd.DataFrame(rows).to_csv(out / "manifest.csv", index=False)
     return out
 
 
@@ -92,9 +127,14 @@ def main() -> None:
     site = edit(generator, shortcut, args.out / "edit-site", "--set", "site=A",
                 "--where", "nodule=1", "--where", "site=B", "--keep-mask", "nodule_mask",
                 "--strength", str(args.strength))  # fmt: skip
+    band = f"box:0,0,{MARKER_ROWS},32"
+    marker = edit(generator, shortcut, args.out / "edit-marker", "--set", "site=A",
+                  "--where", "nodule=1", "--where", "site=B", "--edit-mask", band)  # fmt: skip
     add = edit(generator, shortcut, args.out / "edit-add", "--set", "nodule=1",
                "--where", "nodule=0", "--edit-mask", "anatomy:right_lung,left_lung")  # fmt: skip
-    found = {name: stress(spec, shortcut, [site, add], args.out / f"report-{name}")
+    real = truth(shortcut, n, args.nodule_px, args.out / "truth")
+    edits = [real, site, marker, add]
+    found = {name: stress(spec, shortcut, edits, args.out / f"report-{name}")
              for name, spec in (("S", s), ("C", c))}  # fmt: skip
     print_headline(found, time.monotonic() - started)
 
@@ -104,18 +144,22 @@ def _fmt(e: dict) -> str:
 
 
 def print_headline(found: dict, seconds: float) -> None:
-    site = next(k for k in found["S"] if k.startswith("acquisition"))
-    add = next(k for k in found["S"] if k.startswith("manifestation"))
-    drop_s = found["S"][site]["by_subgroup"]["all"]["auroc_drop"]
-    drop_c = found["C"][site]["by_subgroup"]["all"]["auroc_drop"]
-    flips_c = found["C"][add]["by_subgroup"]["all"]["flip_rate"]
+    def entry(name: str, folder: str) -> dict:
+        key = next(k for k in found[name] if k.endswith(f"({folder})"))
+        return found[name][key]["by_subgroup"]["all"]
+
     print()
     print(f"seconds: {seconds:.0f}")
-    print(f"acquisition_auroc_drop_S: {_fmt(drop_s)}")
-    print(f"acquisition_auroc_drop_C: {_fmt(drop_c)}")
-    print(f"drop_ratio_S_vs_C: {drop_s['mean'] / max(abs(drop_c['mean']), 1e-3):.1f}")
-    print(f"add_nodule_flip_rate_C: {_fmt(flips_c)}")
-    print(f"add_nodule_flip_rate_S: {_fmt(found['S'][add]['by_subgroup']['all']['flip_rate'])}")
+    print(f"acquisition_edits: {entry('S', 'edit-site')['n_edited']}")
+    for folder in ("truth", "edit-site", "edit-marker"):
+        drop_s, drop_c = entry("S", folder)["auroc_drop"], entry("C", folder)["auroc_drop"]
+        label = folder.replace("-", "_")
+        print(f"{label}_auroc_drop_S: {_fmt(drop_s)}")
+        print(f"{label}_auroc_drop_C: {_fmt(drop_c)}")
+        print(f"{label}_drop_ratio_S_vs_C: {drop_s['mean'] / max(abs(drop_c['mean']), 1e-3):.1f}")
+    print(f"add_nodule_edits: {entry('C', 'edit-add')['n_edited']}")
+    print(f"add_nodule_flip_rate_C: {_fmt(entry('C', 'edit-add')['flip_rate'])}")
+    print(f"add_nodule_flip_rate_S: {_fmt(entry('S', 'edit-add')['flip_rate'])}")
 
 
 if __name__ == "__main__":
