@@ -4,8 +4,9 @@ Classifier S learns nodules on data where site B marks 90 % of positives (`--sho
 classifier C learns them on clean data. The test pool is the shortcut data's test split.
 Acquisition edits move the pool's site-B positives to site A: a classifier that reads the site
 loses AUROC, one that reads the nodule should not. Two forms are measured:
-- `edit-site`: the whole image re-generated at site A by SDEdit (`--strength`), a keep mask
-  holding every nodule pixel (which therefore keeps site B's contrast curve and noise);
+- `edit-site-S`: the whole image re-generated at site A by SDEdit at strength S (several are
+  run: low strengths keep the image's global intensity, which carries the site's gamma), a keep
+  mask holding every nodule pixel (which therefore keeps site B's contrast curve and noise);
 - `edit-marker`: only the band of rows holding the sites' burned-in corner markers edited.
 Manifestation edits add a nodule inside the lungs of the pool's negatives: C should flip.
 
@@ -34,15 +35,15 @@ import numpy as np
 import pandas as pd
 
 from synthgen.config import ClassifierConfig, PhantomConfig
-from synthgen.data.io import write_png
 from synthgen.data.manifest import load_manifest
-from synthgen.data.phantoms import phantom_options
+from synthgen.data.phantoms import case_writer, phantom_options
 from synthgen.metrics.classifier import train_classifier
 from synthgen.metrics.inputs import load_real
 
 SYNTHGEN = (sys.executable, "-m", "synthgen")
 NODULE_PX = "1.5"  # the demo generator's data; smaller nodules make the shortcut matter more
 MARKER_ROWS = 5  # 32² markers are 3 px, one px in from the top edge: rows 1-3, plus a margin
+SHORTCUT_SEED, SHORTCUT = 0, 0.9  # the shortcut set, made by `phantoms` and re-drawn by `truth`
 
 
 def run(*args: str) -> None:
@@ -71,9 +72,10 @@ def truth(manifest: Path, n: int, nodule_px: str, out: Path) -> Path:
     """The pool's site-B positives re-rendered at site A: ground-truth acquisition edits."""
     if (out / "manifest.csv").is_file():
         return out
-    cfg = PhantomConfig(kind="chest2d", n=n, seed=0, size=32, shortcut=0.9,
+    cfg = PhantomConfig(kind="chest2d", n=n, seed=SHORTCUT_SEED, size=32, shortcut=SHORTCUT,
                         min_nodule_px=float(nodule_px))  # fmt: skip
     module, options = phantom_options(cfg)
+    _, write = case_writer(cfg.kind, cfg.size, module)
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     chosen = table[(table["split"] == "test") & (table["nodule"] == "1") & (table["site"] == "B")]
     rows = []
@@ -82,7 +84,7 @@ def truth(manifest: Path, n: int, nodule_px: str, out: Path) -> Path:
         case = module.draw_case(np.random.default_rng([cfg.seed, int(index)]), options)
         assert case.site == "B" and case.nodule is not None, "phantom re-draw does not match"
         image = module.render(dataclasses.replace(case, site="A")).image
-        write_png(out / f"images/{row['id']}.png", np.round(image * 255.0).astype(np.uint8))
+        write(out / f"images/{row['id']}.png", image, False)
         rows.append({"id": f"{row['id']}-A", "original_row": int(index) + 1,
                      "original_id": row["id"], "file": f"images/{row['id']}.png",
                      "shift": "acquisition", "nodule": "1", "site": "A"})  # fmt: skip
@@ -108,13 +110,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="600 images, 150 classifier steps")
     parser.add_argument("--generator", type=Path, help="a trained 32² inpainting run")
-    parser.add_argument("--strength", type=float, default=0.6, help="acquisition edit strength")
+    parser.add_argument(
+        "--strength",
+        type=float,
+        nargs="+",
+        default=[0.6, 0.8, 0.95],
+        help="SDEdit strengths of the whole-image acquisition edit (one run each)",
+    )
     parser.add_argument("--nodule-px", default=NODULE_PX, help="smallest nodule radius (px)")
     parser.add_argument("--out", type=Path, default=Path("bench-stress"))
     args = parser.parse_args()
     n, steps = (600, 150) if args.quick else (2000, 300)
     started = time.monotonic()
-    shortcut = phantoms(args.out / "shortcut", n, 0, args.nodule_px, "--shortcut", "0.9")
+    shortcut = phantoms(args.out / "shortcut", n, SHORTCUT_SEED, args.nodule_px,
+                        "--shortcut", str(SHORTCUT))  # fmt: skip
     clean = phantoms(args.out / "clean", n, 1, args.nodule_px)
     generator = args.generator
     if generator is None:
@@ -124,39 +133,54 @@ def main() -> None:
                 f"data.manifest={clean}", f"out={generator}")  # fmt: skip
     s = classifier(shortcut, args.out / "classifier-S", steps)
     c = classifier(clean, args.out / "classifier-C", steps)
-    site = edit(generator, shortcut, args.out / "edit-site", "--set", "site=A",
-                "--where", "nodule=1", "--where", "site=B", "--keep-mask", "nodule_mask",
-                "--strength", str(args.strength))  # fmt: skip
+    sites = [edit(generator, shortcut, args.out / f"edit-site-{strength}", "--set", "site=A",
+                  "--where", "nodule=1", "--where", "site=B", "--keep-mask", "nodule_mask",
+                  "--strength", str(strength)) for strength in args.strength]  # fmt: skip
     band = f"box:0,0,{MARKER_ROWS},32"
     marker = edit(generator, shortcut, args.out / "edit-marker", "--set", "site=A",
                   "--where", "nodule=1", "--where", "site=B", "--edit-mask", band)  # fmt: skip
     add = edit(generator, shortcut, args.out / "edit-add", "--set", "nodule=1",
                "--where", "nodule=0", "--edit-mask", "anatomy:right_lung,left_lung")  # fmt: skip
     real = truth(shortcut, n, args.nodule_px, args.out / "truth")
-    edits = [real, site, marker, add]
+    negatives = edit(generator, shortcut, args.out / "edit-negatives", "--set", "site=B",
+                     "--where", "nodule=0", "--where", "site=A", "--edit-region", "all",
+                     "--strength", str(args.strength[0]))  # fmt: skip
+    edits = [real, *sites, marker, negatives, add]
     found = {name: stress(spec, shortcut, edits, args.out / f"report-{name}")
              for name, spec in (("S", s), ("C", c))}  # fmt: skip
-    print_headline(found, time.monotonic() - started)
+    folders = ["truth", *(f"edit-site-{strength}" for strength in args.strength), "edit-marker",
+               "edit-negatives"]  # fmt: skip
+    print_headline(found, folders, time.monotonic() - started)
 
 
 def _fmt(e: dict) -> str:
     return f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}]" if e.get("lo") is not None else "n/a"
 
 
-def print_headline(found: dict, seconds: float) -> None:
+def goal_met(drop_s: dict, drop_c: dict) -> bool:
+    """#7's goal: S's drop ≥ 3× C's and C's CI reaches under 0.05. A C that improves (negative
+    drop) would pass the ratio for any S, so S's drop must also be real (its CI above 0)."""
+    return (drop_s["mean"] >= 3.0 * max(drop_c["mean"], 0.0) and drop_s["lo"] > 0.0
+            and drop_c["lo"] < 0.05)  # fmt: skip
+
+
+def print_headline(found: dict, folders: list[str], seconds: float) -> None:
     def entry(name: str, folder: str) -> dict:
         key = next(k for k in found[name] if k.endswith(f"({folder})"))
         return found[name][key]["by_subgroup"]["all"]
 
     print()
     print(f"seconds: {seconds:.0f}")
-    print(f"acquisition_edits: {entry('S', 'edit-site')['n_edited']}")
-    for folder in ("truth", "edit-site", "edit-marker"):
+    print(f"acquisition_edits: {entry('S', 'truth')['n_edited']}")
+    for folder in folders:
         drop_s, drop_c = entry("S", folder)["auroc_drop"], entry("C", folder)["auroc_drop"]
         label = folder.replace("-", "_")
         print(f"{label}_auroc_drop_S: {_fmt(drop_s)}")
         print(f"{label}_auroc_drop_C: {_fmt(drop_c)}")
-        print(f"{label}_drop_ratio_S_vs_C: {drop_s['mean'] / max(abs(drop_c['mean']), 1e-3):.1f}")
+        hurt = drop_c["mean"] > 0
+        ratio = f"{drop_s['mean'] / drop_c['mean']:.1f}" if hurt else "n/a (C not hurt)"
+        print(f"{label}_drop_ratio_S_vs_C: {ratio}")
+        print(f"{label}_goal_met: {'yes' if goal_met(drop_s, drop_c) else 'no'}")
     print(f"add_nodule_edits: {entry('C', 'edit-add')['n_edited']}")
     print(f"add_nodule_flip_rate_C: {_fmt(entry('C', 'edit-add')['flip_rate'])}")
     print(f"add_nodule_flip_rate_S: {_fmt(entry('S', 'edit-add')['flip_rate'])}")

@@ -4,7 +4,11 @@ bytes, and bad requests are one line."""
 
 from __future__ import annotations
 
+import os
+import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from diffusers import DDIMScheduler
-from helpers import snapshot, synthgen_here, tiny_diffusion
+from helpers import kill_after, snapshot, synthgen_here, tiny_diffusion
 
 from synthgen.config import (
     InputError,
@@ -24,6 +28,7 @@ from synthgen.edit.plan import EditOptions
 from synthgen.edit.run import run_edit
 from synthgen.edit.stored import read_stored
 from synthgen.engine.generator import load_generator
+from synthgen.sampling.outputs import sha256
 
 
 def tiny(root: Path, kind: str, size: int, stage: str, fields: tuple[str, ...]) -> Path:
@@ -224,3 +229,34 @@ def test_a_plain_ldm_needs_sdedit_strength(tmp_path, one_thread):
     assert not gen.inpainting
     with pytest.raises(InputError, match="not an inpainting model"):
         edit(tmp_path / "run", manifest, tmp_path / "o", changes={"sex": "F"}, where={"sex": "M"})
+
+
+@pytest.mark.parametrize("kills", [1, pytest.param(3, marks=pytest.mark.slow, id="3-kills-slow")])
+def test_sigkill_mid_edit_then_resume_gives_every_edit_once_with_the_same_bytes(
+    chest, tmp_path, kills
+):
+    """Each kill lands once a random number of edits exist, plus a random fraction of a write."""
+    ck, manifest = chest
+    n = len(pd.read_csv(manifest))
+    command = [sys.executable, "-m", "synthgen", "edit", "--checkpoint", str(ck),
+               "--manifest", str(manifest), "--set", "age=80", "--edit-region", "all",
+               "--strength", "0.8", "--steps", "30", "--batch-size", "1", "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "k"
+    rng = random.Random(7)
+    for attempt, target in enumerate(sorted(rng.sample(range(2, n - 4), kills))):
+        resume = ["--resume"] if attempt else []
+        kill_after([*command, "--out", str(out), *resume], out, target, rng, env)
+        assert not (out / "manifest.csv").exists()  # a killed run never looks complete
+    done = subprocess.run([*command, "--out", str(out), "--resume"], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    assert sorted(table["index"].astype(int)) == list(range(len(table))) and len(table) > 10
+    assert len(list((out / "images").rglob("*.png"))) == len(table)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert all(sha256(out / f) == s for f, s in zip(table["file"], table["sha256"], strict=True))
+    straight = subprocess.run([*command, "--out", str(tmp_path / "straight")], env=env)
+    assert straight.returncode == 0
+    again = pd.read_csv(tmp_path / "straight" / "manifest.csv", dtype=str, keep_default_na=False)
+    assert list(again["sha256"]) == list(table["sha256"])

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import synthgen, tiny_diffusion
+from helpers import kill_after, synthgen, tiny_diffusion
 from PIL import Image
 
 from synthgen import watermark
@@ -214,14 +212,7 @@ def test_sigkill_at_random_points_then_resume_gives_exactly_n_valid_samples(
     targets = sorted(rng.sample(range(4, n - 4), kills))
     for attempt, target in enumerate(targets):
         resume = ["--resume"] if attempt else []
-        proc = subprocess.Popen([*command, "--out", str(out), *resume], env=env)
-        deadline = time.monotonic() + 120
-        while len(list(out.glob("images/*/*.png"))) < target and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.05))
-        assert proc.poll() is None, f"kill {attempt} came after the run ended"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_after([*command, "--out", str(out), *resume], out, target, rng, env)
     finish = [*command, "--out", str(out), "--resume"]  # same threads: same rounding
     done = subprocess.run(finish, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -7,10 +7,13 @@ byte-deterministic, so the same data always gives the same file and checksum.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +147,35 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+
+
+def prepare_out_folder(out: Path) -> None:
+    """Refuse an output folder that is a file, holds anything, or cannot be created in; the
+    caller builds beside it and renames into place, so `out` is complete or absent."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: output path is a file")
+    if out.is_dir() and any(out.iterdir()):
+        raise InputError(f"{out}: output folder is not empty")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{out.parent}: cannot create output folder: {e.strerror}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise InputError(f"{out.parent}: output folder is not writable")
+
+
+@contextlib.contextmanager
+def published(tmp: Path, out: Path) -> Iterator[None]:
+    """Fill `tmp` inside the block; then rename it to `out` (an empty `out` is replaced), or on
+    any error remove it, so readers never see a half-built `out`."""
+    try:
+        yield
+        if out.is_dir():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -7,8 +7,6 @@ The folder is built under a temporary name and renamed at the end: it is complet
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +16,7 @@ import pandas as pd
 
 from synthgen import __version__
 from synthgen.config import InputError, PhantomConfig, dump_config
-from synthgen.data.io import write_nifti, write_png
+from synthgen.data.io import prepare_out_folder, published, write_nifti, write_png
 from synthgen.data.phantoms.common import Phantom
 from synthgen.data.progress import progress
 from synthgen.data.schema import IntensityPolicy, Schema, dump_schema
@@ -66,7 +64,7 @@ def _split(seed: int, index: int) -> str:
     return SPLIT_FRACTIONS[-1][0]
 
 
-def _writer(kind: str, size: int, module: ModuleType):
+def case_writer(kind: str, size: int, module: ModuleType):
     """(suffix, write(path, array in [0,1] or label map, is_mask)) for the kind's file format."""
     if kind == "chest2d":
 
@@ -95,26 +93,13 @@ def _write_case(root: Path, case: Phantom, case_id: str, suffix: str, write, cle
     return row
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: output path is a file")
-    if out.is_dir() and any(out.iterdir()):
-        raise InputError(f"{out}: output folder is not empty")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"{out.parent}: cannot create output folder: {e.strerror}") from None
-    if not os.access(out.parent, os.W_OK):
-        raise InputError(f"{out.parent}: output folder is not writable")
-
-
 def generate_phantoms(cfg: PhantomConfig, out: Path, show_progress: bool = True) -> Path:
     """Write a phantom dataset to `out` (absent or empty) and return its manifest path."""
     out = Path(out)
     module, options = phantom_options(cfg)
-    _prepare_out(out)
+    prepare_out_folder(out)
     size = options.size
-    suffix, write = _writer(cfg.kind, size, module)
+    suffix, write = case_writer(cfg.kind, size, module)
     columns = dict(module.schema_columns(options))
     if cfg.write_clean:
         columns["clean"] = {"role": "ignore", "description": "noise-free image"}
@@ -128,7 +113,7 @@ def generate_phantoms(cfg: PhantomConfig, out: Path, show_progress: bool = True)
     prefix = cfg.kind[0]
     width = max(5, len(str(cfg.n - 1)))
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with published(tmp, out):
         rows = []
         for i in progress(range(cfg.n), cfg.n, f"phantoms {cfg.kind}", show_progress):
             case = module.sample(np.random.default_rng([cfg.seed, i]), options)
@@ -139,12 +124,6 @@ def generate_phantoms(cfg: PhantomConfig, out: Path, show_progress: bool = True)
         table.to_csv(tmp / "manifest.csv", index=False, lineterminator="\n")
         (tmp / "schema.yaml").write_text(dump_schema(schema))
         (tmp / "README.md").write_text(_readme(cfg, module))
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / "manifest.csv"
 
 
