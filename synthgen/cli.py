@@ -12,7 +12,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from synthgen.config import InputError
 
@@ -33,10 +35,28 @@ watermark_app = typer.Typer(help="Embed or detect the invisible synthgen waterma
 app.add_typer(watermark_app, name="watermark")
 
 
+class _DefaultCreate(TyperGroup):
+    """`synthgen release SAMPLES ...` means `synthgen release create SAMPLES ...`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+release_app = typer.Typer(
+    cls=_DefaultCreate,
+    help="Release a synthetic dataset (`synthgen release SAMPLES ...` = `release create`) or "
+    "check one (`synthgen release verify DIR`).",
+)
+app.add_typer(release_app, name="release")
+
+
 @app.callback(invoke_without_command=True)
 @data_app.callback(invoke_without_command=True)
 @train_app.callback(invoke_without_command=True)
 @watermark_app.callback(invoke_without_command=True)
+@release_app.callback(invoke_without_command=True)
 def show_help_without_command(ctx: typer.Context) -> None:
     """With no subcommand, print the help (exit 0) instead of an error."""
     if ctx.invoked_subcommand is None:
@@ -646,6 +666,83 @@ def watermark_embed(
     for (path, _), target in progress(zip(files, targets, strict=True), len(files), "marking"):
         atomic_write_bytes(target, watermark.marked_file(path, release))
     typer.echo(f"marked {len(files)} files into {out} with release {release:08x}")
+
+
+class Format(StrEnum):
+    imagefolder = "imagefolder"
+    parquet = "parquet"
+    webdataset = "webdataset"
+
+
+@release_app.command(
+    "create",
+    epilog="Example: synthgen release synth/chest --report reports/chest --out release/chest "
+    "--name chest-phantoms-synth --license cc-by-4.0 --format parquet",
+)
+def release_create(
+    samples: Annotated[Path, typer.Argument(help="a finished `synthgen sample` folder")],
+    report: Annotated[Path, typer.Option(help="the `synthgen eval` report folder of SAMPLES")],
+    out: Annotated[Path, typer.Option(help="release folder to create (absent or empty)")],
+    name: Annotated[str, typer.Option(help="dataset name, for the card")],
+    license: Annotated[str, typer.Option(help="license of the release, e.g. cc-by-4.0")],
+    format: Annotated[Format, typer.Option(help="layout under RELEASE/data")] = Format.imagefolder,
+    allow_flagged: Annotated[
+        bool, typer.Option(help="release even if memorisation flags exceed --max-flagged")
+    ] = False,
+    max_flagged: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="largest fraction of flagged near-copies")
+    ] = 0.0,
+    shard_mb: Annotated[
+        int, typer.Option(min=1, help="parquet / webdataset shard size in MB")
+    ] = 1024,
+    workers: Annotated[int, typer.Option(min=1, help="watermark-detection threads")] = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Package SAMPLES as a dataset others can download, verify and load: images, metadata
+    (csv + parquet: file, conditions, seed, watermark id, sha256), SHA256SUMS, a generated
+    dataset_card.md and release.json.
+
+    Gates, each a refusal (exit 2) naming the figure that failed: the report belongs to these
+    samples; every checksum right; every watermark detected; memorisation flags at most
+    --max-flagged (override: --allow-flagged, recorded in the card). RELEASE appears only
+    when complete; a killed release is rebuilt by running the command again.
+    """
+    from synthgen.release.build import ReleaseOptions, build_release
+
+    opts = ReleaseOptions(
+        samples=samples, report=report, out=out, name=name, license=license,
+        format=format.value, allow_flagged=allow_flagged, max_flagged=max_flagged,
+        shard_bytes=shard_mb * 1_000_000, workers=workers,
+    )  # fmt: skip
+    summary = build_release(opts, show=not quiet)
+    for gate in summary.gates:
+        typer.echo(f"gate {gate.name}: {'passed' if gate.passed else 'FAILED'} ({gate.figure})")
+    typer.echo(f"release: {summary.out} ({summary.images:,} images, {format.value})")
+    typer.echo(f"card: {summary.out / 'dataset_card.md'}")
+
+
+@release_app.command("verify", epilog="Example: synthgen release verify release/chest")
+def release_verify(
+    folder: Annotated[Path, typer.Argument(help="a release folder")],
+    workers: Annotated[int, typer.Option(min=1, help="watermark-detection threads")] = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Re-check a release: every file against SHA256SUMS, every image against its metadata
+    sha256 and the release's watermark, the image count against release.json. Prints a
+    summary and each problem; exit 2 if there is any."""
+    from synthgen.release.verify import verify_release
+
+    check = verify_release(folder, show=not quiet, workers=workers)
+    typer.echo(f"release {check.name} ({check.format}, watermark {check.release_id})")
+    typer.echo(f"files: {check.files_ok:,} of {check.files:,} match SHA256SUMS")
+    typer.echo(f"images: {check.images_ok:,} of {check.expected:,} match their sha256, "
+               f"{check.detected:,} watermarks detected")  # fmt: skip
+    for problem in check.problems[:20]:
+        typer.echo(f"problem: {problem}")
+    if check.problems:
+        more = f" (and {len(check.problems) - 1} more)" if len(check.problems) > 1 else ""
+        raise InputError(f"{folder}: {check.problems[0]}{more}")
+    typer.echo("verified: OK")
 
 
 class EvalPart(StrEnum):

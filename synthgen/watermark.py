@@ -242,20 +242,24 @@ def detect_volume(
     return _decide(votes, release_id)
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(source: Path | io.BytesIO) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as img:
+    with Image.open(source) as img:
         if img.mode.startswith("I;16"):
             return np.asarray(img).astype(np.uint16)
         return np.asarray(img.convert("L"))
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+def _read_nifti(path: Path, data: bytes | None) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Data with trailing singleton axes dropped, and the header's cal_min/cal_max if set."""
     import nibabel as nib
 
-    img = nib.load(path)
+    if data is None:
+        img = nib.load(path)
+    else:
+        raw = gzip.decompress(data) if path.name.lower().endswith(".gz") else data
+        img = nib.Nifti1Image.from_bytes(raw)
     data = np.asarray(img.get_fdata(dtype=np.float32))
     while data.ndim > 2 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -263,17 +267,18 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     return data, cal if cal[1] > cal[0] else None
 
 
-def _read(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """A file's gray data and its stored window (None: uint8 data, or none recorded)."""
+def _read(path: Path, raw: bytes | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """A file's gray data and its stored window (None: uint8 data, or none recorded); `raw`:
+    the file's bytes when they are already in memory (`path` then only names them)."""
     name = path.name.lower()
     if not name.endswith((".png", *JPEG_SUFFIXES, *NIFTI_SUFFIXES)):
         raise WatermarkError(f"{path}: unsupported file type (PNG, JPEG or NIfTI)")
-    if not path.is_file():
+    if raw is None and not path.is_file():
         raise WatermarkError(f"{path}: file not found")
     try:
         if name.endswith(NIFTI_SUFFIXES):
-            return _read_nifti(path)
-        data = _read_pillow(path)
+            return _read_nifti(path, raw)
+        data = _read_pillow(path if raw is None else io.BytesIO(raw))
     except Exception as e:  # decoders raise many types; each means "not a readable image"
         raise WatermarkError(f"{path}: cannot read: {str(e).strip() or type(e).__name__}") from None
     return data, (0.0, 65535.0) if data.dtype == np.uint16 else None
@@ -284,15 +289,17 @@ def detect_file(
     lo: float | None = None,
     hi: float | None = None,
     release_id: int | None = None,
+    raw: bytes | None = None,
 ) -> Detection:
-    """Check a PNG (8 or 16-bit gray), JPEG or NIfTI file for the mark.
+    """Check a PNG (8 or 16-bit gray), JPEG or NIfTI file (or its bytes, `raw`: a parquet cell
+    or tar member named by `path`) for the mark.
 
     The window it was marked with, unless given: 8-bit data as stored, 16-bit PNG 0..65535,
     NIfTI the header's cal_min/cal_max (a NIfTI file without them needs lo and hi, since any
     other window reads a different view). 3D NIfTI is read per slice of its last axis.
     """
     path = Path(path)
-    data, window = _read(path)
+    data, window = _read(path, raw)
     if (lo is None) != (hi is None):
         raise WatermarkError(f"{path}: give both lo and hi, or neither")
     if lo is not None:
@@ -318,7 +325,7 @@ def marked_file(source: Path, release_id: int) -> bytes:
     so `detect_file` reads the same view.
     """
     source = Path(source)
-    data, window = _read(source)
+    data, window = _read(source, None)
     name = source.name.lower()
     if name.endswith(JPEG_SUFFIXES):
         raise WatermarkError(f"{source}: JPEG is lossy; mark the original PNG or NIfTI instead")
