@@ -3,16 +3,19 @@
 Classifier S learns nodules on data where site B marks 90 % of positives (`--shortcut 0.9`);
 classifier C learns them on clean data. The test pool is the shortcut data's test split.
 Acquisition edits move the pool's site-B positives to site A: a classifier that reads the site
-loses AUROC, one that reads the nodule should not. Two forms are measured:
-- `edit-site-S`: the whole image re-generated at site A by SDEdit at strength S (several are
-  run: low strengths keep the image's global intensity, which carries the site's gamma), a keep
-  mask holding every nodule pixel (which therefore keeps site B's contrast curve and noise);
-- `edit-marker`: only the band of rows holding the sites' burned-in corner markers edited.
+loses AUROC, one that reads the nodule should not. Forms measured:
+- `edit-site-S[-gG]`: the whole image re-generated at site A by SDEdit at strength S (several
+  may be given; guidance G with --guidance), a keep mask holding every nodule pixel (which
+  therefore keeps site B's contrast curve and noise);
+- `edit-marker`: only the band of rows holding the sites' burned-in corner markers edited;
+- `edit-negatives[-gG]`: the reverse shortcut, site-A negatives moved to site B (no keep mask).
 Manifestation edits add a nodule inside the lungs of the pool's negatives: C should flip.
 
-References measured in the same run: C (the headline is S's AUROC drop as a ratio of C's),
-and `truth`, the same cases re-rendered by the phantom generator at site A — the drops a
-perfect acquisition edit would cause.
+References measured in the same run: C (the goal is S's AUROC drop ≥ 3× C's), `truth` (the
+same cases re-rendered by the phantom generator at site A: what a perfect acquisition edit
+does) and `truth-keep` (truth with the nodule's pixels put back from the original: what a
+perfect generator does under an exact keep mask). A `*_goal_met` line per form applies #7's
+goal (see `goal_met`).
 
     python benchmarks/stress_chest.py --generator RUN     # a trained 32² inpainting model
     python benchmarks/stress_chest.py --quick --generator RUN   # fewer images and steps
@@ -68,8 +71,10 @@ def classifier(manifest: Path, out: Path, steps: int) -> Path:
     return out
 
 
-def truth(manifest: Path, n: int, nodule_px: str, out: Path) -> Path:
-    """The pool's site-B positives re-rendered at site A: ground-truth acquisition edits."""
+def truth(manifest: Path, n: int, nodule_px: str, out: Path, keep: bool = False) -> Path:
+    """The pool's site-B positives re-rendered at site A: ground-truth acquisition edits. With
+    `keep`, the nodule's pixels are then put back from the site-B original: what a perfect
+    generator gives under an exact keep mask."""
     if (out / "manifest.csv").is_file():
         return out
     cfg = PhantomConfig(kind="chest2d", n=n, seed=SHORTCUT_SEED, size=32, shortcut=SHORTCUT,
@@ -84,6 +89,9 @@ def truth(manifest: Path, n: int, nodule_px: str, out: Path) -> Path:
         case = module.draw_case(np.random.default_rng([cfg.seed, int(index)]), options)
         assert case.site == "B" and case.nodule is not None, "phantom re-draw does not match"
         image = module.render(dataclasses.replace(case, site="A")).image
+        if keep:
+            original = module.render(case)
+            image = np.where(original.masks["nodule_mask"] > 0, original.image, image)
         write(out / f"images/{row['id']}.png", image, False)
         rows.append({"id": f"{row['id']}-A", "original_row": int(index) + 1,
                      "original_id": row["id"], "file": f"images/{row['id']}.png",
@@ -118,6 +126,7 @@ def main() -> None:
         help="SDEdit strengths of the whole-image acquisition edit (one run each)",
     )
     parser.add_argument("--nodule-px", default=NODULE_PX, help="smallest nodule radius (px)")
+    parser.add_argument("--guidance", type=float, help="acquisition edits' guidance [trained]")
     parser.add_argument("--out", type=Path, default=Path("bench-stress"))
     args = parser.parse_args()
     n, steps = (600, 150) if args.quick else (2000, 300)
@@ -133,23 +142,27 @@ def main() -> None:
                 f"data.manifest={clean}", f"out={generator}")  # fmt: skip
     s = classifier(shortcut, args.out / "classifier-S", steps)
     c = classifier(clean, args.out / "classifier-C", steps)
-    sites = [edit(generator, shortcut, args.out / f"edit-site-{strength}", "--set", "site=A",
-                  "--where", "nodule=1", "--where", "site=B", "--keep-mask", "nodule_mask",
-                  "--strength", str(strength)) for strength in args.strength]  # fmt: skip
+    tag = "" if args.guidance is None else f"-g{args.guidance}"
+    guide = () if args.guidance is None else ("--guidance", str(args.guidance))
+    sdedit = [f"edit-site-{strength}{tag}" for strength in args.strength]
+    pairs = zip(sdedit, args.strength, strict=True)
+    sites = [edit(generator, shortcut, args.out / folder, "--set", "site=A", "--where", "nodule=1",
+                  "--where", "site=B", "--keep-mask", "nodule_mask", "--strength", str(strength),
+                  *guide) for folder, strength in pairs]  # fmt: skip
     band = f"box:0,0,{MARKER_ROWS},32"
     marker = edit(generator, shortcut, args.out / "edit-marker", "--set", "site=A",
                   "--where", "nodule=1", "--where", "site=B", "--edit-mask", band)  # fmt: skip
     add = edit(generator, shortcut, args.out / "edit-add", "--set", "nodule=1",
                "--where", "nodule=0", "--edit-mask", "anatomy:right_lung,left_lung")  # fmt: skip
     real = truth(shortcut, n, args.nodule_px, args.out / "truth")
-    negatives = edit(generator, shortcut, args.out / "edit-negatives", "--set", "site=B",
+    kept = truth(shortcut, n, args.nodule_px, args.out / "truth-keep", keep=True)
+    negatives = edit(generator, shortcut, args.out / f"edit-negatives{tag}", "--set", "site=B",
                      "--where", "nodule=0", "--where", "site=A", "--edit-region", "all",
-                     "--strength", str(args.strength[0]))  # fmt: skip
-    edits = [real, *sites, marker, negatives, add]
+                     "--strength", str(args.strength[0]), *guide)  # fmt: skip
+    edits = [real, kept, *sites, marker, negatives, add]
     found = {name: stress(spec, shortcut, edits, args.out / f"report-{name}")
              for name, spec in (("S", s), ("C", c))}  # fmt: skip
-    folders = ["truth", *(f"edit-site-{strength}" for strength in args.strength), "edit-marker",
-               "edit-negatives"]  # fmt: skip
+    folders = ["truth", "truth-keep", *sdedit, "edit-marker", f"edit-negatives{tag}"]
     print_headline(found, folders, time.monotonic() - started)
 
 
