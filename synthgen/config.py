@@ -366,6 +366,14 @@ class DemoEvaluation(StrictModel):
     balance: str | None = Field(None, description="subgroup column for the balanced regime")
 
 
+class DemoRelease(StrictModel):
+    """The demo's last stage: release every evaluated sample set, then verify the release."""
+
+    format: Literal["imagefolder", "parquet", "webdataset"] = "imagefolder"
+    license: str = "cc-by-4.0"
+    max_flagged: float = Field(0.0, ge=0.0, le=1.0, description="memorisation gate limit")
+
+
 class DemoConfig(StrictModel):
     """The built-in demo: phantom sets to make and check, an autoencoder for some, and a
     conditional generator for some."""
@@ -418,6 +426,7 @@ class DemoConfig(StrictModel):
     )
     sampling: DemoSampling | None = DemoSampling()
     evaluation: DemoEvaluation | None = DemoEvaluation()
+    release: DemoRelease | None = DemoRelease()
 
     @model_validator(mode="before")
     @classmethod

@@ -25,9 +25,11 @@ from synthgen.config import (
     DataConfig,
     DemoConfig,
     DemoEvaluation,
+    DemoRelease,
     DemoSampling,
     DiffusionStage,
     DiffusionTrainConfig,
+    InputError,
     dump_config,
 )
 from synthgen.data.check import check_manifest, print_summary
@@ -194,6 +196,42 @@ def run_evaluation(
     return line
 
 
+def run_release(
+    name: str, cfg: DemoRelease, samples: Path, report: Path, out: Path, fresh: bool
+) -> str:
+    """`synthgen release` of the evaluated samples and its `verify`; a summary line. A gate's
+    refusal is reported, not raised: it is the gate working, and the demo says so."""
+    from synthgen.release.build import ReleaseOptions, build_release
+    from synthgen.release.verify import verify_release
+
+    label = f"release-{name}"
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    if (out / "release.json").is_file():
+        print(f"[{label}] reusing {out}")
+    else:
+        print(f"[{label}] gates, then a {cfg.format} release of {samples}")
+        opts = ReleaseOptions(
+            samples=samples, report=report, out=out, name=f"synthgen-demo-{name}",
+            license=cfg.license, format=cfg.format, max_flagged=cfg.max_flagged,
+        )  # fmt: skip
+        try:
+            build_release(opts)
+        except InputError as e:
+            print(f"[{label}] refused: {e}")
+            return f"refused: {e}"
+    check = verify_release(out)
+    if not check.ok:
+        raise RuntimeError(f"the demo's release failed verification: {check.problems[0]}")
+    line = (
+        f"{check.expected} images in {out} ({check.format}): verify OK, {check.files_ok} files "
+        f"match SHA256SUMS, watermark detected in {check.detected}/{check.images}; card "
+        f"{out / 'dataset_card.md'}"
+    )
+    print(f"[{label}] {line}")
+    return line
+
+
 def headline(report: dict) -> str:
     """FID, precision/recall, real-only vs synthetic-only AUROC, memorisation flags."""
     fid = report["fidelity"]
@@ -244,6 +282,10 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
                     made.evaluated = run_evaluation(
                         name, cfg.evaluation, data / "manifest.csv", where, report, fresh
                     )
+                    if cfg.release is not None:
+                        folder = stage_dir(out / "releases", name, phantom_cfg, generator,
+                                           cfg.sampling, cfg.evaluation, cfg.release)  # fmt: skip
+                        made.released = run_release(name, cfg.release, where, report, folder, fresh)
             generated.append(made)
         stage = cfg.autoencoders.get(name)
         if stage is None:
@@ -290,6 +332,7 @@ class GeneratorRow:
     checkpoint: Path
     sampled: str = ""
     evaluated: str = ""
+    released: str = ""
 
 
 def print_generators(rows: list[GeneratorRow]) -> None:
@@ -313,6 +356,8 @@ def print_generators(rows: list[GeneratorRow]) -> None:
             console.print(f"{r.name} bulk samples: {r.sampled}")
         if r.evaluated:
             console.print(f"{r.name} evaluation: {r.evaluated}")
+        if r.released:
+            console.print(f"{r.name} release: {r.released}")
 
 
 def print_rows(rows: list[Row]) -> None:

@@ -123,11 +123,14 @@ def test_demo_generates_checks_and_reuses(tmp_path):
     assert "chest2d-32 samples (rows: condition cells)" in first.stdout
     assert "8 samples in" in first.stdout
     assert "8 checksums right, watermark detected in 8/8, 4 cells of 2" in first.stdout
+    assert (
+        "(imagefolder): verify OK, " in first.stdout and "watermark detected in 8/8" in first.stdout
+    )
     made = tree_digest(tmp_path / "out")
     second = run("demo", "--out", "out", *overrides, cwd=tmp_path)
     assert second.returncode == 0
     stages = ("chest2d", "brain3d", "ae-chest2d", "ae-brain3d", "cache-chest2d", "gen-chest2d-32",
-              "sample-chest2d-32")  # fmt: skip
+              "sample-chest2d-32", "eval-chest2d-32", "release-chest2d-32")  # fmt: skip
     for stage in stages:
         assert f"[{stage}] reusing" in second.stdout, stage
     assert tree_digest(tmp_path / "out") == made

@@ -315,3 +315,17 @@ def test_a_3d_release_keeps_nifti_files_with_a_metadata_table(tmp_path):
         assert synthgen_here("release", "verify", str(out), "--quiet").returncode == 0
     files = sorted((tmp_path / "imagefolder" / "data" / "images").rglob("*.nii.gz"))
     assert [nib.load(f).shape for f in files] == [(64, 64, 64)] * 3
+
+
+def test_metadata_types_are_decided_per_column_over_all_rows():
+    from synthgen.release.formats import records
+
+    table = pd.DataFrame({"age": ["56", "", "61.0"], "bmi": ["22.5", "30", ""],
+                          "site": ["A", "2", ""], "none": ["", "", ""],
+                          "seed": ["9223372036854775807", "1", "2"]})  # fmt: skip
+    rows = records(table)
+    assert [r["age"] for r in rows] == [56, None, 61] and isinstance(rows[2]["age"], int)
+    assert [r["bmi"] for r in rows] == [22.5, 30.0, None]
+    assert [r["site"] for r in rows] == ["A", "2", None]  # one text cell keeps the column text
+    assert [r["none"] for r in rows] == [None] * 3
+    assert rows[0]["seed"] == "9223372036854775807"  # exact, not a rounded float

@@ -14,8 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from synthgen.config import InputError
 from synthgen.data.io import prepare_out_folder, published
 from synthgen.data.progress import Bar
@@ -96,16 +94,17 @@ def _write(
     show: bool,
 ) -> tuple[int, list[Gate], dict[str, Any]]:
     conditions = samples.conditions
+    metadata = formats.records(samples.table[["id", *conditions, *KEEP[1:]]])
     payload = formats.payload(opts.format, tmp, opts.shard_bytes)
     rows, checks = [], []
     try:
-        for row, check in checked_images(samples, show, opts.workers):
+        for (row, check), meta in zip(
+            checked_images(samples, show, opts.workers), metadata, strict=True
+        ):
             checks.append((row["file"], check))
             if not (check.checksum_ok and check.detected):
                 continue  # the gate below refuses the release; keep counting the rest
             suffix = ".nii.gz" if row["file"].endswith(".nii.gz") else Path(row["file"]).suffix
-            meta = {"id": row["id"], **{c: row[c] for c in conditions},
-                    **{c: row[c] for c in KEEP if c != "id"}}  # fmt: skip
             name, container = payload.add(row["id"], suffix, check.data, meta)
             rows.append({"file_name": name, "container": container, **meta})
     finally:
@@ -116,9 +115,7 @@ def _write(
         first = failed[0]
         where = f" (first: {', '.join(first.problems[:3])})" if first.problems else ""
         raise InputError(f"release gate {first.name} failed: {first.figure}{where}")
-    table = formats.typed(pd.DataFrame(rows).astype(str))
-    table.to_csv(tmp / f"{METADATA}.csv", index=False, lineterminator="\n")
-    table.to_parquet(tmp / f"{METADATA}.parquet", index=False)
+    formats.write_tables(rows, tmp / f"{METADATA}.csv", tmp / f"{METADATA}.parquet")
     first = samples.folder / samples.table["file"].iloc[0]
     images = {
         "count": len(rows),

@@ -27,20 +27,33 @@ class Payload(Protocol):
     def close(self) -> None: ...
 
 
-def typed(table: pd.DataFrame) -> pd.DataFrame:
-    """Columns whose every non-empty cell is a number become numbers (integers when all are),
-    so `datasets` and pandas read age as a number and sex as text; empty cells become nulls."""
-    out = table.copy()
-    for column in out.columns:
-        cells = out[column].replace("", None)
+def records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of a text table as typed values, decided per column over all rows: a column
+    whose every non-empty cell is a number holds numbers (integers when all are), so `datasets`
+    and pandas read age as a number and sex as text; empty cells are None; seeds stay text (64
+    bits do not survive a float)."""
+    out = {}
+    for column in table.columns:
+        cells = table[column].replace("", None)
         numbers = pd.to_numeric(cells, errors="coerce")
-        text = column == "seed"  # 64-bit seeds stay exact as text
-        if text or numbers.notna().sum() != cells.notna().sum() or cells.notna().sum() == 0:
-            out[column] = cells.astype("string")
+        present = cells.notna()
+        if column == "seed" or not present.any() or numbers[present].isna().any():
+            out[column] = [None if pd.isna(c) else str(c) for c in cells]
             continue
-        whole = numbers.dropna().mod(1).eq(0).all()
-        out[column] = numbers.astype("Int64") if whole else numbers
-    return out
+        whole = bool(numbers[present].mod(1).eq(0).all())
+        out[column] = [None if pd.isna(v) else int(v) if whole else float(v) for v in numbers]
+    return [dict(zip(out, values, strict=True)) for values in zip(*out.values(), strict=True)]
+
+
+def write_tables(rows: list[dict[str, Any]], csv: Path | None, parquet: Path | None) -> None:
+    """Typed rows as CSV (None → empty cell) and/or parquet (pyarrow infers the types)."""
+    if csv is not None:
+        pd.DataFrame(rows, dtype=object).to_csv(csv, index=False, lineterminator="\n")
+    if parquet is not None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), parquet)
 
 
 class ImageFolder:
@@ -60,8 +73,7 @@ class ImageFolder:
 
     def close(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
-        table = typed(pd.DataFrame(self.rows).astype(str))
-        table.to_csv(self.data / "metadata.csv", index=False, lineterminator="\n")
+        write_tables(self.rows, self.data / "metadata.csv", None)
 
 
 class Parquet:
@@ -95,16 +107,16 @@ class Parquet:
 
         if not self.rows:
             return
-        meta = typed(pd.DataFrame(self.rows).astype(str))
         image = pa.array(self.images, pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
-        table = pa.Table.from_pandas(meta, preserve_index=False)
-        table = table.add_column(0, "image", image)
+        table = pa.Table.from_pylist(self.rows).add_column(0, "image", image)
         if all(i["path"].endswith(".png") for i in self.images):
             features = {"image": {"_type": "Image"}}
             for column, kind in zip(table.column_names[1:], table.schema.types[1:], strict=True):
                 features[column] = {"dtype": _hf_dtype(kind), "_type": "Value"}
             hf = json.dumps({"info": {"features": features}})
-            table = table.replace_schema_metadata({**table.schema.metadata, b"huggingface": hf})
+            table = table.replace_schema_metadata(
+                {**(table.schema.metadata or {}), b"huggingface": hf}
+            )
         self.data.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, self.data.parent / self._name(self.shards), row_group_size=1000)
         self.shards += 1
@@ -146,8 +158,7 @@ class WebDataset:
 
     def add(self, key: str, suffix: str, data: bytes, meta: dict[str, Any]) -> tuple[str, str]:
         tar, container = self._open(), self._name()
-        record = typed(pd.DataFrame([meta]).astype(str)).iloc[0]
-        text = json.dumps({k: _plain(v) for k, v in record.items()}).encode()
+        text = json.dumps(meta).encode()
         for name, body in ((f"{key}{suffix}", data), (f"{key}.json", text)):
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(body), 0o644, 0  # reproducible bytes
@@ -161,13 +172,6 @@ class WebDataset:
         if self.tar is not None:
             self.tar.close()
             self.tar = None
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-ready value: pandas' NA → null, numpy numbers → Python numbers."""
-    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-        return None
-    return value.item() if hasattr(value, "item") else value
 
 
 def payload(kind: str, root: Path, shard_bytes: int = SHARD_BYTES) -> Payload:
