@@ -48,6 +48,8 @@ release_app = typer.Typer(
     cls=_DefaultCreate,
     help="Release a synthetic dataset (`synthgen release SAMPLES ...` = `release create`) or "
     "check one (`synthgen release verify DIR`).",
+    epilog="Example: synthgen release synth/chest --report reports/chest --out release/chest "
+    "--name chest-synth --license cc-by-4.0 && synthgen release verify release/chest",
 )
 app.add_typer(release_app, name="release")
 
