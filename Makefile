@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-kill lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-kill: $(STAMP)  # the SIGKILL suite, slow cases included (not in CI)
+	$(BIN)/python -m pytest -q -m sigkill
 
 lint: $(STAMP)
 	$(BIN)/ruff check synthgen tests

@@ -6,6 +6,7 @@ Heavy modules (torch, numpy, pandas, the readers) are imported inside the comman
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -658,6 +659,8 @@ def watermark_embed(
     from synthgen.data.progress import progress
 
     release = _release(release_id)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out is a file, not a folder")
     files = _image_files(paths)
     targets = [out / name for _, name in files]
     if len(set(targets)) < len(targets):
@@ -853,6 +856,19 @@ def demo(
         raise typer.Exit(130) from None
 
 
+# Errors of the machine, not of synthgen: a full or read-only disk, missing permission, a path
+# component that is a file. Like bad input they end with one line and exit code 2.
+ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "disk full: free space, then run again (with --resume where the command has it)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "",
+    errno.EACCES: "",
+    errno.EPERM: "",
+    errno.ENOTDIR: "a part of the path is a file",
+    errno.EISDIR: "",
+}
+
+
 def fail(message: str) -> None:
     """End with the contract's single stderr line and exit code 2."""
     print(f"error: {message}", file=sys.stderr)
@@ -874,5 +890,10 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRORS:
+            raise
+        hint = ENVIRONMENT_ERRORS[e.errno]
+        fail(f"{e.filename or 'output'}: {e.strerror}" + (f" ({hint})" if hint else ""))
     if isinstance(code, int) and code:
         sys.exit(code)

@@ -115,3 +115,9 @@ def kill_after(command: list[str], out: Path, target: int, rng, env) -> None:
     assert proc.poll() is None, "the kill came after the run ended"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def brightness_scorer():
+    """A stand-in classifier for `stress --classifier helpers:brightness_scorer`: the mean
+    brightness of each image as its P(positive)."""
+    return lambda x: (x.mean(dim=tuple(range(1, x.dim()))) + 1) / 2

@@ -231,6 +231,7 @@ def test_a_plain_ldm_needs_sdedit_strength(tmp_path, one_thread):
         edit(tmp_path / "run", manifest, tmp_path / "o", changes={"sex": "F"}, where={"sex": "M"})
 
 
+@pytest.mark.sigkill
 @pytest.mark.parametrize("kills", [1, pytest.param(3, marks=pytest.mark.slow, id="3-kills-slow")])
 def test_sigkill_mid_edit_then_resume_gives_every_edit_once_with_the_same_bytes(
     chest, tmp_path, kills

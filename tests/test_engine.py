@@ -473,6 +473,7 @@ def assert_finite_weights(checkpoint: Checkpoint) -> None:
 LONG = {"steps": 100_000, "max_minutes": 3}
 
 
+@pytest.mark.sigkill
 def test_sigkill_leaves_only_complete_checkpoints_and_resume_finishes(
     manifest: Path, tmp_path: Path
 ) -> None:

@@ -262,6 +262,7 @@ def test_inputs_that_are_not_what_they_claim_are_one_line(made, tmp_path):
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.sigkill
 def test_a_killed_release_never_looks_complete_and_a_rerun_finishes(made, tmp_path):
     samples, report, _ = made
     out = tmp_path / "rel"

@@ -194,6 +194,7 @@ def test_volumes_are_nifti_with_the_training_affine_and_a_sidecar(tmp_path, one_
         )  # fmt: skip
 
 
+@pytest.mark.sigkill
 @pytest.mark.parametrize(
     ("kills", "n"), [(1, 24), pytest.param(5, 96, marks=pytest.mark.slow, id="5-kills-slow")]
 )

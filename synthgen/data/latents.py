@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from synthgen.config import InputError
+from synthgen.data.io import prepare_out_folder
 
 SHARD_ROWS = 4096
 INDEX = "index.json"
@@ -52,9 +53,7 @@ class CacheWriter:
 
     def __init__(self, out: Path, index: dict[str, Any]) -> None:
         self.out = Path(out)
-        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
-            raise InputError(f"{self.out}: output folder exists and is not empty")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        prepare_out_folder(self.out)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
         self.index = {**index, "shards": []}
         self._ids: list[str] = []

@@ -395,6 +395,8 @@ RESUMABLE_CHANGES = ("steps", "max_minutes", "checkpoint_every", "log_every", "k
 def previous_run(out: Path, resume: bool) -> Checkpoint | None:
     """The checkpoint `--resume` continues from (None for a fresh run); refuses to overwrite a
     run folder that holds checkpoints, or to resume one that holds none."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: out is a file, not a folder")
     previous = list_checkpoints(out)
     if previous and not resume:
         raise InputError(f"{out}: already holds checkpoints; pass --resume or choose another out")

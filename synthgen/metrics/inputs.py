@@ -83,7 +83,7 @@ def load_synthetic(
         raise InputError(f"{folder}: no {SYNTHETIC_MANIFEST}; is this a `synthgen sample` folder?")
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     if "file" not in table.columns:
-        raise InputError(f"{path}: no `file` column")
+        raise InputError(f"{path}: no `file` column; is this a `synthgen sample` folder?")
     if limit is not None:
         table = table.iloc[:limit].reset_index(drop=True)
     if table.empty:

@@ -60,6 +60,7 @@ def _check_request(opts: ReleaseOptions) -> None:
     if not opts.license.strip():
         raise InputError("--license: name the license (an SPDX id such as cc-by-4.0)")
     out = Path(opts.out)
+    prepare_out_folder(out)
     if out.resolve().is_relative_to(Path(opts.samples).resolve()):
         raise InputError(f"{out}: --out must not be inside the samples folder")
 
@@ -75,7 +76,6 @@ def build_release(opts: ReleaseOptions, show: bool = True) -> ReleaseSummary:
         hint = "pass --allow-flagged to release anyway (the card records it)"
         raise InputError(f"release gate memorization failed: {memo.figure}; {hint}")
     out = Path(opts.out)
-    prepare_out_folder(out)
     tmp = partial_folder(out)
     shutil.rmtree(tmp, ignore_errors=True)  # a killed run's leftovers: restart
     tmp.mkdir()

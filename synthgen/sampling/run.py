@@ -172,6 +172,8 @@ def _identity(
 
 
 def _start_run(out: Path, record: dict[str, Any], resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out is a file, not a folder")
     path = out / RUN_FILE
     if path.is_file():
         if not resume:

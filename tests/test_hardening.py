@@ -1,0 +1,167 @@
+"""Every command against bad input (issue #9): a checkpoint of the wrong kind, conditions naming
+unknown columns, `--n 0`, an output path that is a file, a read-only output folder, a full disk.
+Each must end with one `error:` line and exit 2, leave no traceback, write nothing half-made
+and leave its inputs untouched.
+
+Most cases run the entry point in-process (they fail before any model work); read-only and
+full disks are real tmpfs mounts, skipped where the machine does not allow mounting."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers import snapshot, synthgen_here, tiny_diffusion
+
+from synthgen.engine.generator import load_generator
+from synthgen.sampling.conditions import Balanced
+from synthgen.sampling.run import SampleOptions, run_sampling
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, one_thread) -> Path:
+    """A phantom set, a tiny diffusion run, 4 samples of it and a file: the inputs every case
+    points at (and whose bytes must not change)."""
+    root = tmp_path_factory.mktemp("hardening")
+    tiny_diffusion(root, "chest2d", 32, ("nodule", "sex"))
+    gen = load_generator(root / "run")
+    opts = SampleOptions(checkpoint=root / "run", n=4, out=root / "samples", size=64)
+    run_sampling(opts, Balanced(gen.specs, ["sex"]), show=False, gen=gen)
+    from synthgen.config import AETrainConfig, AutoencoderConfig, DataConfig, TrainConfig
+    from synthgen.engine.autoencoder import train_autoencoder
+    from synthgen.metrics.evaluate import EvalOptions, evaluate
+
+    train_autoencoder(AETrainConfig(
+        autoencoder=AutoencoderConfig(channels=(8, 16), latent_channels=2, norm_num_groups=8),
+        train=TrainConfig(steps=2, batch_size=4, checkpoint_every=2),
+        data=DataConfig(manifest=root / "data" / "manifest.csv"), out=root / "ae", scale_batches=2,
+    ), show_progress=False)  # fmt: skip
+    evaluate(("memorization",), EvalOptions(
+        real=root / "data" / "manifest.csv", synthetic=root / "samples", out=root / "report",
+        seeds=(0,), bootstrap=20, cache=root / "cache", show=False,
+    ))  # fmt: skip
+    (root / "file").write_text("not a folder\n")
+    pd.DataFrame({"nodule": ["1"], "tumour": ["2"]}).to_csv(root / "unknown.csv", index=False)
+    return root
+
+
+def expand(args: str, root: Path, out: Path, **more: Path | str) -> list[str]:
+    """The case's arguments with {RUN}, {M}, {OUT}, ... replaced by the world's paths."""
+    names = {"RUN": root / "run", "DATA": root / "data", "M": root / "data" / "manifest.csv",
+             "SAMPLES": root / "samples", "FILE": root / "file", "OUT": out,
+             "UNKNOWN": root / "unknown.csv", "AE": root / "ae", "REPORT": root / "report",
+             "SCORER": "helpers:brightness_scorer", **more}  # fmt: skip
+    return [a.format(**names) for a in args.split()]
+
+
+CASES = {  # name: (command line, text the error line must hold)
+    # a checkpoint (or folder) of the wrong kind for the command
+    "encode-a-diffusion-run": ("encode --checkpoint {RUN} --manifest {M} --out {OUT}",
+                               "autoencoder"),
+    "sample-a-data-folder": ("sample --checkpoint {DATA} --n 2 --out {OUT}", "{DATA}"),
+    "edit-a-sample-folder": ("edit --checkpoint {SAMPLES} --manifest {M} --out {OUT} --set sex=F",
+                             "{SAMPLES}"),
+    "stress-a-diffusion-run": ("stress --classifier {RUN} --original {M} --edited {SAMPLES} "
+                               "--out {OUT}", "classifier"),
+    "eval-a-data-folder": ("eval fidelity --real {M} --synthetic {DATA} --out {OUT}",
+                           "synthgen sample"),
+    "verify-a-sample-folder": ("release verify {SAMPLES}", "release.json"),
+    "release-a-data-folder": ("release {DATA} --report {SAMPLES} --out {OUT} --name n "
+                              "--license mit", "run.json"),
+    "train-on-a-sample-manifest": ("train ldm --config configs/inpaint-chest2d-pixel32.yaml "
+                                   "data.manifest={SAMPLES}/manifest.csv out={OUT}", "manifest"),
+    # conditions naming unknown columns
+    "sample-balance-unknown": ("sample --checkpoint {RUN} --n 2 --out {OUT} --balance tumour",
+                               "tumour"),
+    "sample-conditions-unknown": ("sample --checkpoint {RUN} --n 2 --out {OUT} --conditions "
+                                  "{UNKNOWN}", "tumour"),
+    "edit-set-unknown": ("edit --checkpoint {RUN} --manifest {M} --out {OUT} --set tumour=1 "
+                         "--strength 0.5",
+                         "tumour"),
+    "eval-target-unknown": ("eval utility --real {M} --synthetic {SAMPLES} --out {OUT} "
+                            "--target tumour", "tumour"),
+    "stress-target-unknown": ("stress --classifier {SCORER} --original {M} --edited {SAMPLES} "
+                              "--out {OUT} --target tumour", "tumour"),
+    # --n 0
+    "sample-n-zero": ("sample --checkpoint {RUN} --n 0 --out {OUT}", "--n"),
+    "phantoms-n-zero": ("phantoms --kind chest2d --n 0 --out {OUT}", "--n"),
+    # an output path that is a file
+    "phantoms-out-file": ("phantoms --kind chest2d --n 2 --out {FILE}", "is a file"),
+    "sample-out-file": ("sample --checkpoint {RUN} --n 2 --out {FILE} --size 64", "is a file"),
+    "edit-out-file": ("edit --checkpoint {RUN} --manifest {M} --out {FILE} --set sex=F "
+                      "--where sex=M --strength 0.5", "is a file"),
+    "encode-out-file": ("encode --checkpoint {AE} --manifest {M} --out {FILE}", "is a file"),
+    "eval-out-file": ("eval memorization --real {M} --synthetic {SAMPLES} --out {FILE}",
+                      "is a file"),
+    "stress-out-file": ("stress --classifier {SCORER} --original {M} --edited {SAMPLES} "
+                        "--out {FILE}", "is a file"),
+    "release-out-file": ("release {SAMPLES} --report {REPORT} --out {FILE} --name n "
+                         "--license mit", "is a file"),
+    "embed-out-file": ("watermark embed {SAMPLES} --id 12345678 --out {FILE}", "is a file"),
+    "train-out-file": ("train inpaint --config configs/inpaint-chest2d-pixel32.yaml "
+                       "data.manifest={M} out={FILE}", "is a file"),
+}  # fmt: skip
+
+
+def paths(root: Path) -> dict[str, Path]:
+    return {"DATA": root / "data", "FILE": root / "file", "SAMPLES": root / "samples"}
+
+
+def check_refusal(result: subprocess.CompletedProcess, needle: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert any(n in lines[0] for n in needle.split("|")), lines[0]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_to_every_command_is_one_line_and_changes_nothing(world, tmp_path, name):
+    args, needle = CASES[name]
+    out = tmp_path / "out"
+    before = snapshot(world)
+    check_refusal(synthgen_here(*expand(args, world, out)), needle.format(**paths(world)))
+    assert snapshot(world) == before  # inputs untouched
+    assert not out.exists()  # nothing half-written
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str, readonly: bool = False) -> Iterator[Path]:
+    where.mkdir()
+    options = f"size={size}" + (",ro" if readonly else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root in a machine that allows mounts)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+FULL_DISK = {  # command: (command line, a disk too small for it)
+    "phantoms": ("phantoms --kind chest2d --n 400 --out {OUT} --quiet", "96k"),
+    "sample": ("sample --checkpoint {RUN} --n 64 --out {OUT} --size 64 --quiet", "96k"),
+    "release": ("release {SAMPLES} --report {REPORT} --out {OUT} --name n --license mit "
+                "--quiet", "12k"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["disk-full", "read-only"])
+@pytest.mark.parametrize("command", list(FULL_DISK))
+def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing_half_made(
+    world, tmp_path, command, readonly
+):
+    args, size = FULL_DISK[command]
+    before = snapshot(world)
+    with tmpfs(tmp_path / "disk", size, readonly) as disk:
+        result = synthgen_here(*expand(args, world, disk / "out"))
+        check_refusal(result, "not writable|Read-only" if readonly else "No space left on device")
+        assert not [p for p in disk.rglob("*") if p.name.endswith(".tmp")]  # no torn file
+        if command != "sample":  # a sample run keeps its finished files for --resume
+            assert not any(disk.iterdir())
+    assert snapshot(world) == before
