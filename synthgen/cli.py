@@ -544,37 +544,12 @@ def stress(
     paired bootstrap 95 % interval; plus the images whose score moved most.
     """
     from synthgen.data.manifest import load_manifest
-    from synthgen.metrics import report as html
-    from synthgen.metrics.stress import load_scorer, stress_figures
-    from synthgen.metrics.stress import stress as run_stress
+    from synthgen.metrics.stress import stress_report
 
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: --out is a file, not a folder")
     manifest = load_manifest(original, schema)
-    labels = [
-        c
-        for c, s in manifest.schema.columns.items()
-        if s.role == "label" and len(s.levels or ()) == 2
-    ]
-    column = target or (labels[0] if labels else "")
-    scorer, name = load_scorer(classifier, column or None)
-    found, pairs = run_stress(
-        scorer, manifest, edited, column, split, threshold, bootstrap, top, show=not quiet
-    )
-    figures = stress_figures(found, pairs)
-    report = {
-        "meta": {
-            "classifier": name,
-            "target": column,
-            "original": str(original),
-            "fingerprint": manifest.fingerprint(),
-            "split": split,
-            "threshold": threshold,
-            "bootstrap": bootstrap,
-        },
-        "shifts": found,
-    }
-    html.write_report(out, report, figures)
+    report = stress_report(classifier, manifest, edited, out, target, split, threshold,
+                           bootstrap, top, show=not quiet)  # fmt: skip
+    found = report["shifts"]
     for shift, entry in found.items():
         whole = entry["by_subgroup"]["all"]
         drop = whole["auroc_drop"]
@@ -838,19 +813,29 @@ def demo(
     fresh: Annotated[
         bool, typer.Option(help="redo finished stages instead of reusing them")
     ] = False,
+    minutes: Annotated[
+        float | None,
+        typer.Option(min=1, help="time budget; training stages shrink to fit [config: 30]"),
+    ] = None,
 ) -> None:
-    """Run the workflow on built-in phantoms: generate and check each dataset, train its
-    autoencoder, cache its latents, and print a summary table.
+    """Run the workflow on built-in phantoms: generate and check each dataset, train
+    autoencoders (with latent caches) and a conditional inpainting generator, sample from it
+    (balanced, watermarked), evaluate the samples, release them (card, checksums, verify), and
+    stress-test a shortcut classifier with edits; then print a summary.
 
     Finished stages are reused (they are addressed by their config), unless --fresh; an
-    interrupted training run is resumed.
+    interrupted training run is resumed. --minutes trades quality for time; a GPU is used
+    when present.
     """
     from synthgen.config import DemoConfig, load_config
     from synthgen.demo import run_demo
     from synthgen.engine.trainer import Interrupted
 
+    cfg = load_config(DemoConfig, config, overrides or [])
+    if minutes is not None:
+        cfg = cfg.model_copy(update={"minutes": minutes})
     try:
-        run_demo(load_config(DemoConfig, config, overrides or []), out, fresh=fresh)
+        run_demo(cfg, out, fresh=fresh)
     except Interrupted as e:
         typer.echo(f"interrupted: {e}; run the demo again to resume", err=True)
         raise typer.Exit(130) from None

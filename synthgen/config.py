@@ -366,6 +366,20 @@ class DemoEvaluation(StrictModel):
     balance: str | None = Field(None, description="subgroup column for the balanced regime")
 
 
+class DemoStress(StrictModel):
+    """The demo's stress test: a classifier trained on phantoms with a planted site shortcut,
+    its test set edited by a demo generator (site-B positives moved to site A keeping each
+    nodule pixel; nodules added to negatives), and `synthgen stress` on the edits."""
+
+    generator: str = Field("chest2d-32", description="the demo generator that edits")
+    dataset: PhantomConfig = PhantomConfig(
+        kind="chest2d", n=1000, size=32, seed=1, shortcut=0.9, min_nodule_px=1.5
+    )
+    classifier_steps: int = Field(300, ge=1)
+    strength: float = Field(0.6, gt=0.0, le=1.0, description="SDEdit strength of the site edit")
+    bootstrap: int = Field(500, ge=20)
+
+
 class DemoRelease(StrictModel):
     """The demo's last stage: release every evaluated sample set, then verify the release."""
 
@@ -426,7 +440,15 @@ class DemoConfig(StrictModel):
     )
     sampling: DemoSampling | None = DemoSampling()
     evaluation: DemoEvaluation | None = DemoEvaluation()
+    stress: DemoStress | None = DemoStress()
     release: DemoRelease | None = DemoRelease()
+    minutes: float | None = Field(
+        30.0, gt=0, description="wall-clock budget: the training stages' max_minutes are scaled "
+        "down to fit it (null: as configured)",
+    )  # fmt: skip
+    overhead_minutes: float = Field(
+        10.0, ge=0, description="time of the stages that do not train (2 CPU cores)"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
@@ -27,6 +27,7 @@ from synthgen.config import (
     DemoEvaluation,
     DemoRelease,
     DemoSampling,
+    DemoStress,
     DiffusionStage,
     DiffusionTrainConfig,
     InputError,
@@ -232,6 +233,90 @@ def run_release(
     return line
 
 
+def run_stress(cfg: DemoStress, checkpoint: Path, out: Path, fresh: bool) -> str:
+    """Edit + stress on a classifier that learned the site shortcut (see DemoStress); a summary
+    line. Each part (phantoms, classifier, each edit run, the report) is reused when done."""
+    from synthgen.edit.plan import EditOptions
+    from synthgen.edit.run import run_edit
+    from synthgen.metrics.classifier import train_classifier
+    from synthgen.metrics.inputs import load_real
+    from synthgen.metrics.stress import stress_report
+
+    label = "stress"
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    report_file = out / "report" / "report.json"
+    if report_file.is_file():
+        print(f"[{label}] reusing {out}")
+        return stress_headline(json.loads(report_file.read_text()), report_file.parent)
+    data = out / "data"
+    if not (data / "manifest.csv").is_file():
+        shortcut = cfg.dataset.shortcut or 0.0
+        print(f"[{label}] {cfg.dataset.n} phantoms where site B marks {shortcut:.0%} of nodules")
+        generate_phantoms(cfg.dataset, data)
+    manifest = load_manifest(data / "manifest.csv")
+    classifier = out / "classifier"
+    if not (classifier / "checkpoints").is_dir():
+        print(f"[{label}] training a nodule classifier on it ({cfg.classifier_steps} steps)")
+        shutil.rmtree(classifier, ignore_errors=True)
+        train = load_real(manifest, ("train",))
+        base = ClassifierConfig()
+        clf = base.model_copy(
+            update={"train": base.train.model_copy(update={"steps": cfg.classifier_steps})}
+        )
+        train_classifier(train.images, train.table, manifest.schema, ["nodule"], clf, classifier)
+    edits = {
+        "edit-site": {"changes": {"site": "A"}, "where": {"nodule": "1", "site": "B"},
+                      "keep_masks": ("nodule_mask",), "strength": cfg.strength},
+        "edit-add": {"changes": {"nodule": "1"}, "where": {"nodule": "0"},
+                     "edit_mask": "anatomy:right_lung,left_lung"},
+    }  # fmt: skip
+    made = []
+    for name, kw in edits.items():
+        folder = out / name
+        if not (folder / "manifest.csv").is_file():
+            if not _matching_rows(manifest, "test", kw["where"]):
+                print(f"[{label}] {name}: no test rows with {kw['where']}; skipped")
+                continue
+            print(f"[{label}] {name}: {kw['changes']} for test rows with {kw['where']}")
+            # 32 px images are too small to carry the watermark: unmarked, run.json says so
+            opts = EditOptions(checkpoint=checkpoint, manifest=data / "manifest.csv", out=folder,
+                               split="test", resume=folder.exists(), watermark=False,
+                               **kw)  # fmt: skip
+            run_edit(opts)
+        made.append(folder)
+    if not made:
+        return "no test rows to edit (the stress set is too small)"
+    print(f"[{label}] scoring the test set before and after the edits")
+    report = stress_report(str(classifier), manifest, made, out / "report", split="test",
+                           bootstrap=cfg.bootstrap, show=True)  # fmt: skip
+    line = stress_headline(report, out / "report")
+    print(f"[{label}] {line}")
+    return line
+
+
+def _matching_rows(manifest: Manifest, split: str, where: dict[str, str]) -> int:
+    table = manifest.table
+    keep = table["split"].astype(str) == split
+    for column, value in where.items():
+        keep &= table[column].astype(str) == value
+    return int(keep.sum())
+
+
+def stress_headline(report: dict, folder: Path) -> str:
+    """Per edit folder: the classifier's AUROC drop (site edit) or flip rate (added nodule)."""
+    parts = []
+    for shift, entry in report["shifts"].items():
+        whole = entry["by_subgroup"]["all"]
+        drop, flips = whole.get("auroc_drop") or {}, whole.get("flip_rate") or {}
+        if drop.get("lo") is not None:
+            figure = f"AUROC drop {drop['mean']:.3f} [{drop['lo']:.3f}, {drop['hi']:.3f}]"
+        else:
+            figure = f"flip rate {flips.get('mean', 0):.2f}"
+        parts.append(f"{shift}: {entry['n_edits']} edits, {figure}")
+    return "; ".join(parts) + f"; report {folder / 'report.html'}"
+
+
 def headline(report: dict) -> str:
     """FID, precision/recall, real-only vs synthetic-only AUROC, memorisation flags."""
     fid = report["fidelity"]
@@ -246,8 +331,38 @@ def headline(report: dict) -> str:
     )
 
 
+S = TypeVar("S", bound=BaseModel)
+
+
+def fit_budget(cfg: DemoConfig) -> DemoConfig:
+    """Scale every training stage's max_minutes by one factor so that training fits the budget
+    left after the other stages (`minutes - overhead_minutes`); never scaled up."""
+    stages = [*cfg.autoencoders.values(), *cfg.generators.values()]
+    planned = sum(s.train.max_minutes or 0 for s in stages)
+    if cfg.minutes is None or planned == 0:
+        return cfg
+    factor = min(1.0, max(cfg.minutes - cfg.overhead_minutes, 1.0) / planned)
+
+    def scaled(stage: S) -> S:
+        if stage.train.max_minutes is None:
+            return stage
+        train = stage.train.model_copy(
+            update={"max_minutes": round(stage.train.max_minutes * factor, 2)}
+        )
+        return stage.model_copy(update={"train": train})
+
+    print(f"[demo] {cfg.minutes:g} min budget: training stages get {factor:.0%} of their planned "
+          f"{planned:g} min")  # fmt: skip
+    return cfg.model_copy(update={
+        "autoencoders": {k: scaled(v) for k, v in cfg.autoencoders.items()},
+        "generators": {k: scaled(v) for k, v in cfg.generators.items()},
+    })  # fmt: skip
+
+
 def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
-    """Phantoms -> data check -> autoencoder -> latent cache, and conditional generators."""
+    """Phantoms -> data check -> autoencoder -> latent cache, conditional generators -> bulk
+    samples -> eval -> release, and edit + stress on a shortcut classifier."""
+    cfg = fit_budget(cfg)
     from synthgen.engine.autoencoder import describe, train_autoencoder
     from synthgen.engine.checkpoint import checkpoint_hash
     from synthgen.engine.encode import encode_manifest
@@ -313,8 +428,19 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
         row.latent = "x".join(str(v) for v in checkpoint.meta["latent_shape"])
         row.minutes = checkpoint.meta["train_seconds"] / 60
         row.cache = str(cache)
+    stressed = ""
+    if cfg.stress is not None:
+        made = next((g for g in generated if g.name == cfg.stress.generator), None)
+        if made is None:
+            raise InputError(f"stress.generator {cfg.stress.generator!r}: no such demo generator")
+        name = cfg.stress.generator
+        where = stage_dir(out / "stress", name, cfg.stress, cfg.datasets[name],
+                          cfg.generators[name])  # fmt: skip
+        stressed = run_stress(cfg.stress, made.checkpoint, where, fresh)
     print_rows(rows)
     print_generators(generated)
+    if stressed:
+        print(f"stress test (shortcut classifier): {stressed}")
     print(f"demo finished: everything is under {out}")
 
 

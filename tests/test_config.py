@@ -120,3 +120,18 @@ def test_perceptual_loss_needs_local_weights(tmp_path):
     )
     with pytest.raises(InputError, match="perceptual_weights: a local weights file"):
         load_config(AETrainConfig, path)
+
+
+def test_the_demo_budget_scales_every_training_stage_by_one_factor():
+    from synthgen.demo import fit_budget
+
+    cfg = load_config(DemoConfig, None)
+    planned = {k: v.train.max_minutes for k, v in {**cfg.autoencoders, **cfg.generators}.items()}
+    fitted = fit_budget(cfg.model_copy(update={"minutes": 30.0, "overhead_minutes": 10.0}))
+    got = {k: v.train.max_minutes for k, v in {**fitted.autoencoders, **fitted.generators}.items()}
+    factor = 20.0 / sum(planned.values())
+    assert got == {k: round(v * factor, 2) for k, v in planned.items()}
+    assert fit_budget(cfg.model_copy(update={"minutes": 500.0})) == cfg.model_copy(
+        update={"minutes": 500.0}
+    )  # never scaled up
+    assert fit_budget(cfg.model_copy(update={"minutes": None})).generators == cfg.generators

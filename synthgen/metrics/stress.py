@@ -299,3 +299,44 @@ def stress_figures(
             title = f"largest score changes: {shift}"
             figures.append(html.pairs_figure("shifts", title, left, right, captions, note))
     return figures
+
+
+def stress_report(
+    classifier: str,
+    manifest: Manifest,
+    folders: list[Path],
+    out: Path,
+    target: str | None = None,
+    split: str | None = None,
+    threshold: float = 0.5,
+    bootstrap: int = 1000,
+    top: int = 8,
+    show: bool = False,
+) -> dict[str, Any]:
+    """`synthgen stress`: score the pool before and after each edit folder and write
+    report.json + report.html to `out`; return the report. The target defaults to the
+    manifest's first two-level label."""
+    from synthgen.metrics import report as html
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out is a file, not a folder")
+    labels = [c for c, s in manifest.schema.columns.items()
+              if s.role == "label" and len(s.levels or ()) == 2]  # fmt: skip
+    column = target or (labels[0] if labels else "")
+    scorer, name = load_scorer(classifier, column or None)
+    found, pairs = stress(scorer, manifest, folders, column, split, threshold, bootstrap, top,
+                          show=show)  # fmt: skip
+    report = {
+        "meta": {
+            "classifier": name,
+            "target": column,
+            "original": str(manifest.path),
+            "fingerprint": manifest.fingerprint(),
+            "split": split,
+            "threshold": threshold,
+            "bootstrap": bootstrap,
+        },
+        "shifts": found,
+    }
+    html.write_report(out, report, stress_figures(found, pairs))
+    return report
