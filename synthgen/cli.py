@@ -831,6 +831,8 @@ def demo(
     from synthgen.demo import run_demo
     from synthgen.engine.trainer import Interrupted
 
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out is a file, not a folder")
     cfg = load_config(DemoConfig, config, overrides or [])
     if minutes is not None:
         cfg = cfg.model_copy(update={"minutes": minutes})

@@ -102,6 +102,9 @@ CASES = {  # name: (command line, text the error line must hold)
     "release-out-file": ("release {SAMPLES} --report {REPORT} --out {FILE} --name n "
                          "--license mit", "is a file"),
     "embed-out-file": ("watermark embed {SAMPLES} --id 12345678 --out {FILE}", "is a file"),
+    "demo-out-file": ("demo --out {FILE}", "is a file"),
+    "detect-not-an-image": ("watermark detect {FILE}", "unsupported file type"),
+    "data-check-a-sample-folder": ("data check {SAMPLES}/manifest.csv", "schema"),
     "train-out-file": ("train inpaint --config configs/inpaint-chest2d-pixel32.yaml "
                        "data.manifest={M} out={FILE}", "is a file"),
 }  # fmt: skip
