@@ -96,8 +96,9 @@ def checked_images(
         bar.close()
 
 
-def image_gates(checks: list[tuple[str, ImageCheck]]) -> list[Gate]:
-    """Every checksum right; every watermark detected with the run's release id."""
+def image_gates(checks: list[tuple[str, ImageCheck]], marked: bool = True) -> list[Gate]:
+    """Every checksum right; every watermark detected with the run's release id (`marked`:
+    the sample run embedded one at all)."""
     n = len(checks)
     bad_sum = [name for name, c in checks if not c.checksum_ok]
     unmarked = [f"{name} (bits {c.bit_accuracy:.2f})" for name, c in checks if not c.detected]
@@ -111,7 +112,8 @@ def image_gates(checks: list[tuple[str, ImageCheck]]) -> list[Gate]:
         Gate(
             "watermarks",
             not unmarked,
-            f"{n - len(unmarked):,} of {n:,} watermarks detected",
+            f"{n - len(unmarked):,} of {n:,} watermarks detected"
+            + ("" if marked else " (the samples were made with --no-watermark; sample again)"),
             unmarked[:5],
         ),  # fmt: skip
     ]
