@@ -152,12 +152,21 @@ def release_files(root: Path) -> list[str]:
     return sorted(f for f in found if f != SUMS)
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file read in 8 MB blocks (shards reach 1 GB; never all in memory)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_sums(root: Path, show: bool) -> None:
     files = release_files(root)
     bar = Bar(len(files), "checksums", unit="file", show=show)
     lines = []
     for i, name in enumerate(files):
-        lines.append(f"{hashlib.sha256((root / name).read_bytes()).hexdigest()}  {name}\n")
+        lines.append(f"{file_sha256(root / name)}  {name}\n")
         bar.update(i + 1)
     bar.close()
     (root / SUMS).write_text("".join(lines))

@@ -4,7 +4,6 @@ against release.json; each mismatch is named."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pandas as pd
 
 from synthgen.config import InputError
 from synthgen.data.progress import Bar
-from synthgen.release.build import METADATA, RECORD, SUMS, release_files
+from synthgen.release.build import METADATA, RECORD, SUMS, file_sha256, release_files
 from synthgen.release.gates import ImageCheck, check_image, in_parallel
 
 
@@ -69,7 +68,7 @@ def _check_sums(root: Path, check: ReleaseCheck) -> None:
         file = root / name
         if not file.is_file():
             check.problems.append(f"{name}: missing")
-        elif hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+        elif file_sha256(file) != digest:
             check.problems.append(f"{name}: checksum differs from {SUMS}")
         else:
             check.files_ok += 1
