@@ -211,7 +211,7 @@ def run_release(
     if (out / "release.json").is_file():
         print(f"[{label}] reusing {out}")
     else:
-        print(f"[{label}] gates, then a {cfg.format} release of {samples}")
+        print(f"[{label}] gates, then a release ({cfg.format}) of {samples}")
         opts = ReleaseOptions(
             samples=samples, report=report, out=out, name=f"synthgen-demo-{name}",
             license=cfg.license, format=cfg.format, max_flagged=cfg.max_flagged,
