@@ -369,6 +369,7 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
 
     rows = []
     generated = []
+    releases: list[tuple[GeneratorRow, Path, Path, Path]] = []
     for name, phantom_cfg in cfg.datasets.items():
         data = stage_dir(out / "data", name, phantom_cfg)
         if _stage(fresh, data, name):
@@ -397,10 +398,10 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
                     made.evaluated = run_evaluation(
                         name, cfg.evaluation, data / "manifest.csv", where, report, fresh
                     )
-                    if cfg.release is not None:
+                    if cfg.release is not None:  # released last, after the stress test
                         folder = stage_dir(out / "releases", name, phantom_cfg, generator,
                                            cfg.sampling, cfg.evaluation, cfg.release)  # fmt: skip
-                        made.released = run_release(name, cfg.release, where, report, folder, fresh)
+                        releases.append((made, where, report, folder))
             generated.append(made)
         stage = cfg.autoencoders.get(name)
         if stage is None:
@@ -437,10 +438,12 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
         where = stage_dir(out / "stress", name, cfg.stress, cfg.datasets[name],
                           cfg.generators[name])  # fmt: skip
         stressed = run_stress(cfg.stress, made.checkpoint, where, fresh)
+    for made, samples, report, folder in releases:
+        made.released = run_release(made.name, cfg.release, samples, report, folder, fresh)
     print_rows(rows)
-    print_generators(generated)
     if stressed:
         print(f"stress test (shortcut classifier): {stressed}")
+    print_generators(generated)
     print(f"demo finished: everything is under {out}")
 
 
