@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ def _write(
         for (row, check), meta in zip(
             checked_images(samples, show, opts.workers), metadata, strict=True
         ):
-            checks.append((row["file"], check))
+            checks.append((row["file"], replace(check, data=b"")))  # verdicts only: memory flat
             if not (check.checksum_ok and check.detected):
                 continue  # the gate below refuses the release; keep counting the rest
             suffix = ".nii.gz" if row["file"].endswith(".nii.gz") else Path(row["file"]).suffix
