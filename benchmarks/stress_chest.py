@@ -173,6 +173,8 @@ def _fmt(e: dict) -> str:
 def goal_met(drop_s: dict, drop_c: dict) -> bool:
     """#7's goal: S's drop ≥ 3× C's and C's CI reaches under 0.05. A C that improves (negative
     drop) would pass the ratio for any S, so S's drop must also be real (its CI above 0)."""
+    if drop_s.get("lo") is None or drop_c.get("lo") is None:  # too few edits for a CI
+        return False
     return (drop_s["mean"] >= 3.0 * max(drop_c["mean"], 0.0) and drop_s["lo"] > 0.0
             and drop_c["lo"] < 0.05)  # fmt: skip
 
@@ -190,7 +192,7 @@ def print_headline(found: dict, folders: list[str], seconds: float) -> None:
         label = folder.replace("-", "_")
         print(f"{label}_auroc_drop_S: {_fmt(drop_s)}")
         print(f"{label}_auroc_drop_C: {_fmt(drop_c)}")
-        hurt = drop_c["mean"] > 0
+        hurt = (drop_c["mean"] or 0.0) > 0
         ratio = f"{drop_s['mean'] / drop_c['mean']:.1f}" if hurt else "n/a (C not hurt)"
         print(f"{label}_drop_ratio_S_vs_C: {ratio}")
         print(f"{label}_goal_met: {'yes' if goal_met(drop_s, drop_c) else 'no'}")

@@ -80,8 +80,8 @@ def build_release(opts: ReleaseOptions, show: bool = True) -> ReleaseSummary:
     shutil.rmtree(tmp, ignore_errors=True)  # a killed run's leftovers: restart
     tmp.mkdir()
     with published(tmp, out):
-        summary = _write(opts, samples, report, report_sha, memo, tmp, show)
-    return ReleaseSummary(out, summary[0], summary[1], summary[2])
+        images, gates, record = _write(opts, samples, report, report_sha, memo, tmp, show)
+    return ReleaseSummary(out, images, gates, record)
 
 
 def _write(
