@@ -7,13 +7,16 @@ separately (it is not distributed today).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -28,6 +31,7 @@ from synthgen.engine.checkpoint import list_checkpoints, load_state
 
 BATCH = 4
 STEPS = 6
+HANG_SECONDS = 150  # a normal run takes ~25 s on 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +74,38 @@ def torchrun(
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "synthgen", "train", "ae", "--config", str(config), "--quiet",
     ]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    return out, result
+    return out, run_or_dump_stacks(command, env)
+
+
+def run_or_dump_stacks(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run torchrun; if it hangs, fail with every process's stack.
+
+    On a timeout torchrun and every rank get SIGABRT (faulthandler prints each Python stack to
+    the captured stderr), then SIGKILL, so no rank outlives the test.
+    """
+    env = {**env, "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=HANG_SECONDS)
+    except subprocess.TimeoutExpired:
+        # torchrun starts each rank in a session of its own: find them as its children.
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGABRT)
+        try:
+            stdout, stderr = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            stdout, stderr = "", "(no output after SIGABRT)"
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        proc.wait()
+        pytest.fail(
+            f"torchrun hung for {HANG_SECONDS} s; stacks:\n{stderr[-8000:]}\n{stdout[-2000:]}"
+        )
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")
