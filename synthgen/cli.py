@@ -820,8 +820,8 @@ def demo(
 ) -> None:
     """Run the workflow on built-in phantoms: generate and check each dataset, train
     autoencoders (with latent caches) and a conditional inpainting generator, sample from it
-    (balanced, watermarked), evaluate the samples, release them (card, checksums, verify), and
-    stress-test a shortcut classifier with edits; then print a summary.
+    (balanced, watermarked), evaluate the samples, stress-test a shortcut classifier with
+    edits, release the samples (card, checksums, verify); then print a summary.
 
     Finished stages are reused (they are addressed by their config), unless --fresh; an
     interrupted training run is resumed. --minutes trades quality for time; a GPU is used

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from helpers import snapshot, synthgen_here, tiny_diffusion
@@ -167,4 +168,85 @@ def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing_half_made(
         assert not [p for p in disk.rglob("*") if p.name.endswith(".tmp")]  # no torn file
         if command != "sample":  # a sample run keeps its finished files for --resume
             assert not any(disk.iterdir())
+    assert snapshot(world) == before
+
+
+def _rows(manifest: Path) -> pd.DataFrame:
+    return pd.read_csv(manifest, dtype=str, keep_default_na=False)
+
+
+def _set_cell(data: Path, row: int, column: str, value: str) -> None:
+    table = _rows(data / "manifest.csv")
+    table.loc[row, column] = value
+    table.to_csv(data / "manifest.csv", index=False)
+
+
+def _image(data: Path, row: int) -> Path:
+    return data / _rows(data / "manifest.csv").loc[row, "image"]
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _wide(path: Path) -> None:
+    from synthgen.data.io import write_png
+
+    write_png(path, np.zeros((40, 32), np.uint8))
+
+
+READERS = {  # command reading the real manifest {M}: its command line
+    "train": "train ae --config configs/ae-chest2d.yaml data.manifest={M} out={OUT} "
+             "autoencoder.channels=[8,16] autoencoder.norm_num_groups=8 train.steps=1 "
+             "train.batch_size=2 val_images=2",
+    "encode": "encode --checkpoint {AE} --manifest {M} --out {OUT}",
+    "eval": "eval memorization --real {M} --synthetic {SAMPLES} --out {OUT}",
+    "edit": "edit --checkpoint {RUN} --manifest {M} --out {OUT} --set sex=F --strength 0.5 "
+            "--steps 2 --no-watermark",
+    "sample": "sample --checkpoint {RUN} --n 2 --out {OUT} --match {M} --steps 2 --size 64",
+}  # fmt: skip
+IMAGES = ("train", "encode", "eval", "edit")  # the commands that read the images
+# #2's corpus, applied to the phantom set each command reads: (corrupt, error text, commands)
+CORPUS = {
+    "truncated-png": (lambda d: _truncate(_image(d, 2)), "row 3 (id=c00002), column image",
+                      IMAGES),
+    "missing-image-file": (lambda d: _image(d, 3).unlink(), "row 4 (id=c00003), column image",
+                           IMAGES),
+    "wrong-image-size": (lambda d: _wide(_image(d, 2)), "row 3 (id=c00002), column image",
+                         ("train", "encode", "eval")),  # edit redraws at the model's size
+    "unknown-level": (lambda d: _set_cell(d, 0, "sex", "X"), "row 1 (id=c00000), column sex",
+                      tuple(READERS)),
+    "age-out-of-range": (lambda d: _set_cell(d, 5, "age", "150"),
+                         "row 6 (id=c00005), column age", IMAGES),
+    "age-not-a-number": (lambda d: _set_cell(d, 1, "age", "old"),
+                         "row 2 (id=c00001), column age", IMAGES),
+    "path-escapes-root": (lambda d: _set_cell(d, 2, "image", "../file"),
+                          "path leaves the dataset root", IMAGES),
+    "duplicate-id": (lambda d: _set_cell(d, 3, "id", "c00000"), "row 4 (id=c00000), column id",
+                     IMAGES),
+    "column-not-in-schema": (lambda d: _set_cell(d, 0, "weight", "70"), "'weight'",
+                             tuple(READERS)),
+    "malformed-schema-yaml": (lambda d: (d / "schema.yaml").write_text("columns: {id: {\n"),
+                              "malformed YAML", tuple(READERS)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "command"),
+    [(kind, c) for kind, (_, _, commands) in CORPUS.items() for c in commands],
+)
+def test_a_bad_dataset_stops_every_reader_before_it_writes(world, tmp_path, kind, command):
+    """Each fault of the bad-input corpus in the manifest a command reads: one line naming the
+    row and column, exit 2, no output folder, the world's files untouched."""
+    import shutil
+
+    corrupt, needle, _ = CORPUS[kind]
+    data = tmp_path / "data"
+    shutil.copytree(world / "data", data)
+    corrupt(data)
+    before = snapshot(world)
+    out = tmp_path / "out"
+    args = expand(READERS[command], world, out, M=data / "manifest.csv")
+    check_refusal(synthgen_here(*args), needle)
+    assert not out.exists()
     assert snapshot(world) == before

@@ -37,18 +37,16 @@ def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResu
     value_cols = [c for c in schema.with_role(*VALUE_ROLES) if manifest.has(c)]
     mask_cols = [c for c in schema.with_role("mask") if manifest.has(c)]
     id_col = schema.id_column if schema.id_column and manifest.has(schema.id_column) else None
-    seen_ids: dict[str, int] = {}
+    duplicates = dict(manifest.duplicate_ids())
     geometry: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {}
     for row in progress(range(len(manifest)), len(manifest), "checking", show_progress):
         if id_col:
             rid = manifest.cell(row, id_col)
             if rid == "":
                 result.problems.append(f"{manifest.where(row, id_col)}: missing value")
-            elif rid in seen_ids:
-                first = seen_ids[rid] + 1
+            elif row in duplicates:
+                first = duplicates[row] + 1
                 result.problems.append(f"{manifest.where(row, id_col)}: duplicate id (row {first})")
-            else:
-                seen_ids[rid] = row
         for column in value_cols:
             _collect(result.problems, manifest.value, row, column)
         image = _collect(result.problems, manifest.image, row)

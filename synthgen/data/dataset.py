@@ -10,6 +10,7 @@ int64, zeros when the cell is empty}, `text`, `labels` {column: level index, -1 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -45,22 +46,31 @@ def split_rows(manifest: Manifest, split: str | None) -> list[int]:
 
 
 def load_images(
-    manifest: Manifest, split: str | None = None, limit: int | None = None, show: bool = False
+    manifest: Manifest,
+    split: str | None = None,
+    limit: int | None = None,
+    show: bool = False,
+    shape: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """The (first `limit`) images of a split stacked in memory as (N, 1, *spatial), with ids.
 
     Small phantom-scale sets train far faster from memory than by decoding files each epoch.
+    Every image must have `shape` (default: the split's most common shape).
     """
     from synthgen.data.progress import progress
 
     ds = ManifestDataset(manifest, split=split, masks=False)
     n = len(ds) if limit is None else min(limit, len(ds))
     items = [ds[i] for i in progress(range(n), n, f"loading {split or 'all'}", show)]
-    shapes = {tuple(item["image"].shape) for item in items}
-    if len(shapes) > 1:
-        raise InputError(
-            f"{manifest.path}: images differ in shape {sorted(shapes)}; run data check"
-        )
+    shapes = [tuple(item["image"].shape[1:]) for item in items]
+    common = shape or (Counter(shapes).most_common(1)[0][0] if shapes else ())
+    for k, found in enumerate(shapes):
+        if found != common:
+            raise InputError(
+                f"{manifest.where(ds.rows[k], manifest.schema.image_column)}: image shape "
+                f"{found} differs from the other images' {common}; resample the set to one "
+                "grid (run data check)"
+            )
     return torch.stack([item["image"] for item in items]), [item["id"] for item in items]
 
 
@@ -74,6 +84,7 @@ class ManifestDataset(Dataset):
         transform: Callable[[Sample], Sample] | None = None,
         masks: bool = True,
     ) -> None:
+        manifest.require_unique_ids()
         self.manifest = manifest
         self.transform = transform
         schema = manifest.schema

@@ -67,6 +67,30 @@ class Manifest:
             raise InputError(f"{self.where(row, column, value)}: path leaves the dataset root")
         return Path(joined)
 
+    def duplicate_ids(self) -> list[tuple[int, int]]:
+        """(row, first row with the same id) for every repeated, non-empty id."""
+        id_col = self.schema.id_column
+        if not id_col or not self.has(id_col):
+            return []
+        first: dict[str, int] = {}
+        found = []
+        for row, value in enumerate(self.table[id_col]):
+            if value == "":
+                continue
+            if value in first:
+                found.append((row, first[value]))
+            else:
+                first[value] = row
+        return found
+
+    def require_unique_ids(self) -> None:
+        """InputError at the first repeated id: outputs, caches and reports are keyed by id."""
+        for row, first in self.duplicate_ids()[:1]:
+            raise InputError(
+                f"{self.where(row, self.schema.id_column)}: duplicate id (row {first + 1}); "
+                "run data check"
+            )
+
     def fingerprint(self) -> str:
         """sha256 of the manifest file and the schema: what a model or cache was made from."""
         digest = hashlib.sha256(self.path.read_bytes())

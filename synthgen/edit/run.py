@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from synthgen import watermark
 from synthgen.config import InputError
 from synthgen.data.intensity import from_model, to_model, window_for
-from synthgen.data.io import atomic_write_bytes
+from synthgen.data.io import ImageReadError, atomic_write_bytes
 from synthgen.data.manifest import Manifest, load_manifest
-from synthgen.data.progress import Bar
+from synthgen.data.progress import Bar, progress
 from synthgen.data.schema import IntensityPolicy
 from synthgen.edit.plan import (
     EditOptions,
@@ -79,6 +79,7 @@ class Plan:
 
 def make_plan(gen: Generator, opts: EditOptions) -> Plan:
     manifest = load_manifest(opts.manifest, opts.schema)
+    manifest.require_unique_ids()
     if not 0.0 < opts.strength <= 1.0:
         raise InputError(f"--strength {opts.strength}: expected a value in (0, 1]")
     if not gen.inpainting and opts.strength >= 1.0:
@@ -171,13 +172,14 @@ def run_edit(opts: EditOptions, show: bool = True, gen: Generator | None = None)
     record = _identity(gen, opts, plan, sha, rid)
     out = Path(opts.out)
     _start(out, record, opts.resume)
-    out.mkdir(parents=True, exist_ok=True)
     n = len(plan.rows)
-    done = complete_rows(out, n)
-    _write_run(out, record, gen, n, "running")
-    editor = Editor(gen, opts, plan, plan.manifest.schema.intensity, rid, sha, record)
-    start = time.perf_counter()
+    done = complete_rows(out, n) if out.is_dir() else set()
     todo = [j for j in range(n) if j not in done]
+    editor = Editor(gen, opts, plan, plan.manifest.schema.intensity, rid, sha, record)
+    editor.preflight(todo, show)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_run(out, record, gen, n, "running")
+    start = time.perf_counter()
     shard = ShardWriter(out, 0)
     bar = Bar(n, "editing", unit="img", completed=len(done), show=show)
     completed = len(done)
@@ -214,22 +216,38 @@ class Editor:
         self.release_id, self.sha, self.record = release_id, checkpoint_sha, record
         self.shape = tuple(gen.checkpoint.meta["image_shape"])
 
+    def preflight(self, todo: list[int], show: bool) -> None:
+        """Read every row to be edited once before anything is written, so a bad file or cell
+        stops the run with nothing half-made (decoding is cheap beside the diffusion)."""
+        for j in progress(todo, len(todo), "checking rows", show):
+            self._source(j)
+            row = self.plan.rows[j]
+            model_row(self.gen, self.plan, row, self.opts.prompt)
+            self._conditions(row)
+
+    def _source(self, j: int) -> tuple[Stored, np.ndarray]:
+        """Edit j's stored image and its editable region, or an InputError naming the row."""
+        manifest = self.plan.manifest
+        row, image_col = self.plan.rows[j], manifest.schema.image_column
+        path = manifest.file(row, image_col)
+        where = manifest.where(row, image_col, manifest.cell(row, image_col))
+        if path is None:
+            raise InputError(f"{where}: missing value")
+        try:
+            source = read_stored(path)
+        except ImageReadError as e:
+            raise InputError(f"{where}: {e.reason}") from None
+        if source.stored.ndim != len(self.shape):
+            raise InputError(
+                f"{where}: a {source.stored.ndim}D image for a {len(self.shape)}D model"
+            )
+        return source, self._editable(row, source.stored.shape)
+
     def edit_batch(self, batch: list[int], out: Path) -> list[dict[str, Any]]:
-        plan, manifest = self.plan, self.plan.manifest
-        image_col = manifest.schema.image_column
+        plan = self.plan
         sources, windows, regions, images, masks = [], [], [], [], []
         for j in batch:
-            row = plan.rows[j]
-            path = manifest.file(row, image_col)
-            if path is None:
-                raise InputError(f"{manifest.where(row, image_col)}: missing value")
-            source = read_stored(path)
-            if source.stored.ndim != len(self.shape):
-                raise InputError(
-                    f"{manifest.where(row, image_col)}: a {source.stored.ndim}D image for a "
-                    f"{len(self.shape)}D model"
-                )
-            region = self._editable(row, source.stored.shape)
+            source, region = self._source(j)
             window = window_for(source.decoded, self.policy)
             x = torch.from_numpy(to_model(source.decoded, window))[None, None]
             images.append(resize(x, self.shape)[0])

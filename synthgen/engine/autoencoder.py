@@ -158,7 +158,9 @@ def train_autoencoder(
     if previous is not None:
         check_resumable(previous, cfg, manifest.fingerprint())
     train, _ = load_images(manifest, cfg.data.train_split, show=show_progress)
-    val, _ = load_images(manifest, cfg.data.val_split, limit=cfg.val_images, show=show_progress)
+    val, _ = load_images(
+        manifest, cfg.data.val_split, cfg.val_images, show_progress, tuple(train.shape[2:])
+    )
     spatial_dims = train.dim() - 2
     torch.manual_seed(cfg.train.seed)
     task = AutoencoderTask(cfg, spatial_dims, val, train)

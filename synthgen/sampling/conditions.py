@@ -195,6 +195,9 @@ class Matched:
         rows = split_rows(m, self.split)
         if not rows:
             raise InputError(f"--match {m.path}: no rows in split {self.split!r}")
+        for r in rows:  # a bad cell stops the run before any file, not at the sample that drew it
+            values = {s.name: m.value(r, s.name) for s in self.specs}
+            check_row(self.specs, None, values, m.where(r))
         self.combos = combinations(self.specs, self.balance) if self.balance else [{}]
         self.pools = []
         for combo in self.combos:
