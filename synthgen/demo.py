@@ -429,7 +429,6 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
         row.latent = "x".join(str(v) for v in checkpoint.meta["latent_shape"])
         row.minutes = checkpoint.meta["train_seconds"] / 60
         row.cache = str(cache)
-    stressed = ""
     if cfg.stress is not None:
         made = next((g for g in generated if g.name == cfg.stress.generator), None)
         if made is None:
@@ -437,12 +436,10 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
         name = cfg.stress.generator
         where = stage_dir(out / "stress", name, cfg.stress, cfg.datasets[name],
                           cfg.generators[name])  # fmt: skip
-        stressed = run_stress(cfg.stress, made.checkpoint, where, fresh)
+        made.stressed = run_stress(cfg.stress, made.checkpoint, where, fresh)
     for made, samples, report, folder in releases:
         made.released = run_release(made.name, cfg.release, samples, report, folder, fresh)
     print_rows(rows)
-    if stressed:
-        print(f"stress test (shortcut classifier): {stressed}")
     print_generators(generated)
     print(f"demo finished: everything is under {out}")
 
@@ -461,6 +458,7 @@ class GeneratorRow:
     checkpoint: Path
     sampled: str = ""
     evaluated: str = ""
+    stressed: str = ""
     released: str = ""
 
 
@@ -485,6 +483,8 @@ def print_generators(rows: list[GeneratorRow]) -> None:
             console.print(f"{r.name} bulk samples: {r.sampled}")
         if r.evaluated:
             console.print(f"{r.name} evaluation: {r.evaluated}")
+        if r.stressed:
+            console.print(f"{r.name} stress test (shortcut classifier): {r.stressed}")
         if r.released:
             console.print(f"{r.name} release: {r.released}")
 
