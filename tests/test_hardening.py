@@ -9,14 +9,17 @@ full disks are real tmpfs mounts, skipped where the machine does not allow mount
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from helpers import snapshot, synthgen_here, tiny_diffusion
+from test_bad_input import read_manifest as _rows
+from test_bad_input import set_cell, truncate
 
 from synthgen.engine.generator import load_generator
 from synthgen.sampling.conditions import Balanced
@@ -171,22 +174,13 @@ def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing_half_made(
     assert snapshot(world) == before
 
 
-def _rows(manifest: Path) -> pd.DataFrame:
-    return pd.read_csv(manifest, dtype=str, keep_default_na=False)
-
-
-def _set_cell(data: Path, row: int, column: str, value: str) -> None:
-    table = _rows(data / "manifest.csv")
-    table.loc[row, column] = value
-    table.to_csv(data / "manifest.csv", index=False)
+def _cell(row: int, column: str, value: str) -> Callable[[Path], None]:
+    """Set one cell of the manifest in a data folder."""
+    return lambda data: set_cell(data / "manifest.csv", row, column, value)
 
 
 def _image(data: Path, row: int) -> Path:
-    return data / _rows(data / "manifest.csv").loc[row, "image"]
-
-
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:200])
+    return data / _rows(data / "manifest.csv")[row]["image"]
 
 
 def _wide(path: Path) -> None:
@@ -208,24 +202,18 @@ READERS = {  # command reading the real manifest {M}: its command line
 IMAGES = ("train", "encode", "eval", "edit")  # the commands that read the images
 # #2's corpus, applied to the phantom set each command reads: (corrupt, error text, commands)
 CORPUS = {
-    "truncated-png": (lambda d: _truncate(_image(d, 2)), "row 3 (id=c00002), column image",
+    "truncated-png": (lambda d: truncate(_image(d, 2)), "row 3 (id=c00002), column image",
                       IMAGES),
     "missing-image-file": (lambda d: _image(d, 3).unlink(), "row 4 (id=c00003), column image",
                            IMAGES),
     "wrong-image-size": (lambda d: _wide(_image(d, 2)), "row 3 (id=c00002), column image",
                          ("train", "encode", "eval")),  # edit redraws at the model's size
-    "unknown-level": (lambda d: _set_cell(d, 0, "sex", "X"), "row 1 (id=c00000), column sex",
-                      tuple(READERS)),
-    "age-out-of-range": (lambda d: _set_cell(d, 5, "age", "150"),
-                         "row 6 (id=c00005), column age", IMAGES),
-    "age-not-a-number": (lambda d: _set_cell(d, 1, "age", "old"),
-                         "row 2 (id=c00001), column age", IMAGES),
-    "path-escapes-root": (lambda d: _set_cell(d, 2, "image", "../file"),
-                          "path leaves the dataset root", IMAGES),
-    "duplicate-id": (lambda d: _set_cell(d, 3, "id", "c00000"), "row 4 (id=c00000), column id",
-                     IMAGES),
-    "column-not-in-schema": (lambda d: _set_cell(d, 0, "weight", "70"), "'weight'",
-                             tuple(READERS)),
+    "unknown-level": (_cell(0, "sex", "X"), "row 1 (id=c00000), column sex", tuple(READERS)),
+    "age-out-of-range": (_cell(5, "age", "150"), "row 6 (id=c00005), column age", IMAGES),
+    "age-not-a-number": (_cell(1, "age", "old"), "row 2 (id=c00001), column age", IMAGES),
+    "path-escapes-root": (_cell(2, "image", "../file"), "path leaves the dataset root", IMAGES),
+    "duplicate-id": (_cell(3, "id", "c00000"), "row 4 (id=c00000), column id", IMAGES),
+    "column-not-in-schema": (_cell(0, "weight", "70"), "'weight'", tuple(READERS)),
     "malformed-schema-yaml": (lambda d: (d / "schema.yaml").write_text("columns: {id: {\n"),
                               "malformed YAML", tuple(READERS)),
 }  # fmt: skip
@@ -238,8 +226,6 @@ CORPUS = {
 def test_a_bad_dataset_stops_every_reader_before_it_writes(world, tmp_path, kind, command):
     """Each fault of the bad-input corpus in the manifest a command reads: one line naming the
     row and column, exit 2, no output folder, the world's files untouched."""
-    import shutil
-
     corrupt, needle, _ = CORPUS[kind]
     data = tmp_path / "data"
     shutil.copytree(world / "data", data)
