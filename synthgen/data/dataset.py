@@ -65,13 +65,19 @@ def load_images(
     shapes = [tuple(item["image"].shape[1:]) for item in items]
     common = shape or (Counter(shapes).most_common(1)[0][0] if shapes else ())
     for k, found in enumerate(shapes):
-        if found != common:
-            raise InputError(
-                f"{manifest.where(ds.rows[k], manifest.schema.image_column)}: image shape "
-                f"{found} differs from the other images' {common}; resample the set to one "
-                "grid (run data check)"
-            )
+        require_shape(manifest, ds.rows[k], found, common, "the other images'")
     return torch.stack([item["image"] for item in items]), [item["id"] for item in items]
+
+
+def require_shape(
+    manifest: Manifest, row: int, found: tuple[int, ...], expected: tuple[int, ...], whose: str
+) -> None:
+    """InputError naming the row when its image is not `expected` (models take one grid)."""
+    if found != expected:
+        raise InputError(
+            f"{manifest.where(row, manifest.schema.image_column)}: image shape {found} differs "
+            f"from {whose} {expected}; resample the set to one grid (run data check)"
+        )
 
 
 class ManifestDataset(Dataset):

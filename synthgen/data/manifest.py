@@ -85,7 +85,9 @@ class Manifest:
 
     def require_unique_ids(self) -> None:
         """InputError at the first repeated id: outputs, caches and reports are keyed by id."""
-        for row, first in self.duplicate_ids()[:1]:
+        duplicates = self.duplicate_ids()
+        if duplicates:
+            row, first = duplicates[0]
             raise InputError(
                 f"{self.where(row, self.schema.id_column)}: duplicate id (row {first + 1}); "
                 "run data check"

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import torch
 
-from synthgen.config import InputError
-from synthgen.data.dataset import ManifestDataset
+from synthgen.data.dataset import ManifestDataset, require_shape
 from synthgen.data.latents import CacheWriter
-from synthgen.data.manifest import Manifest, load_manifest
+from synthgen.data.manifest import load_manifest
 from synthgen.data.progress import Bar
 from synthgen.engine.autoencoder import load_autoencoder
 from synthgen.engine.checkpoint import checkpoint_hash
@@ -49,8 +48,11 @@ def encode_manifest(
         done = 0
         with torch.no_grad():
             for items in loader:
-                for k, item in enumerate(items):
-                    _check_shape(manifest, dataset.rows[done + k], item["image"], shape)
+                for k, item in enumerate(items):  # the cache feeds one latent shape
+                    found = tuple(item["image"].shape[1:])
+                    require_shape(
+                        manifest, dataset.rows[done + k], found, shape, "the autoencoder's"
+                    )
                 images = torch.stack([item["image"] for item in items]).to(device)
                 mean, sigma = model.encode(images)
                 writer.add([item["id"] for item in items], mean, 2.0 * torch.log(sigma))
@@ -62,14 +64,3 @@ def encode_manifest(
         raise
     finally:
         bar.close()
-
-
-def _check_shape(manifest: Manifest, row: int, image: torch.Tensor, shape: tuple[int, ...]) -> None:
-    """The cache feeds a diffusion model of one latent shape: every image must have the
-    autoencoder's training shape."""
-    found = tuple(image.shape[1:])
-    if found != shape:
-        raise InputError(
-            f"{manifest.where(row, manifest.schema.image_column)}: image shape {found} is not "
-            f"the autoencoder's {shape}; resample the set to one grid (run data check)"
-        )
