@@ -6,10 +6,8 @@ import contextlib
 import hashlib
 import io
 import os
-import signal
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -102,19 +100,6 @@ def tiny_diffusion(
     )
     train_diffusion(cfg, show_progress=False)
     return manifest
-
-
-def kill_after(command: list[str], out: Path, target: int, rng, env) -> None:
-    """Start `command`, SIGKILL it once `target` images exist under out/images plus a random
-    fraction of a file's write time, and check the kill landed while it was still running."""
-    proc = subprocess.Popen(command, env=env)
-    deadline = time.monotonic() + 120
-    while len(list(out.glob("images/*/*.png"))) < target and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(rng.uniform(0.0, 0.05))
-    assert proc.poll() is None, "the kill came after the run ended"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
 
 
 def brightness_scorer():

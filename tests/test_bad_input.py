@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import snapshot, synthgen
+from helpers import snapshot, synthgen, synthgen_here
 
 from synthgen.data.io import write_nifti, write_png
 
@@ -142,6 +142,12 @@ def write_wide_image(root: Path) -> None:
     write_png(root / "chest/masks/c1.png", np.zeros((40, 32), np.uint8))
 
 
+def link_outside(root: Path) -> None:
+    """images/link.png in the data root, a symlink to a file beside (outside) the root."""
+    (root / "chest/images/link.png").symlink_to(root / "outside.png")
+    set_cell(root / CHEST, 2, "image", "images/link.png")
+
+
 def add_column(path: Path, column: str, value: str) -> None:
     write_manifest(path, [{**row, column: value} for row in read_manifest(path)])
 
@@ -218,6 +224,30 @@ CASES = [
             ),
         ),
         id="path-escapes-root",
+    ),
+    pytest.param(
+        Case(
+            setup=link_outside,
+            **check(
+                "row 3 (id=c2)",
+                "column image",
+                "file images/link.png",
+                "leaves the dataset root through a symlink",
+            ),
+        ),
+        id="symlink-escapes-root",
+    ),
+    pytest.param(
+        Case(
+            setup=lambda root: write_png(root / "chest/images/c1.png", np.zeros((1, 1), np.uint8)),
+            **check(
+                "row 2 (id=c1)",
+                "column image",
+                "file images/c1.png",
+                "image is 1×1; no synthgen model takes sides under 8 pixels",
+            ),
+        ),
+        id="image-too-small",
     ),
     pytest.param(
         Case(
@@ -380,6 +410,14 @@ def test_valid_corpus_passes_check_and_is_not_modified(corpus: Path, manifest: s
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
     assert snapshot(corpus) == before
+
+
+def test_symlink_that_stays_inside_the_root_is_followed(corpus: Path):
+    """Only links that resolve outside the root are refused."""
+    (corpus / "chest/images/link.png").symlink_to(corpus / "chest/images/c3.png")
+    set_cell(corpus / CHEST, 2, "image", "images/link.png")
+    result = synthgen_here("data", "check", str(corpus / CHEST), "--quiet")
+    assert result.returncode == 0, result.stderr
 
 
 def test_manifest_with_only_id_and_image_columns_is_valid(corpus: Path):

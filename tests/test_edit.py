@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 import torch
 from diffusers import DDIMScheduler
-from helpers import kill_after, snapshot, synthgen_here, tiny_diffusion
+from helpers import snapshot, synthgen_here, tiny_diffusion
+from killpoint import check_window, kill_at
 
 from synthgen.config import (
     InputError,
@@ -232,23 +233,27 @@ def test_a_plain_ldm_needs_sdedit_strength(tmp_path, one_thread):
 
 
 @pytest.mark.sigkill
-@pytest.mark.parametrize("kills", [1, pytest.param(3, marks=pytest.mark.slow, id="3-kills-slow")])
-def test_sigkill_mid_edit_then_resume_gives_every_edit_once_with_the_same_bytes(
+@pytest.mark.parametrize("kills", [2, pytest.param(4, marks=pytest.mark.slow, id="4-kills-slow")])
+def test_sigkill_inside_an_edit_write_then_resume_gives_every_edit_once_with_the_same_bytes(
     chest, tmp_path, kills
 ):
-    """Each kill lands once a random number of edits exist, plus a random fraction of a write."""
+    """Each kill lands inside a random edit's write (tests/killpoint.py), alternately after its
+    temp file is written and before the rename, and just after the rename before its row."""
     ck, manifest = chest
-    n = 16
-    command = [sys.executable, "-m", "synthgen", "edit", "--checkpoint", str(ck),
-               "--manifest", str(manifest), "--set", "age=80", "--edit-region", "all",
-               "--limit", str(n), "--strength", "0.8", "--steps", "8", "--batch-size", "1",
-               "--quiet"]  # fmt: skip
+    n = 12
+    args = ["edit", "--checkpoint", str(ck), "--manifest", str(manifest), "--set", "age=80",
+            "--edit-region", "all", "--limit", str(n), "--strength", "0.8", "--steps", "8",
+            "--batch-size", "1", "--quiet"]  # fmt: skip
+    command = [sys.executable, "-m", "synthgen", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "k"
     rng = random.Random(7)
-    for attempt, target in enumerate(sorted(rng.sample(range(2, n - 4), kills))):
+    for attempt in range(kills):
+        point = ("before-rename:.png", "after-rename:.png")[attempt % 2]
         resume = ["--resume"] if attempt else []
-        kill_after([*command, "--out", str(out), *resume], out, target, rng, env)
+        at = kill_at(point, rng.randint(1, 3), [*args, "--out", str(out), *resume],
+                     tmp_path / "marker", env)  # fmt: skip
+        check_window(point, at, out)
         assert not (out / "manifest.csv").exists()  # a killed run never looks complete
     done = subprocess.run([*command, "--out", str(out), "--resume"], env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -256,9 +261,10 @@ def test_sigkill_mid_edit_then_resume_gives_every_edit_once_with_the_same_bytes(
     table = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
     assert sorted(table["index"].astype(int)) == list(range(n))
     assert len(list((out / "images").rglob("*.png"))) == len(table)
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert all(sha256(out / f) == s for f, s in zip(table["file"], table["sha256"], strict=True))
     straight = subprocess.run([*command, "--out", str(tmp_path / "straight")], env=env)
     assert straight.returncode == 0
     again = pd.read_csv(tmp_path / "straight" / "manifest.csv", dtype=str, keep_default_na=False)
     assert list(again["sha256"]) == list(table["sha256"])
+    temps = [p.name for p in out.rglob("*.tmp")]
+    assert not temps, f"--resume keeps the temp files of writes killed before their rename: {temps}"

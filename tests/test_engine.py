@@ -41,7 +41,7 @@ from synthgen.engine.checkpoint import (
     open_checkpoint,
     save_checkpoint,
 )
-from synthgen.engine.trainer import Trainer, TrainingDiverged
+from synthgen.engine.trainer import Trainer, TrainingDiverged, previous_run
 
 BATCH = 4
 
@@ -494,7 +494,7 @@ def test_sigkill_leaves_only_complete_checkpoints_and_resume_finishes(
     assert all((c.path / "meta.json").is_file() and not c.path.name.startswith(".") for c in listed)
     assert [c.step for c in listed] == sorted({c.step for c in listed})
     leftovers = [p for p in root.iterdir() if p.name.startswith(".")]
-    assert all(".tmp-" in p.name for p in leftovers), leftovers
+    assert all(".tmp-" in p.name or ".old-" in p.name for p in leftovers), leftovers
     assert not {p.name for p in leftovers} & {c.path.name for c in listed}
     for c in listed:
         assert_finite_weights(c)
@@ -519,6 +519,7 @@ def test_sigkill_leaves_only_complete_checkpoints_and_resume_finishes(
     final = list_checkpoints(out)[-1]
     assert final.step == target and final.meta["final"] is True
     assert_finite_weights(final)
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # swept by --resume
     # steps logged after `newest` by the killed run are logged again by the resumed one
     assert [x["step"] for x in train_lines(out)][-2:] == [newest.step + 1, target]
 
@@ -623,6 +624,55 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     model.load_state_dict(good.weights("model"))
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     assert [x["step"] for x in train_lines(tmp_path)] == [1, 2, 3, 4]
+
+
+def fit_toy(run: Path, steps: int, resume: bool = False) -> Checkpoint:
+    cfg = TrainConfig(
+        steps=steps, batch_size=4, checkpoint_every=2, log_every=1, ema_decay=0.5, keep_last=5
+    )
+    reset_accelerate()
+    try:
+        trainer = Trainer(cfg, run, "toy: 1\n", {}, show_progress=False)
+        return trainer.fit(ToyTask(nan_at=0), toy_data(), resume=previous_run(run, resume))
+    finally:
+        reset_accelerate()
+
+
+def test_resume_skips_an_incomplete_newest_step_and_sweeps_leftovers(
+    tmp_path: Path, capsys
+) -> None:
+    run, root = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    fit_toy(run, 4)
+    cut_short = root / "step-00000004" / "ema.safetensors"
+    cut_short.write_bytes(cut_short.read_bytes()[:50])  # the newest save never reached the disk
+    planted = [  # what kills leave: a save, a prune, and atomic writes
+        root / ".step-00000006.tmp-abcd1234" / "meta.json",
+        root / ".step-00000002.old-0123abcd" / "model.safetensors",
+        run / ".metrics.jsonl.k3j_9x0a.tmp",
+        run / "tensorboard" / ".events.q1w2e3r4.tmp",
+    ]
+    for path in planted:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("left by a kill")
+    (run / ".notes.tmp").write_text("not a synthgen temporary")
+    capsys.readouterr()
+
+    final = fit_toy(run, 6, resume=True)
+    notices = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning: ")]
+    assert len(notices) == 1 and notices[0].startswith(
+        f"warning: using {root / 'step-00000002'}; skipped a newer one: {cut_short}: "
+    )
+    assert final.step == 6 and [c.step for c in list_checkpoints(run)] == [2, 4, 6]
+    assert [x["step"] for x in train_lines(run)] == [1, 2, 3, 4, 3, 4, 5, 6]  # went on from 2
+    assert not any(p.exists() for p in planted) and (run / ".notes.tmp").is_file()
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+    # nothing complete: --resume stops with one error; a fresh run may start over
+    for step in (2, 4, 6):
+        (root / f"step-{step:08d}" / "meta.json").write_text("")
+    with pytest.raises(InputError, match=r"run: no complete checkpoint \(.*step-00000006"):
+        previous_run(run, resume=True)
+    assert previous_run(run, resume=False) is None
 
 
 def test_cli_divergence_is_one_error_line_with_exit_2(manifest: Path, tmp_path: Path) -> None:

@@ -203,7 +203,7 @@ def test_bad_spec_and_missing_inception(monkeypatch, tmp_path):
         extractor_from_spec(f"hf:{tmp_path}", 2)
 
 
-def test_hf_tiny_vit(tmp_path):
+def tiny_vit() -> nn.Module:
     from transformers import ViTConfig, ViTModel
 
     torch.manual_seed(0)
@@ -216,7 +216,11 @@ def test_hf_tiny_vit(tmp_path):
         intermediate_size=37,
         num_channels=3,
     )
-    ViTModel(config).save_pretrained(tmp_path)
+    return ViTModel(config)
+
+
+def test_hf_tiny_vit(tmp_path):
+    tiny_vit().save_pretrained(tmp_path)
     extractor = extractor_from_spec(f"hf:{tmp_path}", 2)
     images = torch.rand(5, 1, 64, 64, generator=torch.Generator().manual_seed(7)) * 2 - 1
     features = extractor.embed(images)
@@ -226,6 +230,87 @@ def test_hf_tiny_vit(tmp_path):
     assert extractor.name == f"hf:{tmp_path}"
     with pytest.raises(InputError, match="2D"):
         extractor.embed(torch.zeros(2, 1, 8, 8, 8))
+
+
+def test_eval_refuses_an_hf_folder_with_pickled_weights(tmp_path):
+    """A folder saved the pre-safetensors way (config.json + pytorch_model.bin, what
+    `save_pretrained(safe_serialization=False)` wrote) is refused in one line, never unpickled."""
+    from helpers import synthgen_here
+
+    from synthgen.config import PhantomConfig
+    from synthgen.data.phantoms import generate_phantoms
+
+    folder = tmp_path / "vit"
+    model = tiny_vit()
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    real = generate_phantoms(PhantomConfig(kind="chest2d", n=24, size=32), tmp_path / "real", False)
+    source = PhantomConfig(kind="chest2d", n=8, size=32, seed=1)
+    table = pd.read_csv(generate_phantoms(source, tmp_path / "synthetic" / "source", False))
+    table.assign(file="source/" + table["image"]).to_csv(
+        tmp_path / "synthetic" / "manifest.csv", index=False
+    )
+    args = ["eval", "fidelity", "--real", str(real), "--synthetic", str(tmp_path / "synthetic"),
+            "--out", str(tmp_path / "report"), "--extractor", f"hf:{folder}", "--cache",
+            str(tmp_path / "cache"), "--steps", "2", "--seeds", "1", "--quiet"]  # fmt: skip
+    result = synthgen_here(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    found = f"error: {folder}: no *.safetensors weights (found pytorch_model.bin)"
+    assert lines[0].startswith(found) and "never unpickles" in lines[0]
+    assert not (tmp_path / "report" / "report.json").exists()
+
+
+class PickledCode:
+    """Unpickling this runs code: it creates the file it names (what a hostile .pth can do)."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (type(self.path).touch, (self.path,))
+
+
+class FakeInceptionV3(nn.Module):
+    """torch-fidelity's FeatureExtractorInceptionV3 contract (not installed here): built from
+    (name, features_list, feature_extractor_weights_path), which it reads with a plain
+    torch.load, and returns a tuple of the requested features for uint8 RGB."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2048)
+        self.load_state_dict(torch.load(feature_extractor_weights_path))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.fc(x.float().mean(dim=(2, 3))),)
+
+
+@pytest.mark.filterwarnings("ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+def test_inception_weights_are_loaded_weights_only(monkeypatch, tmp_path):
+    """synthgen reads the .pth itself with weights_only=True; even where a plain torch.load
+    would unpickle anything (torch < 2.6, or this variable set), hostile code never runs."""
+    import types
+
+    module = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    module.FeatureExtractorInceptionV3 = FakeInceptionV3
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", module)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    weights = tmp_path / INCEPTION_WEIGHTS
+    state = {f"fc.{k}": v for k, v in nn.Linear(3, 2048).state_dict().items()}
+    torch.save(state, weights)
+    extractor = extractor_from_spec(f"inception:{weights}", 2)
+    assert all(torch.equal(extractor.network.state_dict()[k], v) for k, v in state.items())
+    assert extractor.embed(torch.zeros(3, 1, 16, 16)).shape == (3, 2048)
+    ran = tmp_path / "code-ran"
+    torch.save({**state, "extra": PickledCode(ran)}, weights)
+    with pytest.raises(InputError) as error:
+        extractor_from_spec(f"inception:{weights}", 2)
+    assert str(error.value).startswith(f"{weights}: refused") and "\n" not in str(error.value)
+    assert not ran.exists()
+    torch.save({"weight": 1.5}, weights)  # loads weights-only, but is no state dict
+    with pytest.raises(InputError, match="not a state dict"):
+        extractor_from_spec(f"inception:{weights}", 2)
 
 
 class StandIn(nn.Module):

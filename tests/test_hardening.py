@@ -4,14 +4,15 @@ Each must end with one `error:` line and exit 2, leave no traceback, write nothi
 and leave its inputs untouched.
 
 Most cases run the entry point in-process (they fail before any model work); read-only and
-full disks are real tmpfs mounts, skipped where the machine does not allow mounting."""
+full disks are real tmpfs mounts (in a user namespace where plain `mount` is refused)."""
 
 from __future__ import annotations
 
-import contextlib
+import shlex
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -136,18 +137,49 @@ def test_bad_input_to_every_command_is_one_line_and_changes_nothing(world, tmp_p
     assert not out.exists()  # nothing half-written
 
 
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str, readonly: bool = False) -> Iterator[Path]:
-    where.mkdir()
-    options = f"size={size}" + (",ro" if readonly else "")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                             capture_output=True)  # fmt: skip
-    if mounted.returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root in a machine that allows mounts)")
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """`argv`'s result; a missing program reads as exit 127 with a line saying so."""
     try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=False)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        return subprocess.CompletedProcess(argv, 127, "", f"{argv[0]}: not installed")
+
+
+def _files(disk: Path) -> list[str]:
+    return sorted(p.relative_to(disk).as_posix() for p in disk.rglob("*"))
+
+
+def on_tmpfs(
+    disk: Path, size: str, readonly: bool, args: list[str]
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """`synthgen ARGS` run with a fresh tmpfs of `size` on `disk`: its result and the files it
+    left there. As root where mounts are allowed the mount is real and the command runs
+    in-process; elsewhere (CI) both run in a user+mount namespace (`unshare -Urm`), whose mount
+    vanishes with it, so the files are listed in there too. Where neither works the test fails
+    saying why: a skip hid these cases on every machine that refuses `mount`."""
+    disk.mkdir()
+    options = f"size={size}" + (",ro" if readonly else "")
+    direct = _run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)])
+    if direct.returncode == 0:
+        try:
+            return synthgen_here(*args), _files(disk)
+        finally:
+            subprocess.run(["umount", str(disk)], check=False)
+    left = disk.parent / "left-on-disk.txt"
+    command = shlex.join([sys.executable, "-m", "synthgen", *args])
+    script = (f"mount -t tmpfs -o {options} tmpfs {shlex.quote(str(disk))} || exit 1\n"
+              f"{command}\nstatus=$?\n"
+              f"cd {shlex.quote(str(disk))} && find . -mindepth 1 > {shlex.quote(str(left))}\n"
+              "exit $status")  # fmt: skip
+    result = _run(["unshare", "-Urm", "sh", "-c", script])
+    if not left.is_file():
+        pytest.fail(
+            f"cannot mount a tmpfs for the disk-full/read-only cases: `mount` said "
+            f"{direct.stderr.strip()!r} and `unshare -Urm` said {result.stderr.strip()!r}; run as "
+            "root, or allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1"
+            ", kernel.apparmor_restrict_unprivileged_userns=0)"
+        )
+    return result, sorted(line.removeprefix("./") for line in left.read_text().splitlines())
 
 
 FULL_DISK = {  # command: (command line, a disk too small for it)
@@ -165,12 +197,12 @@ def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing_half_made(
 ):
     args, size = FULL_DISK[command]
     before = snapshot(world)
-    with tmpfs(tmp_path / "disk", size, readonly) as disk:
-        result = synthgen_here(*expand(args, world, disk / "out"))
-        check_refusal(result, "not writable|Read-only" if readonly else "No space left on device")
-        assert not [p for p in disk.rglob("*") if p.name.endswith(".tmp")]  # no torn file
-        if command != "sample":  # a sample run keeps its finished files for --resume
-            assert not any(disk.iterdir())
+    disk = tmp_path / "disk"
+    result, left = on_tmpfs(disk, size, readonly, expand(args, world, disk / "out"))
+    check_refusal(result, "not writable|Read-only" if readonly else "No space left on device")
+    assert not [p for p in left if p.endswith(".tmp")]  # no torn file
+    if command != "sample":  # a sample run keeps its finished files for --resume
+        assert not left
     assert snapshot(world) == before
 
 

@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 
 from synthgen.config import InputError
 from synthgen.data.intensity import from_model, to_model, window_for
-from synthgen.data.io import default_affine, read_image, write_nifti, write_png
+from synthgen.data.io import default_affine, max_voxels, read_image, write_nifti, write_png
 from synthgen.data.schema import IntensityPolicy
 
 
@@ -146,6 +146,98 @@ def test_unreadable_files_raise_input_errors_naming_the_file(tmp_path, name, con
     with pytest.raises(InputError) as err:
         read_image(tmp_path / name)
     assert name in str(err.value) and reason in str(err.value)
+
+
+RAISE = "set SYNTHGEN_MAX_VOXELS to raise it"
+
+
+def write_tiff(path: Path, sides: list[int]) -> None:
+    from PIL import Image as PILImage
+
+    pages = [PILImage.fromarray(np.zeros((side, side), np.uint8)) for side in sides]
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+
+
+def boom(*args, **kwargs):
+    raise AssertionError("decoded before the size was checked")
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "decoder", "reason"),
+    [
+        pytest.param(
+            "x.png",
+            lambda p: write_png(p, np.zeros((32, 32), np.uint8)),
+            "PIL.ImageFile.ImageFile.load",
+            f"declares over the limit of 1,000 pixels; {RAISE}",
+            id="png",
+        ),
+        pytest.param(
+            "x.tif",
+            lambda p: write_tiff(p, [20, 20, 20]),
+            "PIL.ImageFile.ImageFile.load",
+            f"declares 3×20×20 = 1,200 voxels, over the limit of 1,000; {RAISE}",
+            id="tiff-frames",
+        ),
+        pytest.param(
+            "x.nii.gz",
+            lambda p: write_nifti(p, np.zeros((8, 8, 16), np.float32), np.eye(4)),
+            "nibabel.nifti1.Nifti1Image.get_fdata",
+            f"declares 8×8×16 = 1,024 voxels, over the limit of 1,000; {RAISE}",
+            id="nifti",
+        ),
+        pytest.param(
+            "x.dcm",
+            lambda p: p.write_bytes(shipped_dicom("MR_small.dcm").read_bytes()),
+            "pydicom.dataset.Dataset.pixel_array",
+            f"declares 64×64 = 4,096 pixels, over the limit of 1,000; {RAISE}",
+            id="dicom",
+        ),
+        pytest.param(
+            "x.dcm",
+            lambda p: p.write_bytes(shipped_dicom("rtdose.dcm").read_bytes()),
+            "pydicom.dataset.Dataset.pixel_array",
+            f"declares 15×10×10 = 1,500 voxels, over the limit of 1,000; {RAISE}",
+            id="dicom-frames",
+        ),
+    ],
+)
+def test_a_declared_size_over_the_limit_is_refused_before_decoding(
+    tmp_path, monkeypatch, name, write, decoder, reason
+):
+    """The limit comes from SYNTHGEN_MAX_VOXELS and is checked on the header: the decoder, made
+    to fail here, is never reached."""
+    write(tmp_path / name)
+    monkeypatch.setenv("SYNTHGEN_MAX_VOXELS", "1000")
+    monkeypatch.setattr(decoder, property(boom) if decoder.endswith("pixel_array") else boom)
+    with pytest.raises(InputError) as err:
+        read_image(tmp_path / name)
+    assert str(err.value) == f"{tmp_path / name}: {reason}"
+
+
+def test_an_image_at_the_limit_is_read_and_the_default_takes_a_big_ct(tmp_path, monkeypatch):
+    write_png(tmp_path / "x.png", np.zeros((32, 32), np.uint8))
+    monkeypatch.setenv("SYNTHGEN_MAX_VOXELS", "1024")
+    assert read_image(tmp_path / "x.png").array.shape == (32, 32)
+    monkeypatch.delenv("SYNTHGEN_MAX_VOXELS")
+    assert max_voxels() >= 512 * 512 * 1000
+
+
+def test_a_tiff_frame_bigger_than_the_first_is_refused_before_decoding(tmp_path, monkeypatch):
+    """The limit counts frame 0's size once per frame, so a later, larger frame is refused
+    before any frame is decoded."""
+    write_tiff(tmp_path / "x.tif", [4, 4000])
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", boom)
+    with pytest.raises(InputError, match=r"x\.tif: frame 1 is \(4000, 4000\), frame 0 is \(4, 4\)"):
+        read_image(tmp_path / "x.tif")
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5", "1e9"])
+def test_a_bad_limit_is_an_error_naming_the_variable(tmp_path, monkeypatch, value):
+    write_png(tmp_path / "x.png", np.zeros((8, 8), np.uint8))
+    monkeypatch.setenv("SYNTHGEN_MAX_VOXELS", value)
+    with pytest.raises(InputError, match=f"SYNTHGEN_MAX_VOXELS='{value}': expected a whole"):
+        read_image(tmp_path / "x.png")
 
 
 def test_window_policy_round_trips_inside_the_window():

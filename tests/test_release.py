@@ -9,10 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -21,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from helpers import synthgen_here, tiny_diffusion
+from killpoint import kill_at
 from PIL import Image
 
 from synthgen.config import ClassifierConfig, InputError, TrainConfig
@@ -264,23 +261,20 @@ def test_inputs_that_are_not_what_they_claim_are_one_line(made, tmp_path):
 
 @pytest.mark.sigkill
 def test_a_killed_release_never_looks_complete_and_a_rerun_finishes(made, tmp_path):
+    """Three runs, each killed inside its write (tests/killpoint.py): halfway through copying
+    the images, then with every file written just before the final rename, then just after it.
+    The release folder is absent until that rename and complete and verifying after it."""
     samples, report, _ = made
     out = tmp_path / "rel"
-    command = [sys.executable, "-m", "synthgen", "release", str(samples), "--report", str(report),
-               "--out", str(out), "--name", "n", "--license", "mit", "--quiet"]  # fmt: skip
-    proc = subprocess.Popen(command)
-    deadline = time.monotonic() + 60
-    while not partial_folder(out).exists() and time.monotonic() < deadline:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if out.exists():  # the kill came after the final rename: then it must be whole
-        assert synthgen_here("release", "verify", str(out), "--quiet").returncode == 0
-        return
-    assert not (out / "release.json").exists()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert not partial_folder(out).exists()
+    args = ["release", str(samples), "--report", str(report), "--out", str(out), "--name", "n",
+            "--license", "mit", "--quiet"]  # fmt: skip
+    partial = partial_folder(out)
+    kill_at("after-payload", N // 2, args, tmp_path / "marker")
+    assert not out.exists() and partial.is_dir() and not (partial / "release.json").exists()
+    kill_at(f"before-rename:{out}", 1, args, tmp_path / "marker")
+    assert not out.exists() and (partial / "SHA256SUMS").is_file()  # all written, not published
+    kill_at(f"after-rename:{out}", 1, args, tmp_path / "marker")
+    assert not partial.exists()
     assert synthgen_here("release", "verify", str(out), "--quiet").returncode == 0
 
 

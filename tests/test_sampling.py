@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import kill_after, synthgen, tiny_diffusion
+from helpers import synthgen, tiny_diffusion
+from killpoint import check_window, kill_at
 from PIL import Image
 
 from synthgen import watermark
@@ -196,13 +197,13 @@ def test_volumes_are_nifti_with_the_training_affine_and_a_sidecar(tmp_path, one_
 
 @pytest.mark.sigkill
 @pytest.mark.parametrize(
-    ("kills", "n"), [(1, 24), pytest.param(5, 96, marks=pytest.mark.slow, id="5-kills-slow")]
+    ("kills", "n"), [(2, 24), pytest.param(6, 96, marks=pytest.mark.slow, id="6-kills-slow")]
 )
-def test_sigkill_at_random_points_then_resume_gives_exactly_n_valid_samples(
+def test_sigkill_inside_a_write_then_resume_gives_exactly_n_valid_samples(
     chest, tmp_path, kills, n
 ):
-    """Each kill lands at a random point of the sample stream: once a random number of files
-    exist, plus a random fraction of a file's write time."""
+    """Each kill lands inside a random sample's write (tests/killpoint.py), alternately after
+    its temp file is written and before the rename, and just after the rename before its row."""
     ck, _ = chest
     args = ["sample", "--checkpoint", str(ck), "--n", str(n), "--size", str(EXPORT),
             "--balance", "sex", "--steps", "6", "--batch-size", "4", "--quiet"]  # fmt: skip
@@ -210,22 +211,26 @@ def test_sigkill_at_random_points_then_resume_gives_exactly_n_valid_samples(
     command = [sys.executable, "-m", "synthgen", *args]
     out = tmp_path / "k"
     rng = random.Random(1)
-    targets = sorted(rng.sample(range(4, n - 4), kills))
-    for attempt, target in enumerate(targets):
+    for attempt in range(kills):
+        point = ("before-rename:.png", "after-rename:.png")[attempt % 2]
         resume = ["--resume"] if attempt else []
-        kill_after([*command, "--out", str(out), *resume], out, target, rng, env)
+        at = kill_at(point, rng.randint(1, 10), [*args, "--out", str(out), *resume],
+                     tmp_path / "marker", env)  # fmt: skip
+        check_window(point, at, out)
     finish = [*command, "--out", str(out), "--resume"]  # same threads: same rounding
     done = subprocess.run(finish, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     table = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
     assert sorted(table["index"].astype(int)) == list(range(n))
     files = sorted((out / "images").rglob("*.png"))
-    assert len(files) == n and not list(out.rglob("*.tmp"))
+    assert len(files) == n
     assert all(sha256(out / f) == s for f, s in zip(table["file"], table["sha256"], strict=True))
     straight = subprocess.run([*command, "--out", str(tmp_path / "straight")], env=env)
     assert straight.returncode == 0
     again = pd.read_csv(tmp_path / "straight" / "manifest.csv", dtype=str, keep_default_na=False)
     assert list(again["sha256"]) == list(table["sha256"])
+    temps = [p.name for p in out.rglob("*.tmp")]
+    assert not temps, f"--resume keeps the temp files of writes killed before their rename: {temps}"
 
 
 def test_marked_volumes_are_detected_from_the_file_alone(tmp_path):

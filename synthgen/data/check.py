@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from synthgen.config import InputError
+from synthgen.data.io import Image, max_voxels
 from synthgen.data.manifest import Manifest
 from synthgen.data.progress import progress
 
@@ -33,6 +34,7 @@ class CheckResult:
 def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResult:
     """Validate every row: files decode, values fit the schema, shapes and spacings agree."""
     schema = manifest.schema
+    max_voxels()  # a bad SYNTHGEN_MAX_VOXELS stops here, once, not once per row
     result = CheckResult(n_rows=len(manifest))
     value_cols = [c for c in schema.with_role(*VALUE_ROLES) if manifest.has(c)]
     mask_cols = [c for c in schema.with_role("mask") if manifest.has(c)]
@@ -49,7 +51,7 @@ def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResu
                 result.problems.append(f"{manifest.where(row, id_col)}: duplicate id (row {first})")
         for column in value_cols:
             _collect(result.problems, manifest.value, row, column)
-        image = _collect(result.problems, manifest.image, row)
+        image = _collect(result.problems, _usable_image, manifest, row)
         if image is None:
             continue
         geometry[row] = (image.array.shape, image.spacing)
@@ -58,6 +60,13 @@ def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResu
     _check_geometry(manifest, geometry, result)
     result.counts = subgroup_counts(manifest)
     return result
+
+
+def _usable_image(manifest: Manifest, row: int) -> Image:
+    """The row's image, refused when it is smaller than any model takes."""
+    image = manifest.image(row)
+    manifest.require_sides(row, image.array.shape)
+    return image
 
 
 def _collect(problems: list[str], fn, *args):

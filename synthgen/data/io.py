@@ -8,11 +8,14 @@ byte-deterministic, so the same data always gives the same file and checksum.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
+import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,16 @@ from synthgen.config import InputError
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", "")
+
+MAX_VOXELS_ENV = "SYNTHGEN_MAX_VOXELS"
+DEFAULT_MAX_PIXELS = 89_478_485
+"""The most pixels a 2D image may declare before it is decoded: Pillow's own decompression-bomb
+threshold (`Image.MAX_IMAGE_PIXELS`, 89 M), far above any radiograph (a 4k × 4k detector is
+17 M); a 170 KB PNG declaring 13000² (169 M) is refused."""
+DEFAULT_MAX_VOXELS = 2**28
+"""The most voxels a volume may declare: 268 M. A whole-body CT of 512×512×1000 slices (262 M,
+1 GiB as float32) fits; a 1 MB .nii.gz declaring 1024³ (1.07 G, 4 GiB decoded) is refused.
+`SYNTHGEN_MAX_VOXELS`, when set, is the limit for both."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,30 @@ def image_format(path: Path) -> str:
     raise ImageReadError(path, f"unsupported format {suffix!r} (PNG, JPEG, TIFF, DICOM, NIfTI)")
 
 
+def max_voxels(spatial_dims: int = 3) -> int:
+    """The size limit for an image of `spatial_dims`: `SYNTHGEN_MAX_VOXELS` when set, else the
+    default for 2D images or volumes."""
+    text = os.environ.get(MAX_VOXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS if spatial_dims == 2 else DEFAULT_MAX_VOXELS
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"{MAX_VOXELS_ENV}={text!r}: expected a whole number of voxels above 0")
+    return int(text)
+
+
+def require_voxels(path: Path, shape: tuple[int, ...]) -> None:
+    """Refuse a declared shape over its limit before anything is decoded: a few bytes of
+    header can declare gigabytes of pixels."""
+    count, limit = math.prod(shape), max_voxels(len(shape))
+    if count > limit:
+        unit = "pixels" if len(shape) == 2 else "voxels"
+        raise ImageReadError(
+            path,
+            f"declares {'×'.join(map(str, shape))} = {count:,} {unit}, over the limit of "
+            f"{limit:,}; set {MAX_VOXELS_ENV} to raise it",
+        )
+
+
 def read_image(path: Path) -> Image:
     """Decode any supported image; every failure is an InputError naming the file."""
     path = Path(path)
@@ -69,6 +106,7 @@ def read_image(path: Path) -> Image:
     reader = {"pillow": _read_pillow, "nifti": _read_nifti, "dicom": _read_dicom}[
         image_format(path)
     ]
+    max_voxels()  # a malformed limit is an error before any file is opened
     try:
         return reader(path)
     except ImageReadError:
@@ -84,13 +122,39 @@ def error_reason(e: Exception) -> str:
 
 
 def _read_pillow(path: Path) -> Image:
+    """Every frame (a multi-page TIFF is a volume), its size checked before any is decoded."""
     from PIL import Image as PILImage
     from PIL import ImageSequence
 
-    with PILImage.open(path) as img:
+    with _pillow_bomb_check(path, max_voxels(2)), PILImage.open(path) as img:
+        sizes = [frame.size for frame in ImageSequence.Iterator(img)]  # seeking reads headers
+        for k, size in enumerate(sizes):
+            if size != sizes[0]:
+                raise ImageReadError(path, f"frame {k} is {size}, frame 0 is {sizes[0]}")
+        (width, height), n = sizes[0], len(sizes)
+        require_voxels(path, (height, width) if n == 1 else (n, height, width))
         frames = [_pillow_gray(frame.copy(), path) for frame in ImageSequence.Iterator(img)]
     array = frames[0] if len(frames) == 1 else np.stack(frames)
     return Image(array=array, spacing=(1.0,) * array.ndim)
+
+
+@contextlib.contextmanager
+def _pillow_bomb_check(path: Path, limit: int) -> Iterator[None]:
+    """Pillow's own decompression-bomb check (in `open`) at the same limit, failing with the
+    same kind of error: its warning is an error here, and it names the variable to raise."""
+    from PIL import Image as PILImage
+
+    previous, PILImage.MAX_IMAGE_PIXELS = PILImage.MAX_IMAGE_PIXELS, limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            yield
+    except (PILImage.DecompressionBombWarning, PILImage.DecompressionBombError):
+        raise ImageReadError(
+            path, f"declares over the limit of {limit:,} pixels; set {MAX_VOXELS_ENV} to raise it"
+        ) from None
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = previous
 
 
 def _pillow_gray(img, path: Path) -> np.ndarray:
@@ -110,9 +174,11 @@ def _pillow_gray(img, path: Path) -> np.ndarray:
 
 
 def _read_nifti(path: Path) -> Image:
+    """`nib.load` reads only the header (of a .nii.gz too), so the shape is checked first."""
     import nibabel as nib
 
     img = nib.load(path)
+    require_voxels(path, tuple(int(n) for n in img.shape))
     array = np.asarray(img.get_fdata(dtype=np.float32))
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -123,14 +189,19 @@ def _read_nifti(path: Path) -> Image:
 
 
 def _read_dicom(path: Path) -> Image:
+    """Rows × Columns × NumberOfFrames is checked before `pixel_array` decodes anything; pixel
+    data over 16 MB stays on disk until then (`defer_size`)."""
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(path, defer_size="16 MB")
     if "PixelData" not in ds:
         raise ImageReadError(path, "DICOM file has no pixel data")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ImageReadError(path, "colour DICOM; synthgen expects grayscale scans")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    plane = (int(ds.Rows), int(ds.Columns))
+    require_voxels(path, plane if frames == 1 else (frames, *plane))
     array = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
     row_mm, col_mm = (float(v) for v in ds.get("PixelSpacing", (1.0, 1.0)))
     if array.ndim == 2:
@@ -170,16 +241,48 @@ def published(tmp: Path, out: Path) -> Iterator[None]:
     any error remove it, so readers never see a half-built `out`."""
     try:
         yield
+        fsync_tree(tmp)
         if out.is_dir():
             out.rmdir()
         os.replace(tmp, out)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries: a rename (or new name) in it survives a power cut only then."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # EINVAL: this file system cannot sync folders; nothing to do
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file, then every folder, under `folder` (itself included), once each: what a
+    rename is about to publish must be on disk before its name is."""
+    for parent, _dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(parent, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(parent))
+
+
+# What `atomic_write_bytes` names its temporary file: `.NAME.` + mkstemp's 8 characters + `.tmp`.
+TEMPORARY_GLOB = ".*.????????.tmp"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the whole new one, never a part."""
+    """Write `data` to `path` so readers see the old file or the whole new one, never a part,
+    even after a power cut (the data is synced before the rename, the folder after it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -188,10 +291,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             # mkstemp makes the file 0600; give it the mode a plain open() would have.
             os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sweep_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files a killed `atomic_write_bytes` left anywhere under `folder` (an
+    output folder synthgen owns; call it before any writer starts); return what was removed."""
+    found = [p for p in Path(folder).rglob(TEMPORARY_GLOB) if p.is_file()]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
 
 
 def png_bytes(array: np.ndarray, text: dict[str, str] | None = None) -> bytes:

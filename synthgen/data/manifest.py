@@ -19,6 +19,10 @@ from synthgen.data.io import Image, ImageReadError, read_image
 from synthgen.data.schema import Schema, dump_schema, load_schema, parse_value
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
+MIN_SIDE = 8
+"""The smallest image side synthgen takes, whatever the model: the default latent models halve a
+side 3 times (autoencoder ×2, denoiser ×4) and pixel-space `resolution` has the same floor;
+under it an image is a thumbnail or a mistake, not a scan."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,12 @@ class Manifest:
         if value == "":
             return None
         joined = os.path.normpath(os.path.join(self.root, value))
-        if os.path.commonpath([joined, os.path.normpath(self.root)]) != os.path.normpath(self.root):
+        if not _inside(joined, os.path.normpath(self.root)):
             raise InputError(f"{self.where(row, column, value)}: path leaves the dataset root")
+        if not _inside(os.path.realpath(joined), os.path.realpath(self.root)):
+            raise InputError(
+                f"{self.where(row, column, value)}: path leaves the dataset root through a symlink"
+            )
         return Path(joined)
 
     def duplicate_ids(self) -> list[tuple[int, int]]:
@@ -130,6 +138,32 @@ class Manifest:
             raise InputError(f"{self.where(row, self.schema.image_column)}: missing value")
         return image
 
+    def require_sides(
+        self,
+        row: int,
+        shape: tuple[int, ...],
+        model: str = "model",
+        factor: int = 1,
+        seen: tuple[int, ...] | None = None,
+    ) -> None:
+        """InputError naming the row when its image (`shape`) is too small: a side under
+        MIN_SIDE, or a side of `seen` (what `model` gets: the image unless resized or encoded)
+        that the model's downsampling `factor` does not divide, since its skip connections
+        then cannot line up."""
+        where = self.where(row, self.schema.image_column, self.cell(row, self.schema.image_column))
+        if min(shape) < MIN_SIDE:
+            raise InputError(
+                f"{where}: image is {_dims(shape)}; no synthgen model takes sides under "
+                f"{MIN_SIDE} pixels"
+            )
+        seen = shape if seen is None else seen
+        if any(side % factor for side in seen):
+            what = "" if seen == shape else f" ({_dims(seen)} where the {model} sees it)"
+            raise InputError(
+                f"{where}: image is {_dims(shape)}{what}; the {model} downsamples by {factor}, "
+                f"so those sides must be multiples of {factor}"
+            )
+
     def mask(self, row: int, column: str, shape: tuple[int, ...]) -> np.ndarray | None:
         """The row's label map in `column` as int64 (None when empty), checked against `shape`
         and the schema's labels."""
@@ -150,6 +184,14 @@ class Manifest:
                 f"{where}: mask values {', '.join(unknown[:5])} not among labels 0, {known}"
             )
         return image.array.astype(np.int64)
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "×".join(str(n) for n in shape)
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from synthgen import watermark
 from synthgen.config import InputError
 from synthgen.data.intensity import from_model, to_model, window_for
-from synthgen.data.io import ImageReadError, atomic_write_bytes
+from synthgen.data.io import ImageReadError, atomic_write_bytes, sweep_temporaries
 from synthgen.data.manifest import Manifest, load_manifest
 from synthgen.data.progress import Bar, progress
 from synthgen.data.schema import IntensityPolicy
@@ -44,7 +44,7 @@ from synthgen.edit.stored import Stored, read_stored
 from synthgen.engine.checkpoint import checkpoint_hash, versions
 from synthgen.engine.generator import Generator, load_generator
 from synthgen.engine.space import resize, to_model_mask
-from synthgen.sampling.outputs import ShardWriter, complete_rows
+from synthgen.sampling.outputs import ShardWriter, complete_rows, removed_if_nothing_recorded
 from synthgen.sampling.run import cond_masks, merge_manifest, process_state, sample_noise
 
 RUN_FILE = "run.json"
@@ -177,22 +177,25 @@ def run_edit(opts: EditOptions, show: bool = True, gen: Generator | None = None)
     todo = [j for j in range(n) if j not in done]
     editor = Editor(gen, opts, plan, plan.manifest.schema.intensity, rid, sha, record)
     editor.preflight(todo, show)
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(out)  # a killed run's torn temp files
     _write_run(out, record, gen, n, "running")
     start = time.perf_counter()
     shard = ShardWriter(out, 0)
     bar = Bar(n, "editing", unit="img", completed=len(done), show=show)
     completed = len(done)
-    try:
-        for b in range(0, len(todo), opts.batch_size):
-            batch = todo[b : b + opts.batch_size]
-            for row in editor.edit_batch(batch, out):
-                shard.append(row)
-                completed += 1
-                bar.update(completed)
-    finally:
-        shard.close()
-        bar.close()
+    with removed_if_nothing_recorded(out, made):
+        try:
+            for b in range(0, len(todo), opts.batch_size):
+                batch = todo[b : b + opts.batch_size]
+                for row in editor.edit_batch(batch, out):
+                    shard.append(row)
+                    completed += 1
+                    bar.update(completed)
+        finally:
+            shard.close()
+            bar.close()
     seconds = time.perf_counter() - start
     merge_manifest(out, n)
     _write_run(out, record, gen, n, "complete", seconds, len(todo), plan.skipped)

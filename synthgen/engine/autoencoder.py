@@ -17,10 +17,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from synthgen.config import AETrainConfig, InputError, dump_config, load_config
-from synthgen.data.dataset import load_images
+from synthgen.data.dataset import load_images, split_rows
 from synthgen.data.io import write_png
 from synthgen.data.manifest import load_manifest
-from synthgen.engine.checkpoint import Checkpoint, open_checkpoint
+from synthgen.engine.checkpoint import Checkpoint, load_into, open_checkpoint
 from synthgen.engine.trainer import Optimize, Trainer, check_resumable, previous_run
 from synthgen.models.autoencoder import (
     build_autoencoder,
@@ -158,6 +158,9 @@ def train_autoencoder(
     if previous is not None:
         check_resumable(previous, cfg, manifest.fingerprint())
     train, _ = load_images(manifest, cfg.data.train_split, show=show_progress)
+    levels = len(cfg.autoencoder.channels)  # AutoencoderKL halves each side between levels
+    first = split_rows(manifest, cfg.data.train_split)[0]  # every image has its shape
+    manifest.require_sides(first, tuple(train.shape[2:]), "autoencoder", 2 ** (levels - 1))
     val, _ = load_images(
         manifest, cfg.data.val_split, cfg.val_images, show_progress, tuple(train.shape[2:])
     )
@@ -181,7 +184,7 @@ def load_autoencoder(path: Path, ema: bool = True) -> tuple[nn.Module, Checkpoin
     checkpoint = open_checkpoint(path, kind=KIND)
     cfg = load_config(AETrainConfig, checkpoint.path / "config.yaml")
     model = build_autoencoder(cfg.autoencoder, int(checkpoint.meta["spatial_dims"]))
-    model.load_state_dict(checkpoint.weights("model", ema=ema))
+    load_into(model, checkpoint, "model", ema=ema)
     return model.eval(), checkpoint
 
 

@@ -333,6 +333,10 @@ def train_diffusion(
         k_mask,
     )
     space, tokenizer = stack.space, stack.tokenizer
+    if cfg.pretrained is None:  # then cfg.denoiser built the UNet, which halves between levels
+        factor = 2 ** (len(cfg.denoiser.channels) - 1)
+        image_shape = tuple(first["image"].shape[1:])
+        manifest.require_sides(train_rows.rows[0], image_shape, "denoiser", factor, space.shape)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     load = dict(cfg=cfg, specs=specs, space=space, tokenizer=tokenizer, show=show_progress)
     train = load_split(manifest, cfg.data.train_split, **load)  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ import torch
 from synthgen.config import DiffusionTrainConfig, InputError, load_config
 from synthgen.diffusion.objectives import make_train_scheduler
 from synthgen.diffusion.sampling import make_sampler, partial_start, sample
-from synthgen.engine.checkpoint import Checkpoint, open_checkpoint
+from synthgen.engine.checkpoint import Checkpoint, load_into, open_checkpoint
 from synthgen.engine.space import (
     LatentSpace,
     PixelSpace,
@@ -165,6 +165,20 @@ def plain_concat(
     return torch.cat(parts, dim=1) if parts else None
 
 
+def require_finite(images: torch.Tensor, checkpoint: Path) -> torch.Tensor:
+    """`images` unchanged, or an InputError when any holds NaN/inf: a diverged checkpoint's
+    output would be written as flat images that pass every later check (sample and edit both
+    draw through `Generator._draw`, so this is their one gate)."""
+    bad = (~torch.isfinite(images.flatten(1))).any(dim=1)
+    if bad.any():
+        raise InputError(
+            f"{checkpoint}: the generator produced non-finite values (NaN/inf) in "
+            f"{int(bad.sum())} of {len(images)} images of a batch; the checkpoint has diverged "
+            "— use an earlier step"
+        )
+    return images
+
+
 def image_grid(images: torch.Tensor, per_row: int) -> np.ndarray:
     """(N, 1, *spatial) in [-1, 1] → 8-bit mosaic, `per_row` images per row (3D: middle slice)."""
     frames = images[:, 0]
@@ -234,7 +248,7 @@ class Generator:
             init=init,
             strength=strength,
         )
-        return self.space.decode(x).float().cpu()
+        return require_finite(self.space.decode(x).float().cpu(), self.checkpoint.path)
 
     def _cond_mask(self, cond_mask: torch.Tensor | None) -> list[torch.Tensor]:
         if (self.cfg.conditioning.mask is None) != (cond_mask is None):
@@ -332,7 +346,7 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> Generator:
         cfg, specs, tuple(meta["image_shape"]), tokenizer, int(meta.get("mask_channels", 0))
     )
     model, space = stack.model, stack.space
-    model.load_state_dict(checkpoint.weights("model", ema=True))
+    load_into(model, checkpoint, "model", ema=True)
     model.eval().requires_grad_(False).to(device)
     if not isinstance(space, PixelSpace):
         space.to(torch.device(device))

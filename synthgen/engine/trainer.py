@@ -32,8 +32,12 @@ from synthgen.data.progress import Bar
 from synthgen.engine.checkpoint import (
     Checkpoint,
     list_checkpoints,
+    load_into,
     load_state,
+    newest_checkpoint,
     save_checkpoint,
+    step_folders,
+    sweep_leftovers,
     versions,
 )
 
@@ -137,6 +141,8 @@ class Trainer:
     def fit(self, task: Task, train_set: Dataset, resume: Checkpoint | None = None) -> Checkpoint:
         """Train to `cfg.steps` optimizer steps (or `max_minutes`); return the last checkpoint."""
         acc, cfg = self.acc, self.cfg
+        if resume is not None and acc.is_main_process:
+            sweep_leftovers(self.run_dir)  # a killed run's debris; no process writes here yet
         loader = DataLoader(
             train_set,
             batch_size=cfg.batch_size,
@@ -353,13 +359,13 @@ class Trainer:
     def _restore(self, checkpoint: Checkpoint, run: _Run) -> int:
         acc = self.acc
         for name, module in run.modules.items():
-            acc.unwrap_model(module).load_state_dict(checkpoint.weights(name, ema=False))
+            load_into(acc.unwrap_model(module), checkpoint, name, ema=False)
         for name, opt in run.optimizers.items():
             opt.load_state_dict(load_state(checkpoint, f"optimizer-{name}"))
         for name, sched in run.schedulers.items():
             sched.load_state_dict(load_state(checkpoint, f"scheduler-{name}"))
         if run.ema is not None:
-            run.ema.module.load_state_dict(checkpoint.weights("ema", ema=False))
+            load_into(run.ema.module, checkpoint, "ema", ema=False)
             run.ema.n_averaged.copy_(load_state(checkpoint, "ema-steps"))
         rng = load_state(checkpoint, "rng")
         if len(rng) != acc.num_processes:
@@ -413,16 +419,20 @@ RESUMABLE_CHANGES = ("steps", "max_minutes", "checkpoint_every", "log_every", "k
 
 
 def previous_run(out: Path, resume: bool) -> Checkpoint | None:
-    """The checkpoint `--resume` continues from (None for a fresh run); refuses to overwrite a
-    run folder that holds checkpoints, or to resume one that holds none."""
+    """The checkpoint `--resume` continues from (None for a fresh run): the newest complete one,
+    newer incomplete ones skipped with a notice. Refuses to overwrite a run folder that holds
+    checkpoints, or to resume one that holds none."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: out is a file, not a folder")
-    previous = list_checkpoints(out)
-    if previous and not resume:
-        raise InputError(f"{out}: already holds checkpoints; pass --resume or choose another out")
-    if resume and not previous:
+    if not resume:
+        if list_checkpoints(out):
+            raise InputError(
+                f"{out}: already holds checkpoints; pass --resume or choose another out"
+            )
+        return None
+    if not step_folders(out):
         raise InputError(f"{out}: no checkpoint to resume from")
-    return previous[-1] if resume else None
+    return newest_checkpoint(out)
 
 
 def check_resumable(previous: Checkpoint, cfg: BaseModel, fingerprint: str) -> None:

@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 
 from synthgen.config import ClassifierConfig, InputError, dump_config, load_config
 from synthgen.data.schema import Schema, normalise_covariate, parse_value
-from synthgen.engine.checkpoint import open_checkpoint
+from synthgen.engine.checkpoint import load_into, open_checkpoint
 from synthgen.engine.trainer import Optimize, Trainer
 
 KIND = "classifier"
@@ -259,7 +259,7 @@ def load_classifier(path: Path) -> MultiHead:
     cfg = load_config(ClassifierConfig, checkpoint.path / "config.yaml")
     specs = [_target(t) for t in checkpoint.meta["targets"]]
     model = MultiHead(cfg, int(checkpoint.meta["spatial_dims"]), specs)
-    model.load_state_dict(checkpoint.weights("model", ema=True))
+    load_into(model, checkpoint, "model", ema=True)
     return model.eval()
 
 

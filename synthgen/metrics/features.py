@@ -8,6 +8,7 @@ the numbers papers quote (`inception:`), a local foundation model such as RAD-DI
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from synthgen.config import InputError
 from synthgen.data.progress import progress
+from synthgen.engine.checkpoint import UNSAFE_SUFFIXES
 
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_HELP = (
@@ -176,20 +178,49 @@ def _inception(weights: str, spatial_dims: int) -> FeatureExtractor:
         raise InputError(INCEPTION_HELP) from None
     if not weights or not Path(weights).is_file():
         raise InputError(INCEPTION_HELP)
+    # torch-fidelity takes a path or file for its own plain torch.load, never a state dict:
+    # hand it the tensors checked here, re-serialised, so all it unpickles is what we vetted.
+    vetted = io.BytesIO()
+    torch.save(load_tensors(Path(weights)), vetted)
+    vetted.seek(0)
     network = FeatureExtractorInceptionV3(
-        "inception-v3-compat", ["2048"], feature_extractor_weights_path=weights
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=vetted
     )
     return InceptionFeatures(network, name=f"inception:{weights}")
+
+
+def load_tensors(path: Path) -> dict[str, Tensor]:
+    """A `.pth` state dict read with torch's weights-only unpickler: a file holding anything
+    but tensors (which a plain torch.load would run as code) is refused with one line."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for non-tensor objects; others for corrupt files
+        raise InputError(
+            f"{path}: refused: not loadable as plain tensors ({type(e).__name__}); synthgen "
+            "loads weights weights-only and never unpickles other objects"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise InputError(f"{path}: not a state dict (expected a mapping of names to tensors)")
+    return state
 
 
 def _hf(folder: Path, spatial_dims: int) -> FeatureExtractor:
     _only_2d("hf", spatial_dims)
     if not folder.is_dir():
         raise InputError(f"{folder}: transformers model folder not found")
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{folder}: not a transformers vision model (config.json missing)")
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in UNSAFE_SUFFIXES)
+        found = f" (found {', '.join(pickles)})" if pickles else ""
+        raise InputError(
+            f"{folder}: no *.safetensors weights{found}; synthgen loads safetensors only and "
+            "never unpickles weights (re-save the model with save_pretrained: model.safetensors)"
+        )
     from transformers import AutoImageProcessor, AutoModel
 
     try:
-        model = AutoModel.from_pretrained(folder, local_files_only=True)
+        model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"{folder}: not a transformers vision model: {first}") from None

@@ -2,6 +2,9 @@
 
 Every source answers `row(i)` from `i` alone (and the run seed), so sample i's conditions do
 not depend on batch size, process count or resume — the same contract as its noise.
+`record(i)` is what provenance and manifests carry instead: the same levels and numbers, but
+no file path and no free text from real data (a mask as its label counts and a hash, a matched
+report as a hash and the matched row's fingerprint), so nothing real leaves in an export.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ Row = dict[str, Any]
 
 
 class ConditionSource(Protocol):
-    def row(self, i: int) -> Row: ...
+    def row(self, i: int) -> Row:
+        """Sample i's conditions as the generator takes them (mask paths included)."""
+        ...
+
+    def record(self, i: int) -> Row:
+        """Sample i's conditions as exports carry them: no paths, no real free text."""
+        ...
 
     def describe(self) -> dict[str, Any]:
         """What run.json records: enough to tell whether a resumed run asks the same."""
@@ -67,6 +76,25 @@ def check_row(
     return out
 
 
+def digest(data: bytes | str) -> str:
+    """A short content hash: says which value it was to someone holding it, and nothing else."""
+    raw = data.encode() if isinstance(data, str) else data
+    return "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def mask_record(path: str | Path | None) -> str | None:
+    """A mask condition as exports record it: pixels per label and a hash of its values, never
+    its path (a real mask's file name can name the patient)."""
+    if not path:
+        return None
+    from synthgen.data.io import read_image
+
+    array = read_image(Path(path)).array
+    labels, counts = np.unique(array[array != 0], return_counts=True)
+    summary = " ".join(f"{v:g}:{c}" for v, c in zip(labels, counts, strict=True)) or "empty"
+    return f"{summary} {digest(np.ascontiguousarray(array).tobytes())}"
+
+
 def _empty(value: Any) -> bool:
     """An empty CSV cell, a YAML null or a NaN: the field is left to its null token."""
     if isinstance(value, str):
@@ -102,8 +130,17 @@ class ExplicitRows:
     path: Path
     digest: str
 
+    mask: str | None = None
+
     def row(self, i: int) -> Row:
         return dict(self.rows[i % len(self.rows)])
+
+    def record(self, i: int) -> Row:
+        """The user's own rows (prompts included) as written; a mask by its content."""
+        row = self.row(i)
+        if self.mask:
+            row[self.mask] = mask_record(row[self.mask])
+        return row
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "conditions", "file": str(self.path), "sha256": self.digest}
@@ -135,7 +172,7 @@ def load_rows(path: Path, specs: Sequence[FieldSpec], mask: str | None) -> Expli
         if mask and row[mask]:
             row[mask] = str((path.parent / str(row[mask])).resolve())
         checked.append(row)
-    return ExplicitRows(checked, path, hashlib.sha256(raw).hexdigest())
+    return ExplicitRows(checked, path, hashlib.sha256(raw).hexdigest(), mask)
 
 
 def combinations(specs: Sequence[FieldSpec], columns: Sequence[str]) -> list[Row]:
@@ -168,6 +205,9 @@ class Balanced:
     def row(self, i: int) -> Row:
         return {**{s.name: None for s in self.specs}, **self.combos[i % len(self.combos)]}
 
+    def record(self, i: int) -> Row:
+        return self.row(i)
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "balance", "columns": self.columns}
 
@@ -176,7 +216,9 @@ class Balanced:
 class Matched:
     """The joint distribution of a real manifest: sample i copies the fields of a training row
     drawn with its own RNG (seed, i); with `balance`, drawn among the rows of combination
-    i mod K, so the other fields follow their distribution within each cell."""
+    i mod K, so the other fields follow their distribution within each cell. Its record holds
+    the row's fingerprint, not its id, and its text as a hash unless the column is in
+    `keep_text` (the user's opt-in, which run.json and the release card state)."""
 
     manifest: Manifest
     specs: list[FieldSpec]
@@ -184,14 +226,23 @@ class Matched:
     seed: int
     split: str = "train"
     balance: list[str] = field(default_factory=list)
+    keep_text: list[str] = field(default_factory=list)
     pools: list[list[int]] = field(init=False)
     combos: list[Row] = field(init=False)
+    fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
         m = self.manifest
         missing = [s.name for s in self.specs if not m.has(s.name)]
         if missing:
             raise InputError(f"--match {m.path}: no column(s) {', '.join(missing)}")
+        text = [s.name for s in self.specs if s.kind == "text"]
+        bad = [c for c in self.keep_text if c not in text]
+        if bad:
+            known = ", ".join(text) or "none"
+            raise InputError(
+                f"--keep-text {', '.join(bad)}: not a text field (text fields: {known})"
+            )
         rows = split_rows(m, self.split)
         if not rows:
             raise InputError(f"--match {m.path}: no rows in split {self.split!r}")
@@ -205,14 +256,17 @@ class Matched:
             if not pool:
                 raise InputError(f"--match {m.path}: no {self.split} rows with {combo}")
             self.pools.append(pool)
+        self.fingerprint = m.fingerprint()
 
     def _level(self, r: int, column: str) -> str | None:
         value = self.manifest.value(r, column)
         return None if value is None else _level(value)
 
-    def row(self, i: int) -> Row:
+    def _draw(self, i: int) -> int:
         pool = self.pools[i % len(self.pools)]
-        r = pool[int(np.random.default_rng([self.seed, i, 1]).integers(len(pool)))]
+        return pool[int(np.random.default_rng([self.seed, i, 1]).integers(len(pool)))]
+
+    def _row(self, r: int) -> Row:
         values = {s.name: self.manifest.value(r, s.name) for s in self.specs}
         row = check_row(self.specs, None, values, self.manifest.where(r))
         if self.mask:
@@ -220,13 +274,27 @@ class Matched:
             row[self.mask] = None if path is None else str(path)
         return row
 
+    def row(self, i: int) -> Row:
+        return self._row(self._draw(i))
+
+    def record(self, i: int) -> Row:
+        r = self._draw(i)
+        row = self._row(r)
+        for s in self.specs:
+            if s.kind == "text" and row[s.name] is not None and s.name not in self.keep_text:
+                row[s.name] = digest(row[s.name])
+        if self.mask:
+            row[self.mask] = mask_record(row[self.mask])
+        return {**row, "match_row": digest(f"{self.fingerprint}:{r}")}
+
     def describe(self) -> dict[str, Any]:
         return {
             "kind": "match",
             "manifest": str(self.manifest.path),
-            "fingerprint": self.manifest.fingerprint(),
+            "fingerprint": self.fingerprint,
             "split": self.split,
             "balance": self.balance,
+            "keep_text": self.keep_text,
         }
 
 
@@ -237,17 +305,24 @@ def condition_source(
     conditions: Path | None = None,
     match: Path | None = None,
     balance: Sequence[str] = (),
+    keep_text: Sequence[str] = (),
 ) -> ConditionSource:
     """The source the CLI options ask for: a file, a manifest (optionally balanced within),
-    or a balance over levels alone."""
+    or a balance over levels alone. `keep_text` (matched text columns recorded verbatim)
+    applies to --match only: the other sources hold no real text."""
     from synthgen.data.manifest import load_manifest
 
     if conditions is not None and (match is not None or balance):
         raise InputError("--conditions takes its rows as given: drop --match / --balance")
+    if keep_text and match is None:
+        raise InputError("--keep-text applies to --match (other sources record text as given)")
     if conditions is not None:
         return load_rows(conditions, specs, mask)
     if match is not None:
-        return Matched(load_manifest(match), list(specs), mask, seed, balance=list(balance))
+        return Matched(
+            load_manifest(match), list(specs), mask, seed, balance=list(balance),
+            keep_text=list(keep_text),
+        )  # fmt: skip
     if mask is not None:
         raise InputError(
             f"this model is conditioned on {mask!r} masks: pass --conditions with a {mask} "

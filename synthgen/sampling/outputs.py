@@ -7,8 +7,11 @@ leaves at worst a file without a row or a torn last line; both are redone on `--
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ import torch
 from synthgen import watermark
 from synthgen.config import InputError
 from synthgen.data.intensity import from_model
-from synthgen.data.io import atomic_write_bytes, nifti_bytes, png_bytes
+from synthgen.data.io import atomic_write_bytes, fsync_dir, nifti_bytes, png_bytes
 from synthgen.provenance import Provenance
 
 SHARDS = "shards"
@@ -117,13 +120,15 @@ def write_sample(out: Path, relative: str, data: bytes, prov: Provenance) -> dic
 
 class ShardWriter:
     """Appends rows to this process's shard; a torn last line from a kill is closed first so
-    it cannot swallow the next row."""
+    it cannot swallow the next row. Rows are flushed per row and synced on close (a power cut
+    before then loses rows, never files: their samples are redone on `--resume`)."""
 
     def __init__(self, out: Path, rank: int) -> None:
         path = out / SHARDS / f"rows-{rank:03d}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
         self._file = path.open("a", encoding="utf-8")
+        fsync_dir(path.parent)  # the shard's name, when just created
         if torn:
             self._file.write("\n")
 
@@ -132,6 +137,8 @@ class ShardWriter:
         self._file.flush()
 
     def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
 
 
@@ -158,3 +165,16 @@ def complete_rows(out: Path, n: int) -> dict[int, dict[str, Any]]:
         if path.is_file() and sha256(path) == row["sha256"]:
             done[i] = row
     return done
+
+
+@contextlib.contextmanager
+def removed_if_nothing_recorded(out: Path, made: bool) -> Iterator[None]:
+    """A run that created `out` (`made`) and stops on bad input (a diverged checkpoint, a bad
+    mask) before any sample is recorded leaves no folder behind; one that recorded samples
+    keeps them for `--resume`."""
+    try:
+        yield
+    except InputError:
+        if made and not any(read_rows(out)):
+            shutil.rmtree(out, ignore_errors=True)
+        raise

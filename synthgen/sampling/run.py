@@ -24,7 +24,7 @@ import torch
 
 from synthgen import watermark
 from synthgen.config import InputError
-from synthgen.data.io import atomic_write_bytes, default_affine, read_image
+from synthgen.data.io import atomic_write_bytes, default_affine, read_image, sweep_temporaries
 from synthgen.data.progress import Bar
 from synthgen.data.schema import IntensityPolicy
 from synthgen.engine.checkpoint import checkpoint_hash, versions
@@ -38,6 +38,7 @@ from synthgen.sampling.outputs import (
     complete_rows,
     image_file,
     read_rows,
+    removed_if_nothing_recorded,
     write_sample,
 )
 
@@ -208,7 +209,10 @@ def run_sampling(
     record = _identity(gen, opts, source, sha, release_id)
     out = Path(opts.out)
     _start_run(out, record, opts.resume)  # read-only: every process refuses alike
+    made = not out.exists() and state.num_processes == 1  # several: a peer may be writing
     out.mkdir(parents=True, exist_ok=True)
+    if state.is_main_process:
+        sweep_temporaries(out)  # a killed run's torn temp files, before any writer starts
     state.wait_for_everyone()
     start = time.perf_counter()
     done = complete_rows(out, opts.n)
@@ -231,28 +235,29 @@ def run_sampling(
         len(done),
         state.num_processes,
     )
-    try:
-        with ThreadPoolExecutor(opts.workers, thread_name_prefix="synthgen-write") as pool:
-            for batch in blocks:
-                if all(i in done for i in batch):
-                    continue
-                rows = [source.row(i) for i in batch]
-                images = gen.generate(
-                    rows,
-                    sample_noise(gen, opts.seed, batch),
-                    sampler=opts.sampler,
-                    steps=opts.steps,
-                    guidance=opts.guidance,
-                    guide_fields=opts.guide_fields,
-                    cond_mask=cond_masks(gen, rows),
-                )
-                for i, row, image in zip(batch, rows, images, strict=True):
-                    if i not in done:
-                        writer.submit(pool, i, row, image)
-                writer.drain(keep=2 * opts.batch_size)  # at most two batches behind the model
-            writer.drain(keep=0)
-    finally:
-        writer.close()
+    with removed_if_nothing_recorded(out, made):
+        try:
+            with ThreadPoolExecutor(opts.workers, thread_name_prefix="synthgen-write") as pool:
+                for batch in blocks:
+                    if all(i in done for i in batch):
+                        continue
+                    rows = [source.row(i) for i in batch]
+                    images = gen.generate(
+                        rows,
+                        sample_noise(gen, opts.seed, batch),
+                        sampler=opts.sampler,
+                        steps=opts.steps,
+                        guidance=opts.guidance,
+                        guide_fields=opts.guide_fields,
+                        cond_mask=cond_masks(gen, rows),
+                    )
+                    for i, image in zip(batch, images, strict=True):
+                        if i not in done:
+                            writer.submit(pool, i, source.record(i), image)
+                    writer.drain(keep=2 * opts.batch_size)  # at most two batches behind
+                writer.drain(keep=0)
+        finally:
+            writer.close()
     state.wait_for_everyone()
     seconds = time.perf_counter() - start
     if state.is_main_process:
@@ -283,14 +288,15 @@ class Writer:
         self.completed, self.processes = completed, processes
         self.pending: deque[Future[dict[str, Any]]] = deque()
 
-    def _write(self, i: int, row: Row, image: torch.Tensor) -> dict[str, Any]:
+    def _write(self, i: int, record: Row, image: torch.Tensor) -> dict[str, Any]:
         seed = sample_seed(self.run_seed, i)
-        prov = Provenance(f"synth-{i:08d}", i, seed, self.sha, self.release_id, row)
+        prov = Provenance(f"synth-{i:08d}", i, seed, self.sha, self.release_id, record)
         relative = image_file(i, self.exporter.spatial_dims)
         return write_sample(self.out, relative, self.exporter.encode(image, prov), prov)
 
-    def submit(self, pool: ThreadPoolExecutor, i: int, row: Row, image: torch.Tensor) -> None:
-        self.pending.append(pool.submit(self._write, i, row, image))
+    def submit(self, pool: ThreadPoolExecutor, i: int, record: Row, image: torch.Tensor) -> None:
+        """Queue sample i; `record` is its conditions as exports may carry them."""
+        self.pending.append(pool.submit(self._write, i, record, image))
 
     def drain(self, keep: int) -> None:
         """Record finished samples in order: all that are done, then wait until at most
