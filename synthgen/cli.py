@@ -310,6 +310,13 @@ def sample(
         str | None,
         typer.Option(help="comma-separated categorical fields: equal counts per combination"),
     ] = None,
+    keep_text: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="with --match: record this text column's real cells verbatim in files and "
+            "manifests (default: a hash; repeat per column; the release card states it)"
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="run seed; sample i uses a seed from (seed, i)")] = 0,
     sampler: Annotated[Sampler | None, typer.Option(help="[default: the trained one]")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="[default: the trained one]")] = None,
@@ -343,6 +350,8 @@ def sample(
     Writes images/{i//1000:04d}/{i:08d}.png (.nii.gz for 3D, with a JSON sidecar),
     manifest.csv and .parquet (id, seed, conditions, file, sha256, watermark payload) and
     run.json (checkpoint hash, sampler, versions, time). Every file is written atomically.
+    Files and manifests hold no real path, id or text: a mask condition is recorded as its
+    label counts and a hash, a --match row as a fingerprint, its text as a hash (--keep-text).
     """
     from synthgen.engine.generator import load_generator
     from synthgen.sampling.conditions import condition_source
@@ -353,7 +362,9 @@ def sample(
     release = None if watermark_id is None else _release(watermark_id)
     split = [c.strip() for c in (balance or "").split(",") if c.strip()]
     gen = load_generator(checkpoint, device=process_state().device)
-    source = condition_source(gen.specs, gen.cfg.conditioning.mask, seed, conditions, match, split)
+    source = condition_source(
+        gen.specs, gen.cfg.conditioning.mask, seed, conditions, match, split, keep_text or ()
+    )
     opts = SampleOptions(
         checkpoint=checkpoint,
         n=n,
@@ -676,6 +687,13 @@ def release_create(
         int, typer.Option(min=1, help="parquet / webdataset shard size in MB")
     ] = 1024,
     workers: Annotated[int, typer.Option(min=1, help="watermark-detection threads")] = 2,
+    real: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="real manifest to search the release for (repeatable) [default: the "
+            "generator's training manifest and any --match manifest, as run.json names them]"
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Package SAMPLES as a dataset others can download, verify and load: images, metadata
@@ -684,15 +702,17 @@ def release_create(
 
     Gates, each a refusal (exit 2) naming the figure that failed: the report belongs to these
     samples; every checksum right; every watermark detected; memorisation flags at most
-    --max-flagged (override: --allow-flagged, recorded in the card). RELEASE appears only
-    when complete; a killed release is rebuilt by running the command again.
+    --max-flagged (override: --allow-flagged, recorded in the card); privacy: no absolute
+    path and no id, file name or text cell of the real manifests anywhere in the release's
+    text (file metadata, tables, card). RELEASE appears only when complete; a killed release
+    is rebuilt by running the command again.
     """
     from synthgen.release.build import ReleaseOptions, build_release
 
     opts = ReleaseOptions(
         samples=samples, report=report, out=out, name=name, license=license,
         format=format.value, allow_flagged=allow_flagged, max_flagged=max_flagged,
-        shard_bytes=shard_mb * 1_000_000, workers=workers,
+        shard_bytes=shard_mb * 1_000_000, workers=workers, real=tuple(real or ()),
     )  # fmt: skip
     summary = build_release(opts, show=not quiet)
     for gate in summary.gates:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -551,3 +551,33 @@ def load_config(model: type[Model], path: Path | None, overrides: Sequence[str] 
 def dump_config(config: BaseModel) -> str:
     """The resolved config as YAML, loadable again by `load_config`."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+WITHHELD = "<local path withheld>"
+
+
+def without_paths(data: Mapping[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """A config's JSON dump with every path-typed field (set or not) replaced by WITHHELD or
+    None: what an export may say about a config without naming the user's folders. Fields are
+    found from `model`'s annotations, so a path field added later is withheld too."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        info = model.model_fields.get(key)
+        kinds = _annotation_types(info.annotation) if info is not None else set()
+        sub = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+        if Path in kinds or info is None:  # unknown keys cannot be vouched for either
+            out[key] = None if value is None else WITHHELD
+        elif sub is not None and isinstance(value, Mapping):
+            out[key] = without_paths(value, sub)
+        else:
+            out[key] = value
+    return out
+
+
+def _annotation_types(annotation: Any) -> set[Any]:
+    """Every type an annotation names (`Path | None` → {Path, NoneType}; `dict[str, Path]` →
+    {dict, str, Path})."""
+    found = {get_origin(annotation) or annotation}
+    for arg in get_args(annotation):
+        found |= _annotation_types(arg)
+    return found

@@ -21,6 +21,7 @@ from synthgen.release import formats
 from synthgen.release.card import card_markdown, card_record
 from synthgen.release.gates import Gate, checked_images, image_gates, memorization_gate
 from synthgen.release.inputs import Samples, check_belongs, load_report, load_samples
+from synthgen.release.privacy import RealContent, real_content, recorded_manifests, scan_release
 
 CARD, RECORD, SUMS, METADATA = "dataset_card.md", "release.json", "SHA256SUMS", "metadata"
 KEEP = ("id", "seed", "watermark", "sha256")  # per-image columns besides the conditions
@@ -38,6 +39,7 @@ class ReleaseOptions:
     max_flagged: float = 0.0
     shard_bytes: int = formats.SHARD_BYTES
     workers: int = 2
+    real: tuple[Path, ...] = ()  # real manifests to search for, instead of those run.json names
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,11 @@ def build_release(opts: ReleaseOptions, show: bool = True) -> ReleaseSummary:
     """Check the gates, then write the release; a failed gate is an InputError with its figure."""
     _check_request(opts)
     samples = load_samples(opts.samples)
+    dotted = samples.table["id"][samples.table["id"].str.contains(".", regex=False)]
+    if opts.format == "webdataset" and len(dotted):
+        raise InputError(f"sample id {dotted.iloc[0]!r}: a webdataset key ends at its first '.'")
+    keep_text = samples.run.get("conditions", {}).get("keep_text") or []
+    content = real_content(recorded_manifests(samples.run, list(opts.real)), keep_text)
     report, report_sha = load_report(opts.report)
     check_belongs(samples, report, Path(opts.report))
     memo = memorization_gate(report, opts.max_flagged, opts.allow_flagged)
@@ -80,8 +87,27 @@ def build_release(opts: ReleaseOptions, show: bool = True) -> ReleaseSummary:
     shutil.rmtree(tmp, ignore_errors=True)  # a killed run's leftovers: restart
     tmp.mkdir()
     with published(tmp, out):
-        images, gates, record = _write(opts, samples, report, report_sha, memo, tmp, show)
+        images, gates, record = _write(opts, samples, report, report_sha, memo, content, tmp,
+                                       show)  # fmt: skip
+        privacy_gate(tmp, content, show)
     return ReleaseSummary(out, images, gates, record)
+
+
+def privacy_gate(tmp: Path, content: RealContent, show: bool) -> None:
+    """Search the finished release for real content; the first hit refuses it, named."""
+    hit = scan_release(tmp, content, show)
+    if hit is not None:
+        raise InputError(
+            f"release gate privacy failed: {hit} — nothing real may leave in a release "
+            "(see docs/release.md)"
+        )
+
+
+def privacy_figure(content: RealContent) -> str:
+    return (
+        f"no absolute path and none of {len(content.origin):,} real ids, file names or text "
+        "cells in any text of the release (file metadata, tables, card, release.json)"
+    )
 
 
 def _write(
@@ -90,6 +116,7 @@ def _write(
     report: dict[str, Any],
     report_sha: str,
     memo: Gate,
+    content: RealContent,
     tmp: Path,
     show: bool,
 ) -> tuple[int, list[Gate], dict[str, Any]]:
@@ -110,6 +137,8 @@ def _write(
     finally:
         payload.close()
     gates = [*image_gates(checks, bool(samples.run.get("watermark"))), memo]
+    # recorded as passed: the scan runs on the finished folder, and refuses it otherwise
+    gates.append(Gate("privacy", True, privacy_figure(content)))
     failed = [g for g in gates if not g.passed]
     if failed:
         first = failed[0]

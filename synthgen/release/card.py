@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from synthgen import __version__
+from synthgen.config import DiffusionTrainConfig, without_paths
 from synthgen.release.gates import Gate
 from synthgen.release.inputs import Samples
 
@@ -27,7 +28,6 @@ OUT_OF_SCOPE = [
     "evaluating a model's clinical performance in place of real, representative test data",
     "re-identifying, or inferring anything about, the patients of the training data",
 ]
-PRIVATE_CONFIG = ("data", "out", "cache")  # paths that would name the real data
 
 
 def _figure(entry: Any) -> Any:
@@ -116,6 +116,12 @@ def limitations(record: dict[str, Any]) -> list[str]:
         "The watermark identifies the release to a cooperating detector; it does not prevent "
         "copying, and heavy cropping or re-synthesis can remove it.",
     ]
+    if kept := record["sampling"]["conditions"].get("keep_text"):
+        lines.append(
+            f"Real text: the {', '.join(kept)} column(s) hold the matched real rows' text "
+            "verbatim, at the releaser's request (`sample --keep-text`); every other text "
+            "condition is recorded as a hash."
+        )
     mem = ev.get("memorization")
     if mem:
         lines.append(
@@ -147,7 +153,7 @@ def card_record(
 ) -> dict[str, Any]:
     """release.json: everything the card says, machine-readable."""
     run = samples.run
-    config = {k: v for k, v in run.get("config", {}).items() if k not in PRIVATE_CONFIG}
+    config = without_paths(run.get("config", {}), DiffusionTrainConfig)
     real = report["meta"].get("real", {})
     conditions = run.get("conditions", {})
     record = {
@@ -171,7 +177,9 @@ def card_record(
         "sampling": {
             "seed": run.get("seed"),
             "conditions": {
-                k: v for k, v in conditions.items() if k in ("kind", "columns", "sha256")
+                k: v
+                for k, v in conditions.items()
+                if k in ("kind", "columns", "sha256", "balance", "keep_text")
             },
             **{
                 k: run.get(k)

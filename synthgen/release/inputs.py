@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ MANIFEST = "manifest.csv"
 RUN_FILE = "run.json"
 REPORT = "report.json"
 REQUIRED = ("id", "file", "sha256", "seed", "watermark")
+ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,27 @@ def load_samples(folder: Path) -> Samples:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
     if table.empty:
         raise InputError(f"{path}: no samples")
+    check_ids(table["id"], path)
     root = folder.resolve()
     for row, file in enumerate(table["file"], start=1):
         if not (folder / file).resolve().is_relative_to(root):
             raise InputError(f"{path} row {row}: file {file!r} is outside the sample folder")
     return Samples(folder, table, run, hashlib.sha256(raw).hexdigest())
+
+
+def check_ids(ids: pd.Series, where: Path) -> None:
+    """Ids name files and archive members in a release: letters, digits, `._-`, not starting
+    with a dot (no `../x`, no hidden files), and unique — checked before anything is written."""
+    seen: dict[str, int] = {}
+    for row, value in enumerate(ids, start=1):
+        if not ID.fullmatch(value):
+            raise InputError(
+                f"{where} row {row}: id {value!r} is not a safe file name (use letters, digits "
+                "and . _ -, not starting with a dot)"
+            )
+        if value in seen:
+            raise InputError(f"{where} row {row}: duplicate id {value!r} (row {seen[value]})")
+        seen[value] = row
 
 
 def load_report(folder: Path) -> tuple[dict[str, Any], str]:
