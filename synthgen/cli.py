@@ -314,7 +314,7 @@ def sample(
         list[str] | None,
         typer.Option(
             help="with --match: record this text column's real cells verbatim in files and "
-            "manifests (default: a hash; repeat per column; the release card states it)"
+            "manifests (default: a keyed hash; repeat per column; the release card states it)"
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="run seed; sample i uses a seed from (seed, i)")] = 0,
@@ -351,7 +351,7 @@ def sample(
     manifest.csv and .parquet (id, seed, conditions, file, sha256, watermark payload) and
     run.json (checkpoint hash, sampler, versions, time). Every file is written atomically.
     Files and manifests hold no real path, id or text: a mask condition is recorded as its
-    label counts and a hash, a --match row as a fingerprint, its text as a hash (--keep-text).
+    label shares and a keyed hash, a --match row and its text as keyed hashes (--keep-text).
     """
     from synthgen.engine.generator import load_generator
     from synthgen.sampling.conditions import condition_source

@@ -20,7 +20,9 @@ from helpers import synthgen_here, tiny_diffusion
 from killpoint import kill_at
 from PIL import Image
 
-from synthgen.config import ClassifierConfig, InputError, TrainConfig
+from synthgen.config import ClassifierConfig, InputError, PhantomConfig, TrainConfig
+from synthgen.data.manifest import load_manifest
+from synthgen.data.phantoms import generate_phantoms
 from synthgen.engine.generator import load_generator
 from synthgen.metrics.evaluate import EvalOptions, evaluate
 from synthgen.provenance import Provenance
@@ -293,8 +295,11 @@ def test_a_3d_release_keeps_nifti_files_with_a_metadata_table(tmp_path):
         data = exporter.encode(volume, prov)
         rows.append(write_sample(samples, f"images/0000/{i:08d}.nii.gz", data, prov))
     pd.DataFrame(rows).to_csv(samples / "manifest.csv", index=False, lineterminator="\n")
+    real = generate_phantoms(PhantomConfig(kind="brain3d", n=4, size=16), tmp_path / "real")
     run = {"kind": "sample", "status": "complete", "checkpoint_sha256": "c" * 64,
-           "watermark": f"{rid:08x}", "config": {"conditioning": {"fields": ["age"]}}}  # fmt: skip
+           "watermark": f"{rid:08x}", "data_fingerprint": load_manifest(real).fingerprint(),
+           "config": {"conditioning": {"fields": ["age"]},
+                      "data": {"manifest": str(real)}}}  # fmt: skip
     (samples / "run.json").write_text(json.dumps(run))
     digest = hashlib.sha256((samples / "manifest.csv").read_bytes()).hexdigest()
     report = {"meta": {"synthetic": {"fingerprint": digest}, "real": {}},

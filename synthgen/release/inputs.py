@@ -69,7 +69,8 @@ def load_samples(folder: Path) -> Samples:
 
 def check_ids(ids: pd.Series, where: Path) -> None:
     """Ids name files and archive members in a release: letters, digits, `._-`, not starting
-    with a dot (no `../x`, no hidden files), and unique — checked before anything is written."""
+    with a dot (no `../x`, no hidden files), and unique ignoring case (`A.png` and `a.png` are
+    one file on macOS and Windows) — checked before anything is written."""
     seen: dict[str, int] = {}
     for row, value in enumerate(ids, start=1):
         if not ID.fullmatch(value):
@@ -77,9 +78,10 @@ def check_ids(ids: pd.Series, where: Path) -> None:
                 f"{where} row {row}: id {value!r} is not a safe file name (use letters, digits "
                 "and . _ -, not starting with a dot)"
             )
-        if value in seen:
-            raise InputError(f"{where} row {row}: duplicate id {value!r} (row {seen[value]})")
-        seen[value] = row
+        if value.lower() in seen:
+            first = seen[value.lower()]
+            raise InputError(f"{where} row {row}: duplicate id {value!r} (row {first})")
+        seen[value.lower()] = row
 
 
 def load_report(folder: Path) -> tuple[dict[str, Any], str]:

@@ -3,14 +3,16 @@
 Every source answers `row(i)` from `i` alone (and the run seed), so sample i's conditions do
 not depend on batch size, process count or resume — the same contract as its noise.
 `record(i)` is what provenance and manifests carry instead: the same levels and numbers, but
-no file path and no free text from real data (a mask as its label counts and a hash, a matched
-report as a hash and the matched row's fingerprint), so nothing real leaves in an export.
+no file path and no free text from real data (a mask as its label shares and a keyed hash, a
+matched report as a keyed hash and the matched row's fingerprint), so nothing real leaves in an
+export.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -76,23 +78,34 @@ def check_row(
     return out
 
 
-def digest(data: bytes | str) -> str:
-    """A short content hash: says which value it was to someone holding it, and nothing else."""
+def keyed_digest(data: bytes | str, key: bytes) -> str:
+    """A short keyed hash (HMAC-SHA256): tells which value it was to whoever holds the source
+    file it is keyed by, and nothing to anyone else — a plain hash of a short report or a mask
+    could be confirmed by guessing."""
     raw = data.encode() if isinstance(data, str) else data
-    return "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
+    return "hmac:" + hmac.new(key, raw, hashlib.sha256).hexdigest()[:16]
 
 
-def mask_record(path: str | Path | None) -> str | None:
-    """A mask condition as exports record it: pixels per label and a hash of its values, never
-    its path (a real mask's file name can name the patient)."""
+def source_key(raw: bytes) -> bytes:
+    """The key of a source file's digests: its bytes hashed under a label, so it differs from
+    the file's published sha256 and fingerprint and needs the whole file to compute."""
+    return hashlib.sha256(b"synthgen provenance key\0" + raw).digest()
+
+
+def mask_record(path: str | Path | None, key: bytes) -> str | None:
+    """A mask condition as exports record it: the share of pixels per label (a share, not a
+    count: counts of six digits would read like record numbers) and a keyed hash of its
+    values, never its path (a real mask's file name can name the patient)."""
     if not path:
         return None
     from synthgen.data.io import read_image
 
     array = read_image(Path(path)).array
     labels, counts = np.unique(array[array != 0], return_counts=True)
-    summary = " ".join(f"{v:g}:{c}" for v, c in zip(labels, counts, strict=True)) or "empty"
-    return f"{summary} {digest(np.ascontiguousarray(array).tobytes())}"
+    shares = " ".join(
+        f"{v:g}:{100 * c / array.size:.2f}%" for v, c in zip(labels, counts, strict=True)
+    )
+    return f"{shares or 'empty'} {keyed_digest(np.ascontiguousarray(array).tobytes(), key)}"
 
 
 def _empty(value: Any) -> bool:
@@ -129,8 +142,8 @@ class ExplicitRows:
     rows: list[Row]
     path: Path
     digest: str
-
     mask: str | None = None
+    key: bytes = b""  # of the mask digests: see source_key
 
     def row(self, i: int) -> Row:
         return dict(self.rows[i % len(self.rows)])
@@ -139,7 +152,7 @@ class ExplicitRows:
         """The user's own rows (prompts included) as written; a mask by its content."""
         row = self.row(i)
         if self.mask:
-            row[self.mask] = mask_record(row[self.mask])
+            row[self.mask] = mask_record(row[self.mask], self.key)
         return row
 
     def describe(self) -> dict[str, Any]:
@@ -172,7 +185,7 @@ def load_rows(path: Path, specs: Sequence[FieldSpec], mask: str | None) -> Expli
         if mask and row[mask]:
             row[mask] = str((path.parent / str(row[mask])).resolve())
         checked.append(row)
-    return ExplicitRows(checked, path, hashlib.sha256(raw).hexdigest(), mask)
+    return ExplicitRows(checked, path, hashlib.sha256(raw).hexdigest(), mask, source_key(raw))
 
 
 def combinations(specs: Sequence[FieldSpec], columns: Sequence[str]) -> list[Row]:
@@ -217,7 +230,7 @@ class Matched:
     """The joint distribution of a real manifest: sample i copies the fields of a training row
     drawn with its own RNG (seed, i); with `balance`, drawn among the rows of combination
     i mod K, so the other fields follow their distribution within each cell. Its record holds
-    the row's fingerprint, not its id, and its text as a hash unless the column is in
+    the row's fingerprint, not its id, and its text as a keyed hash unless the column is in
     `keep_text` (the user's opt-in, which run.json and the release card state)."""
 
     manifest: Manifest
@@ -230,6 +243,7 @@ class Matched:
     pools: list[list[int]] = field(init=False)
     combos: list[Row] = field(init=False)
     fingerprint: str = field(init=False)
+    key: bytes = field(init=False)
 
     def __post_init__(self) -> None:
         m = self.manifest
@@ -257,6 +271,7 @@ class Matched:
                 raise InputError(f"--match {m.path}: no {self.split} rows with {combo}")
             self.pools.append(pool)
         self.fingerprint = m.fingerprint()
+        self.key = source_key(m.path.read_bytes())
 
     def _level(self, r: int, column: str) -> str | None:
         value = self.manifest.value(r, column)
@@ -282,10 +297,10 @@ class Matched:
         row = self._row(r)
         for s in self.specs:
             if s.kind == "text" and row[s.name] is not None and s.name not in self.keep_text:
-                row[s.name] = digest(row[s.name])
+                row[s.name] = keyed_digest(row[s.name], self.key)
         if self.mask:
-            row[self.mask] = mask_record(row[self.mask])
-        return {**row, "match_row": digest(f"{self.fingerprint}:{r}")}
+            row[self.mask] = mask_record(row[self.mask], self.key)
+        return {**row, "match_row": keyed_digest(str(r), self.key)}
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -345,6 +345,7 @@ def _write_run(
         "n": opts.n,
         "checkpoint": str(gen.checkpoint.path),
         "step": gen.checkpoint.meta.get("step"),
+        "data_fingerprint": gen.checkpoint.meta.get("data_fingerprint"),  # the release gate's
         "config": gen.cfg.model_dump(mode="json"),
         "versions": versions(),
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
