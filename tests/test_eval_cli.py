@@ -83,6 +83,12 @@ def test_eval_all_writes_one_report(sets: tuple[Path, Path], tmp_path: Path) -> 
     tags.feed((out / "report.html").read_text())
     assert {"fidelity", "utility", "fairness", "memorization"} <= set(tags.sections)
     assert tags.images >= 1
+    spectrum = fid["spectrum"]  # the spectral diagnostic, with the held-out reference
+    assert len(spectrum["band_power_ratio"]) == 4 and all(
+        r > 0 for r in spectrum["band_power_ratio"]
+    )
+    assert len(spectrum["heldout_real_reference"]["power"]) == len(spectrum["frequency"])
+    assert "Radial power spectrum" in (out / "report.html").read_text()
 
     # A second run reuses the cached probe classifier instead of training another.
     probes = sorted((cache / "probes").iterdir())

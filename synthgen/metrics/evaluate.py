@@ -139,6 +139,7 @@ def evaluate(parts: tuple[str, ...], opts: EvalOptions) -> dict[str, Any]:
     features = _features(inputs, opts, extractor) if extractor is not None else {}
     if "fidelity" in parts:
         report["fidelity"] = _fidelity(inputs, opts, extractor, features)
+        figures.append(spectrum_figure(report["fidelity"]["spectrum"]))
         figures += html.grids_by_condition(
             "fidelity",
             inputs.synthetic.images,
@@ -156,6 +157,21 @@ def evaluate(parts: tuple[str, ...], opts: EvalOptions) -> dict[str, Any]:
     report["meta"]["seconds"] = round(time.monotonic() - started, 1)
     html.write_report(opts.out, report, figures)
     return report
+
+
+def spectrum_figure(spectrum: dict[str, Any]) -> Any:
+    """The radial power spectra of the real, synthetic (and held-out) images, for report.html."""
+    from synthgen.metrics import report as html
+
+    series = {"real (train)": spectrum["power_real"], "synthetic": spectrum["power_synthetic"]}
+    if ref := spectrum.get("heldout_real_reference"):
+        series["held-out real"] = ref["power"]
+    ratios = ", ".join("n/a" if r is None else f"{r:.2f}" for r in spectrum["band_power_ratio"])
+    caption = (f"Synthetic / real power per band, low to high frequency: {ratios}. "
+               "Lower at high frequency: over-smooth; higher: noisy.")  # fmt: skip
+    labels = ("frequency (cycles/pixel)", "power")
+    return html.line_chart("fidelity", "Radial power spectrum", spectrum["frequency"], series,
+                           labels, caption)  # fmt: skip
 
 
 def _categorical(schema: Schema) -> list[str]:
@@ -189,6 +205,7 @@ def _fidelity(
     """Fidelity of the synthetic set against the real training set, with the same figures for
     the held-out real images as the reference a perfect generator would reach."""
     from synthgen.metrics.fidelity import PRDC_K, fid, fidelity, prdc
+    from synthgen.metrics.spectrum import spectral_comparison
 
     found = fidelity(
         inputs.train.images,
@@ -203,6 +220,8 @@ def _fidelity(
         show=opts.show,
         synthetic_features=features["synthetic"],
     )
+    heldout = inputs.heldout.images if len(inputs.heldout) else None
+    found["spectrum"] = spectral_comparison(inputs.train.images, inputs.synthetic.images, heldout)
     if len(inputs.heldout) > PRDC_K:
         found["heldout_real_reference"] = {
             "n": len(inputs.heldout),

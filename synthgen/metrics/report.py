@@ -444,7 +444,6 @@ def bar_chart_ci(
 ) -> Figure:
     """SVG grouped bars: one colour per series (outer key), one group per subgroup (inner key),
     whiskers spanning each estimate's 95 % CI. Missing or null means leave a gap."""
-    import matplotlib
     from matplotlib.figure import Figure as MplFigure  # no pyplot: no global state, no GUI
 
     if not groups:
@@ -466,15 +465,43 @@ def bar_chart_ci(
     ax.set(title=title, ylabel=ylabel)
     if len(groups) > 1:
         fig.legend(loc="outside right upper", fontsize="small")
+    caption = "Bars: estimate; whiskers: 95% CI."
+    return Figure(section, title, "svg", _svg(fig, f"{section}/{title}"), caption)
+
+
+def line_chart(
+    section: str,
+    title: str,
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    labels: tuple[str, str],
+    caption: str = "",
+) -> Figure:
+    """SVG lines on a log y axis, one per series over the same `x` (e.g. power spectra)."""
+    from matplotlib.figure import Figure as MplFigure  # no pyplot: no global state, no GUI
+
+    fig = MplFigure(figsize=(6.0, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for name, values in series.items():
+        ax.plot(list(x), [max(float(v), 1e-12) for v in values], marker=".", label=str(name))
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set(title=title, xlabel=labels[0], ylabel=labels[1])
+    ax.legend(fontsize="small")
+    return Figure(section, title, "svg", _svg(fig, f"{section}/{title}"), caption)
+
+
+def _svg(fig: Any, salt: str) -> bytes:
+    """A matplotlib figure as SVG; a fixed salt makes it byte-stable and its clip-path ids
+    unique per chart."""
+    import matplotlib
+
     buf = io.BytesIO()
-    # a fixed salt makes the SVG byte-stable and its clip-path ids unique per chart
-    rc = {"svg.fonttype": "none", "svg.hashsalt": f"{section}/{title}"}
-    with matplotlib.rc_context(rc):
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
         fig.savefig(
             buf, format="svg", metadata=dict.fromkeys(("Type", "Creator", "Date", "Format"))
         )
-    caption = "Bars: estimate; whiskers: 95% CI."
-    return Figure(section=section, title=title, kind="svg", data=buf.getvalue(), caption=caption)
+    return buf.getvalue()
 
 
 def _bars(
