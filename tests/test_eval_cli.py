@@ -89,6 +89,9 @@ def test_eval_all_writes_one_report(sets: tuple[Path, Path], tmp_path: Path) -> 
     )
     assert len(spectrum["heldout_real_reference"]["power"]) == len(spectrum["frequency"])
     assert "Radial power spectrum" in (out / "report.html").read_text()
+    two = fid["real_vs_synthetic"]  # the two-sample classifier test, on equal halves
+    assert 0 <= two["auroc"]["lo"] <= two["auroc"]["mean"] <= two["auroc"]["hi"] <= 1
+    assert two["n_fit"] + two["n_test"] == 2 * min(120, report["meta"]["real"]["train_images"])
 
     # A second run reuses the cached probe classifier instead of training another.
     probes = sorted((cache / "probes").iterdir())

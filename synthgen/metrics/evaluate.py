@@ -206,6 +206,7 @@ def _fidelity(
     the held-out real images as the reference a perfect generator would reach."""
     from synthgen.metrics.fidelity import PRDC_K, fid, fidelity, prdc
     from synthgen.metrics.spectrum import spectral_comparison
+    from synthgen.metrics.two_sample import two_sample_auroc
 
     found = fidelity(
         inputs.train.images,
@@ -222,6 +223,13 @@ def _fidelity(
     )
     heldout = inputs.heldout.images if len(inputs.heldout) else None
     found["spectrum"] = spectral_comparison(inputs.train.images, inputs.synthetic.images, heldout)
+    if opts.show:
+        print("fidelity: training the real-vs-synthetic classifier", flush=True)
+    found["real_vs_synthetic"] = two_sample_auroc(
+        inputs.train.images, inputs.synthetic.images, opts.classifier,
+        opts.out / "classifiers" / "real-vs-synthetic", seed=opts.seeds[0],
+        bootstrap=opts.bootstrap, show=opts.show,
+    )  # fmt: skip
     if len(inputs.heldout) > PRDC_K:
         found["heldout_real_reference"] = {
             "n": len(inputs.heldout),

@@ -69,6 +69,9 @@ def evaluation(report: dict[str, Any]) -> dict[str, Any]:
             fid.get("heldout_real_reference", {}).get("fid")
         )
         out["fidelity"]["n_synthetic"] = fid.get("n_synthetic")
+        out["fidelity"]["real_vs_synthetic_auroc"] = _figure(
+            fid.get("real_vs_synthetic", {}).get("auroc")
+        )
     if util := report.get("utility"):
         out["utility"] = {
             "target": util.get("target"),
