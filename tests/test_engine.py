@@ -41,7 +41,13 @@ from synthgen.engine.checkpoint import (
     open_checkpoint,
     save_checkpoint,
 )
-from synthgen.engine.trainer import Trainer, TrainingDiverged, previous_run
+from synthgen.engine.trainer import (
+    PACE_MARGIN,
+    PACE_STEPS,
+    Trainer,
+    TrainingDiverged,
+    previous_run,
+)
 
 BATCH = 4
 
@@ -732,6 +738,40 @@ def test_lr_schedule_warms_up_then_decays_by_cosine(tmp_path: Path) -> None:
     assert factor(110) == pytest.approx(0.0, abs=1e-12) and factor(500) == pytest.approx(0.0)
     constant = Trainer(TrainConfig(steps=110, warmup_steps=10), tmp_path, "", {}, False)._lr_factor
     assert constant(10) == constant(109) == 1.0
+
+
+def test_time_limited_cosine_ends_where_the_clock_stops_the_run(tmp_path: Path) -> None:
+    """With max_minutes, the cosine schedule reaches 0 at the step the measured pace says the
+    time limit allows, not at a `steps` the run would never reach."""
+    cfg = TrainConfig(steps=10_000, warmup_steps=0, lr_schedule="cosine", max_minutes=0.2)
+    trainer = Trainer(cfg, tmp_path, "", {}, show_progress=False)
+    trainer._seconds_before, trainer._start_step = 0.0, 0
+    trainer._started = time.monotonic() - 2.0  # 20 steps in 2 s: 0.1 s a step, 10 s left
+    trainer._fit_horizon(20)
+    fits = 20 + int(PACE_MARGIN * 10.0 / 0.1)
+    assert trainer._horizon == pytest.approx(fits, abs=2)
+    factor = trainer._lr_factor
+    assert factor(trainer._horizon // 2) == pytest.approx(0.5, abs=0.02)
+    assert factor(trainer._horizon) == pytest.approx(0.0, abs=1e-12)
+    unlimited = TrainConfig(steps=50, warmup_steps=0, lr_schedule="cosine", max_minutes=0.2)
+    trainer = Trainer(unlimited, tmp_path, "", {}, show_progress=False)
+    trainer._seconds_before, trainer._start_step = 0.0, 0
+    trainer._started = time.monotonic() - 2.0
+    trainer._fit_horizon(20)
+    assert trainer._horizon == 50  # the time would allow more: `steps` still ends it
+
+
+def test_time_limited_cosine_run_stops_annealed(manifest: Path, tmp_path: Path) -> None:
+    """A run whose clock ends before `steps` stops at its fitted horizon, final and at lr 0;
+    meta.json records the horizon (a resumed run reads it back rather than re-measuring)."""
+    cfg = ae_cfg(manifest, tmp_path / "run", steps=100_000, max_minutes=0.05,
+                 lr_schedule="cosine", checkpoint_every=100_000)  # fmt: skip
+    checkpoint = train(cfg)
+    horizon = checkpoint.meta["lr_horizon"]
+    assert PACE_STEPS < horizon < 100_000
+    assert checkpoint.step == horizon and checkpoint.meta["final"] is True
+    optimizer = load_state(checkpoint, "optimizer-model")
+    assert optimizer["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_bf16_mixed_precision_trains_on_cpu(manifest: Path, tmp_path: Path) -> None:

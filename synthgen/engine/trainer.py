@@ -42,6 +42,8 @@ from synthgen.engine.checkpoint import (
 )
 
 Optimize = Callable[[str, torch.Tensor], None]
+PACE_STEPS = 20  # steps timed before a time-limited cosine schedule fixes where it ends
+PACE_MARGIN = 0.95  # of the time left: validation and checkpoints also take some
 
 
 class TrainingDiverged(InputError):
@@ -124,6 +126,8 @@ class Trainer:
         self.config_yaml = config_yaml
         self.meta = meta
         self.show_progress = show_progress
+        self._horizon = cfg.steps  # where cosine reaches 0 (earlier when the clock says so)
+        self._pace_at: int | None = None
         project = ProjectConfiguration(
             project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "tensorboard")
         )
@@ -181,6 +185,11 @@ class Trainer:
         step = self._restore(resume, run) if resume is not None else 0
         self._seconds_before = float(resume.meta.get("train_seconds", 0.0)) if resume else 0.0
         self._started = time.monotonic()
+        self._start_step = step
+        if resume is not None and resume.meta.get("lr_horizon") is not None:
+            self._horizon = int(resume.meta["lr_horizon"])
+        elif cfg.lr_schedule == "cosine" and cfg.max_minutes is not None:
+            self._pace_at = step + PACE_STEPS
         acc.init_trackers("train")
         agreed = False
         try:
@@ -209,14 +218,31 @@ class Trainer:
         acc.end_training()
 
     def _lr_factor(self, step: int) -> float:
-        """Linear warm-up, then constant or cosine decay to 0 at `steps` (multiplies `lr`)."""
+        """Linear warm-up, then constant or cosine decay to 0 at the horizon (multiplies `lr`)."""
         cfg = self.cfg
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         if cfg.lr_schedule == "constant":
             return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        progress = (step - cfg.warmup_steps) / max(1, self._horizon - cfg.warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def _fit_horizon(self, step: int) -> None:
+        """End the cosine schedule (and the run) where `max_minutes` will stop it, measured
+        from the pace of the first steps, so a time-limited run still anneals to lr 0. Every
+        process takes the smallest estimate: they must step with the same learning rate."""
+        cfg = self.cfg
+        assert cfg.max_minutes is not None
+        pace = (time.monotonic() - self._started) / max(1, step - self._start_step)
+        left = cfg.max_minutes * 60 - self._train_seconds()
+        fits = step + int(PACE_MARGIN * max(0.0, left) / pace)
+        estimate = torch.tensor(
+            [float(min(cfg.steps, max(fits, step + 1)))], device=self.acc.device
+        )
+        if self.acc.num_processes > 1:
+            estimate = self.acc.gather(estimate)
+        self._horizon = int(estimate.min())
+        self._pace_at = None
 
     def _loop(self, task: Task, run: _Run, step: int, stop: StopSignal) -> Checkpoint:
         acc, cfg = self.acc, self.cfg
@@ -264,6 +290,8 @@ class Trainer:
                         run.schedulers[name].step()
                     stepped.clear()
                     step += 1
+                    if step == self._pace_at:
+                        self._fit_horizon(step)
                     if run.ema is not None:
                         run.ema.update_parameters(acc.unwrap_model(run.modules["model"]))
                     count += 1
@@ -277,7 +305,7 @@ class Trainer:
                     out_of_time = limit is not None and self._train_seconds() > limit * 60
                     # Processes see signals and clocks at different steps; they must agree.
                     stopping = self._any(stop.received is not None)
-                    finished = step >= cfg.steps or self._any(out_of_time)
+                    finished = step >= self._horizon or self._any(out_of_time)
                     final = finished or stopping
                     if final or step % cfg.checkpoint_every == 0:
                         last = self._checkpoint(task, run, step, epoch, final, finished)
@@ -339,6 +367,7 @@ class Trainer:
                 "final": finished,
                 "interrupted": final and not finished,
                 "train_seconds": round(self._train_seconds(), 3),
+                "lr_horizon": self._horizon if self._pace_at is None else None,
                 "metrics": metrics,
                 "versions": versions(),
             }
