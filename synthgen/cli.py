@@ -274,9 +274,14 @@ def encode(
 
 
 class Sampler(StrEnum):
+    """Keep equal to synthgen.diffusion.sampling.SAMPLERS (a test checks; the CLI must not
+    import torch to show --help)."""
+
     ddim = "ddim"
     dpmpp = "dpm++"
     euler = "euler"
+    euler_a = "euler-a"
+    ddpm = "ddpm"
     flow = "flow"
 
 

@@ -12,7 +12,7 @@ from synthgen.diffusion.objectives import (
     scheduler_record,
     snr_weight,
 )
-from synthgen.diffusion.sampling import make_sampler, sample
+from synthgen.diffusion.sampling import make_sampler, own_generators, sample
 from synthgen.models.conditioning import Conditioning
 
 OBJECTIVES = ["epsilon", "v", "rflow"]
@@ -67,6 +67,9 @@ def test_min_snr_weights_match_their_definition():
         ("v", "dpm++", 20),
         ("epsilon", "euler", 30),
         ("v", "euler", 30),
+        ("epsilon", "ddpm", 30),
+        ("v", "ddpm", 30),
+        ("v", "euler-a", 30),
         ("rflow", "flow", 30),
     ],
 )
@@ -105,19 +108,51 @@ def test_sampler_uses_the_trained_schedule_and_refuses_a_mismatch():
     cfg = DiffusionConfig(objective="v", beta_schedule="scaled_linear", beta_end=0.012)
     record = scheduler_record(make_train_scheduler(cfg))
     assert record["config"]["clip_sample"] is False
-    for kind in ("ddim", "dpm++", "euler"):
+    for kind in ("ddim", "dpm++", "euler", "euler-a", "ddpm"):
         s = make_sampler(record, kind, 10)
         assert s.config.prediction_type == "v_prediction"
         assert s.config.beta_end == 0.012 and s.config.beta_schedule == "scaled_linear"
         assert int(s.timesteps[0]) == 999 and len(s.timesteps) == 10
     assert make_sampler(record, "ddim", 10).config.clip_sample is False
-    with pytest.raises(InputError, match="use ddim, dpm\\+\\+ or euler"):
+    with pytest.raises(InputError, match="use ddim, dpm\\+\\+, euler, euler-a or ddpm"):
         make_sampler(record, "flow", 10)
     flow = scheduler_record(make_train_scheduler(DiffusionConfig(objective="rflow")))
     with pytest.raises(InputError, match="use flow"):
         make_sampler(flow, "ddim", 10)
     with pytest.raises(InputError, match="expected one of"):
         make_sampler(record, "heun", 10)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "euler-a"])
+def test_ancestral_samplers_follow_diffusers_and_depend_on_each_image_alone(kind):
+    """The ancestral samplers are diffusers' own loop, fed per-image generators seeded by each
+    image's starting noise: an image is the same alone or in a batch, and the added noise
+    matters (other generators, other images)."""
+    from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler
+
+    record = scheduler_record(make_train_scheduler(DiffusionConfig(objective="v")))
+    weight = torch.randn(1, 1, 6, 6, generator=torch.Generator().manual_seed(8))
+
+    def model(x, t, tokens):  # any fixed function of (x_t, t)
+        return torch.tanh(weight * x) * (t.float() / 1000).reshape(-1, 1, 1, 1)
+
+    noise = torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(7))
+    out = sample(model, noise, make_sampler(record, kind, 12), Conditioning(torch.zeros(3, 1, 4)))
+    cls = {"ddpm": DDPMScheduler, "euler-a": EulerAncestralDiscreteScheduler}[kind]
+    reference = cls.from_config(record["config"], timestep_spacing="trailing")
+    reference.set_timesteps(12)
+    x, generators = noise * reference.init_noise_sigma, own_generators(noise)
+    for t in reference.timesteps:
+        prediction = model(reference.scale_model_input(x, t), t.reshape(1).expand(3), None)
+        x = reference.step(prediction, t, x, generator=generators).prev_sample
+    torch.testing.assert_close(out, x)
+    alone = sample(model, noise[1:2], make_sampler(record, kind, 12),
+                   Conditioning(torch.zeros(1, 1, 4)))  # fmt: skip
+    torch.testing.assert_close(alone[0], out[1])
+    others = [torch.Generator().manual_seed(i) for i in range(3)]
+    other = sample(model, noise, make_sampler(record, kind, 12),
+                   Conditioning(torch.zeros(3, 1, 4)), generator=others)  # fmt: skip
+    assert (other - out).abs().amax(dim=(1, 2, 3)).min() > 1e-3
 
 
 def test_assemble_stacks_conditioning_after_x_t():
@@ -146,3 +181,10 @@ def test_region_weights_scale_the_squared_error_inside_the_region():
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
     assert plain.item() == pytest.approx(noise.pow(2).mean().item(), rel=1e-5)
     assert weighted.item() == pytest.approx((weights * noise.pow(2)).mean().item(), rel=1e-5)
+
+
+def test_the_cli_offers_exactly_the_samplers_there_are():
+    from synthgen.cli import Sampler
+    from synthgen.diffusion.sampling import SAMPLERS
+
+    assert tuple(s.value for s in Sampler) == SAMPLERS

@@ -2,13 +2,16 @@
 
 Samplers are diffusers schedulers rebuilt from the training scheduler's saved config, so
 betas, prediction type and clipping are the trained ones. Timesteps use "trailing" spacing so
-the first step starts from pure noise (Lin et al. 2024). All the samplers offered are
-deterministic given the starting noise, so an image depends only on its own noise and
-conditions — not on the batch it was drawn in.
+the first step starts from pure noise (Lin et al. 2024). `ddim`, `dpm++`, `euler` and `flow`
+are deterministic given the starting noise; the ancestral ones (`ddpm`, `euler-a`) add fresh
+noise at each step, drawn from a generator per image seeded by that image's own starting noise.
+Either way an image depends only on its own noise and conditions — not on the batch it was
+drawn in.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -19,14 +22,16 @@ from synthgen.config import InputError
 from synthgen.diffusion.objectives import Denoise, assemble
 from synthgen.models.conditioning import Conditioning
 
-SAMPLERS = ("ddim", "dpm++", "euler", "flow")
+SAMPLERS = ("ddim", "dpm++", "euler", "euler-a", "ddpm", "flow")
 
 
 def make_sampler(record: dict[str, Any], kind: str, steps: int) -> Any:
     """A sampling scheduler of `kind` with the trained schedule from `record`, set to `steps`."""
     from diffusers import (
         DDIMScheduler,
+        DDPMScheduler,
         DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
         EulerDiscreteScheduler,
         FlowMatchEulerDiscreteScheduler,
     )
@@ -36,7 +41,7 @@ def make_sampler(record: dict[str, Any], kind: str, steps: int) -> Any:
         raise InputError(f"sampler {kind!r}: expected one of {', '.join(SAMPLERS)}")
     if flow_model != (kind == "flow"):
         trained = "rectified flow" if flow_model else "a DDPM (epsilon/v) objective"
-        fits = "flow" if flow_model else "ddim, dpm++ or euler"
+        fits = "flow" if flow_model else "ddim, dpm++, euler, euler-a or ddpm"
         raise InputError(
             f"sampler {kind!r} does not fit a model trained with {trained}: use {fits}"
         )
@@ -44,6 +49,8 @@ def make_sampler(record: dict[str, Any], kind: str, steps: int) -> Any:
         "ddim": DDIMScheduler,
         "dpm++": DPMSolverMultistepScheduler,
         "euler": EulerDiscreteScheduler,
+        "euler-a": EulerAncestralDiscreteScheduler,
+        "ddpm": DDPMScheduler,
         "flow": FlowMatchEulerDiscreteScheduler,
     }
     cls = classes[kind]
@@ -57,6 +64,16 @@ def make_sampler(record: dict[str, Any], kind: str, steps: int) -> Any:
     scheduler = cls(**{**config, **extra})
     scheduler.set_timesteps(steps)
     return scheduler
+
+
+def own_generators(x: torch.Tensor) -> list[torch.Generator]:
+    """One generator per image, seeded by a hash of that image's starting tensor: the noise an
+    ancestral sampler adds then depends on the image alone, not on the batch around it."""
+    seeds = [
+        int.from_bytes(hashlib.blake2b(row.numpy().tobytes(), digest_size=8).digest(), "little")
+        for row in x.detach().float().cpu()
+    ]
+    return [torch.Generator(x.device).manual_seed(seed % 2**63) for seed in seeds]
 
 
 def partial_start(
@@ -87,15 +104,17 @@ def sample(
     cond: Conditioning,
     uncond: Conditioning | None = None,
     guidance: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     on_step: Callable[[int], None] | None = None,
     start: int = 0,
 ) -> torch.Tensor:
     """Denoise unit Gaussian noise `x` into a sample, with classifier-free guidance when
     `uncond` is given and `guidance` != 1: pred = uncond + guidance * (cond - uncond). With
-    `start` > 0, `x` is already noised to that step (see `partial_start`)."""
+    `start` > 0, `x` is already noised to that step (see `partial_start`). The ancestral
+    samplers' noise comes from `generator` (one, or one per image), by default `own_generators`."""
     guided = uncond is not None and guidance != 1.0
     n = x.shape[0]
+    generators = own_generators(x) if generator is None else generator
     if start == 0:
         x = x * float(getattr(scheduler, "init_noise_sigma", 1.0))
     scale = getattr(scheduler, "scale_model_input", None)
@@ -112,7 +131,7 @@ def sample(
             prediction = unconditional + guidance * (conditional - unconditional)
         else:
             prediction = model(assemble(x_in, cond), t_batch, cond.tokens)
-        x = scheduler.step(prediction, t, x, generator=generator).prev_sample
+        x = scheduler.step(prediction, t, x, generator=generators).prev_sample
         if on_step is not None:
             on_step(i + 1)
     return x
