@@ -128,6 +128,7 @@ class Trainer:
         self.show_progress = show_progress
         self._horizon = cfg.steps  # where cosine reaches 0 (earlier when the clock says so)
         self._pace_at: int | None = None
+        self._fitted = False  # the horizon came from the clock (and is kept for resume)
         project = ProjectConfiguration(
             project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "tensorboard")
         )
@@ -187,7 +188,7 @@ class Trainer:
         self._started = time.monotonic()
         self._start_step = step
         if resume is not None and resume.meta.get("lr_horizon") is not None:
-            self._horizon = int(resume.meta["lr_horizon"])
+            self._horizon, self._fitted = int(resume.meta["lr_horizon"]), True
         elif cfg.lr_schedule == "cosine" and cfg.max_minutes is not None:
             self._pace_at = step + PACE_STEPS
         acc.init_trackers("train")
@@ -242,7 +243,7 @@ class Trainer:
         if self.acc.num_processes > 1:
             estimate = self.acc.gather(estimate)
         self._horizon = int(estimate.min())
-        self._pace_at = None
+        self._pace_at, self._fitted = None, True
 
     def _loop(self, task: Task, run: _Run, step: int, stop: StopSignal) -> Checkpoint:
         acc, cfg = self.acc, self.cfg
@@ -367,7 +368,7 @@ class Trainer:
                 "final": finished,
                 "interrupted": final and not finished,
                 "train_seconds": round(self._train_seconds(), 3),
-                "lr_horizon": self._horizon if self._pace_at is None else None,
+                "lr_horizon": self._horizon if self._fitted else None,
                 "metrics": metrics,
                 "versions": versions(),
             }
