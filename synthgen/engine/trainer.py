@@ -119,7 +119,13 @@ class Trainer:
         show_progress: bool = True,
     ) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
         from accelerate.utils import ProjectConfiguration
+
+        # One process may run stages of different precision in turn (the demo): each trainer
+        # starts from a fresh accelerator state, keeping the process group (PartialState).
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
