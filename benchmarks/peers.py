@@ -42,7 +42,7 @@ import torch
 from torch.nn import functional as F
 
 from synthgen.config import PhantomConfig
-from synthgen.data.dataset import ManifestDataset
+from synthgen.data.dataset import ManifestDataset, split_rows
 from synthgen.data.io import write_png
 from synthgen.data.manifest import load_manifest
 from synthgen.data.phantoms import generate_phantoms
@@ -57,7 +57,7 @@ def real_images(manifest: Path) -> tuple[torch.Tensor, tuple[float, float], int]
     m = load_manifest(manifest)
     train = ManifestDataset(m, split="train", masks=False)
     items = [train[i] for i in range(len(train))]
-    heldout = sum(len(ManifestDataset(m, split=s, masks=False)) for s in ("val", "test"))
+    heldout = sum(len(split_rows(m, s)) for s in ("val", "test"))
     lo, hi = (float(v) for v in items[0]["window"])
     return torch.stack([it["image"] for it in items]), (lo, hi), heldout
 
