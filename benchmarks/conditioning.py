@@ -3,8 +3,9 @@
 Probes are trained on real phantoms (train split) and first scored on real held-out phantoms:
 that is the reference each synthetic figure is read against (printed side by side, and as a
 ratio synthetic / real). Then, per condition cell (nodule x sex), `--per-cell` samples are drawn
-at guidance 1 and 3 with the cell's conditioned values as truth; the other fields (effusion,
-age, site) come from real training rows of that cell, so every request is one the model saw.
+at guidance 1, 3 and the recipe's own, with the cell's conditioned values as truth; the other
+fields (effusion, age, site) come from real training rows of that cell, so every request is one
+the model saw.
 Scores: CNN probes for sex and nodule, the phantom rules directly (measured body width, the
 nodule disk rule, one-body-two-lungs phantom-likeness), a real-vs-synthetic classifier, and
 for inpainting models: edits of nodule-free real images asked for a nodule inside a lung box
@@ -81,6 +82,7 @@ def score(
         "no_nodule_when_0": float((counts[negatives] == 0).float().mean()),
         "nodule_found_when_1": float((counts[positives] >= 1).float().mean()),
         "extra_nodules_when_1": float((counts[positives] >= 2).float().mean()),
+        "exactly_one_when_1": float((counts[positives] == 1).float().mean()),
     }
 
 
@@ -190,12 +192,11 @@ def main() -> None:
     reqs = requests(train_rows, args.per_cell, args.seed)
     truth = truth_of(reqs)
     noise = gen.noise(len(reqs), torch.Generator().manual_seed(args.seed))
-    samples = {}
-    for guidance in (1.0, 3.0):
+    own = gen.cfg.sampling.guidance  # the recipe's guidance, beside 1 and 3
+    for guidance in sorted({1.0, 3.0, own}):
         images = gen.generate(
             reqs, noise, sampler=args.sampler, steps=args.steps, guidance=guidance
         )
-        samples[guidance] = images
         figures = score(images, truth, probes)
         half = min(len(images), len(test_images))
         figures["real_vs_synthetic_auroc"] = pp.real_vs_synthetic_auroc(
@@ -222,8 +223,11 @@ def main() -> None:
         "no_nodule_when_0_g1": table["g=1"]["no_nodule_when_0"],
         "extra_nodules_when_1_g1": table["g=1"]["extra_nodules_when_1"],
         "extra_nodules_when_1_g3": table["g=3"]["extra_nodules_when_1"],
+        "exactly_one_when_1_g1": table["g=1"]["exactly_one_when_1"],
         "real_vs_synthetic_auroc_g1": table["g=1"]["real_vs_synthetic_auroc"],
     }
+    for name in ("sex_probe_auroc", "nodule_probe_auroc", "no_nodule_when_0", "exactly_one_when_1"):
+        headline[f"{name}_g{own:g}"] = table[f"g={own:g}"][name]
     for name in ("sex_probe_auroc", "nodule_probe_auroc", "phantom_like"):
         headline[f"{name}_g1_vs_real"] = table["g=1"][name] / max(real[name], 1e-9)
     if gen.inpainting and args.inpaint:

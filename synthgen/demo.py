@@ -197,6 +197,35 @@ def run_evaluation(
     return line
 
 
+def nodule_rule_line(manifest: Path, samples: Path) -> str:
+    """chest2d's known truth read back off the bulk samples: the nodule disk rule's agreement
+    with each sample's nodule condition, beside the held-out real images' (#20's goal)."""
+    import torch
+
+    from synthgen.metrics.inputs import EvalSet, load_real, load_synthetic
+    from synthgen.metrics.phantom_probes import nodule_rule_shares
+
+    table = load_manifest(manifest)
+    real = load_real(table, ("val", "test"))
+    synthetic = load_synthetic(samples, table.schema, tuple(real.images.shape[2:]))
+
+    def shares(s: EvalSet) -> dict[str, float]:
+        cells = s.table["nodule"].astype(str).to_numpy()
+        label = torch.tensor(np.where(cells == "1", 1, np.where(cells == "0", 0, -1)))
+        return nodule_rule_shares(s.images, label)
+
+    got, ref = shares(synthetic), shares(real)
+
+    def pct(key: str) -> list[str]:
+        return ["n/a" if np.isnan(v[key]) else f"{v[key]:.0%}" for v in (got, ref)]
+
+    (one, one_ref), (none, none_ref) = pct("exactly_one_when_1"), pct("none_when_0")
+    return (
+        f"exactly one nodule in {one} of nodule=1 samples (held-out real {one_ref}), "
+        f"none in {none} of nodule=0 (held-out real {none_ref}) — the disk rule"
+    )
+
+
 def run_release(
     name: str, cfg: DemoRelease, samples: Path, report: Path, out: Path, fresh: bool
 ) -> str:
@@ -410,6 +439,9 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
                     made.evaluated = run_evaluation(
                         name, cfg.evaluation, data / "manifest.csv", where, report, fresh
                     )
+                    if phantom_cfg.kind == "chest2d":
+                        made.truth = nodule_rule_line(data / "manifest.csv", where)
+                        print(f"[eval-{name}] {made.truth}")
                     if cfg.release is not None:  # released last, after the stress test
                         folder = stage_dir(out / "releases", name, phantom_cfg, generator,
                                            cfg.sampling, cfg.evaluation, cfg.release)  # fmt: skip
@@ -470,6 +502,7 @@ class GeneratorRow:
     checkpoint: Path
     sampled: str = ""
     evaluated: str = ""
+    truth: str = ""
     stressed: str = ""
     released: str = ""
 
@@ -495,6 +528,8 @@ def print_generators(rows: list[GeneratorRow]) -> None:
             console.print(f"{r.name} bulk samples: {r.sampled}")
         if r.evaluated:
             console.print(f"{r.name} evaluation: {r.evaluated}")
+        if r.truth:
+            console.print(f"{r.name} conditions read back: {r.truth}")
         if r.stressed:
             console.print(f"{r.name} stress test (shortcut classifier): {r.stressed}")
         if r.released:

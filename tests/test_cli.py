@@ -130,6 +130,7 @@ def test_demo_generates_checks_and_reuses(tmp_path):
     assert "chest2d-32 samples (rows: condition cells)" in first.stdout
     assert "8 samples in" in first.stdout
     assert "8 checksums right, watermark detected in 8/8, 4 cells of 2" in first.stdout
+    assert "chest2d-32 conditions read back: exactly one nodule in " in first.stdout
     assert "(imagefolder): verify OK, " in first.stdout  # the demo ends with release + verify
     assert "stress test (shortcut classifier): acquisition (edit-site):" in first.stdout
     assert "manifestation (edit-add):" in first.stdout

@@ -3,6 +3,7 @@ images, and the CNN probe separates what differs and not what does not."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,24 @@ def test_nodule_rule_counts_a_second_nodule(real: Real) -> None:
     twice = pp.nodule_count(images)
     assert (twice == 2).float().mean() >= 0.9
     assert (twice <= 2).all()
+
+
+def test_nodule_rule_shares_read_each_label_against_its_own_rule(real: Real) -> None:
+    """Real phantoms agree with their labels; a mirrored second nodule or a dropped label
+    moves exactly the share it should."""
+    shares = pp.nodule_rule_shares(real.images, real.nodule)
+    assert shares["none_when_0"] >= 0.97 and shares["exactly_one_when_1"] >= 0.93
+    pos = real.nodule == 1
+    images, mask = real.images.clone(), real.nodule_mask.bool() & pos[:, None, None, None]
+    mirrored = mask.flip(-1)
+    images[mirrored] = images.flip(-1)[mirrored]
+    doubled = pp.nodule_rule_shares(images, real.nodule)
+    assert doubled["exactly_one_when_1"] <= 0.1
+    assert doubled["none_when_0"] == shares["none_when_0"]
+    unlabelled = torch.where(pos, torch.full_like(real.nodule, -1), real.nodule)
+    only_negatives = pp.nodule_rule_shares(real.images, unlabelled)
+    assert math.isnan(only_negatives["exactly_one_when_1"])
+    assert only_negatives["none_when_0"] == shares["none_when_0"]
 
 
 def _corrupt(real: Real, kind: str) -> torch.Tensor:

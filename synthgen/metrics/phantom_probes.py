@@ -153,6 +153,21 @@ def nodule_count(images: torch.Tensor) -> torch.Tensor:
     return torch.tensor([_nodules(img)[0] for img in _display(images)], dtype=torch.int64)
 
 
+def nodule_rule_shares(images: torch.Tensor, nodule: torch.Tensor) -> dict[str, float]:
+    """How often the disk rule agrees with each image's nodule label: the share of nodule=1
+    images holding exactly one nodule and of nodule=0 images holding none (NaN where no image
+    has that label; other label values, e.g. -1 for unconditioned, count in neither)."""
+    counts = nodule_count(images)
+
+    def share(hit: torch.Tensor, where: torch.Tensor) -> float:
+        return float(hit[where].float().mean()) if bool(where.any()) else float("nan")
+
+    return {
+        "exactly_one_when_1": share(counts == 1, nodule == 1),
+        "none_when_0": share(counts == 0, nodule == 0),
+    }
+
+
 def nodule_score(images: torch.Tensor) -> torch.Tensor:
     """(N,) continuous nodule evidence for AUROC; >= DARK_LEVEL exactly when nodule_count >= 1."""
     return torch.tensor([_nodules(img)[1] for img in _display(images)], dtype=torch.float32)
