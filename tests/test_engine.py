@@ -761,10 +761,14 @@ def test_time_limited_cosine_ends_where_the_clock_stops_the_run(tmp_path: Path) 
     assert trainer._horizon == 50  # the time would allow more: `steps` still ends it
 
 
-def test_time_limited_cosine_run_stops_annealed(manifest: Path, tmp_path: Path) -> None:
+def test_time_limited_cosine_run_stops_annealed(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run whose clock ends before `steps` stops at its fitted horizon, final and at lr 0;
-    meta.json records the horizon (a resumed run reads it back rather than re-measuring)."""
-    cfg = ae_cfg(manifest, tmp_path / "run", steps=100_000, max_minutes=0.05,
+    meta.json records the horizon (a resumed run reads it back rather than re-measuring).
+    The margin is widened: in a 5-second run, timing jitter alone exceeds the default 5 %."""
+    monkeypatch.setattr("synthgen.engine.trainer.PACE_MARGIN", 0.6)
+    cfg = ae_cfg(manifest, tmp_path / "run", steps=100_000, max_minutes=0.08,
                  lr_schedule="cosine", checkpoint_every=100_000)  # fmt: skip
     checkpoint = train(cfg)
     horizon = checkpoint.meta["lr_horizon"]
