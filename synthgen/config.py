@@ -330,7 +330,7 @@ def demo_generator() -> DiffusionStage:
             objective="v", min_snr_gamma=5.0, region_weights={"nodule_mask": 5.0}
         ),
         inpaint=InpaintConfig(plain=0.6, shape_masks=("nodule_mask", "effusion_mask", "anatomy")),
-        sampling=SamplingConfig(guidance=1.5, grid=("nodule", "sex"), per_cell=6),
+        sampling=SamplingConfig(guidance=1.0, grid=("nodule", "sex"), per_cell=6),
         train=TrainConfig(
             steps=1200,
             batch_size=64,
