@@ -323,7 +323,9 @@ def demo_generator() -> DiffusionStage:
     return DiffusionStage(
         stage="inpaint",
         conditioning=ConditioningConfig(
-            fields=("nodule", "effusion", "sex", "age", "site"), drop_field=0.05, drop_all=0.1
+            fields=("nodule", "nodule_side", "effusion", "sex", "age", "site"),
+            drop_field=0.05,
+            drop_all=0.1,
         ),
         denoiser=DenoiserConfig(),
         diffusion=DiffusionConfig(

@@ -19,6 +19,7 @@ columns:
   lesion_mask: {role: mask, labels: {1: nodule}}
   report: {role: text}
   nodule: {role: label, levels: [0, 1]}
+  side: {role: label, levels: [right, left], optional: true}
   sex: {role: covariate, levels: [F, M]}
   age: {role: covariate, range: [20, 90], optional: true}
   split: {role: split}
@@ -29,7 +30,7 @@ intensity: {mode: window, low: 0, high: 255}
 @pytest.fixture
 def dataset_2d(tmp_path):
     rng = np.random.default_rng(5)
-    rows = ["id,image,lesion_mask,report,nodule,sex,age,split"]
+    rows = ["id,image,lesion_mask,report,nodule,side,sex,age,split"]
     images = {}
     for i in range(4):
         image = rng.integers(0, 256, size=(16, 12)).astype(np.uint8)
@@ -41,7 +42,10 @@ def dataset_2d(tmp_path):
         mask_cell = f"mask/{i}.png" if i != 3 else ""
         age = "" if i == 2 else str(20 + 10 * i)
         split = "train" if i < 3 else "test"
-        rows.append(f"p{i},img/{i}.png,{mask_cell},case {i},{i % 2},{'FM'[i % 2]},{age},{split}")
+        side = "left" if i % 2 else ""
+        rows.append(
+            f"p{i},img/{i}.png,{mask_cell},case {i},{i % 2},{side},{'FM'[i % 2]},{age},{split}"
+        )
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "schema.yaml").write_text(SCHEMA_2D)
     return load_manifest(tmp_path / "manifest.csv"), images
@@ -58,16 +62,17 @@ def test_items_carry_scaled_image_masks_labels_and_covariates(dataset_2d):
     assert item["image"].shape == (1, 16, 12) and item["image"].dtype == torch.float32
     assert item["window"].tolist() == [0.0, 255.0]
     np.testing.assert_array_equal(item["masks"]["lesion_mask"][0].numpy(), mask)
-    assert item["labels"] == {"nodule": 1}
+    assert item["labels"] == {"nodule": 1, "side": 1}
     assert item["covariates"]["sex"] == 1.0
     assert item["covariates"]["age"] == pytest.approx(10 / 70)
 
 
-def test_empty_mask_cell_gives_zeros_and_missing_optional_covariate_gives_nan(dataset_2d):
+def test_empty_cells_give_zeros_nan_and_the_absent_label(dataset_2d):
     manifest, _ = dataset_2d
     ds = ManifestDataset(manifest)
     assert int(ds[3]["masks"]["lesion_mask"].sum()) == 0
     assert math.isnan(ds[2]["covariates"]["age"])
+    assert ds[2]["labels"] == {"nodule": 0, "side": -1}  # -1: the model's null token
 
 
 def test_split_selection_and_batching(dataset_2d):

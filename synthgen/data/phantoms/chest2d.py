@@ -21,6 +21,7 @@ SIZE_RANGE = (32, 512)
 FINDINGS = ("nodule", "effusion")
 DEFAULT_PREVALENCE = MappingProxyType({"nodule": 0.3, "effusion": 0.2})
 SEXES = ("F", "M")
+SIDES = ("right", "left")  # the patient's
 AGE_RANGE = (20, 90)
 SUBTYPES = ("none", "typical", "subtle")
 SIDE_LABEL = {"right": 1, "left": 2}
@@ -207,6 +208,12 @@ def schema_columns(opts: ChestOptions) -> dict[str, dict]:
         "anatomy": {"role": "mask", "labels": {1: "right_lung", 2: "left_lung", 3: "heart"}},
         "nodule": {"role": "label", "levels": [0, 1]},
         "effusion": {"role": "label", "levels": [0, 1]},
+        "nodule_side": {
+            "role": "label",
+            "levels": list(SIDES),
+            "optional": True,
+            "description": "the nodule's lung (patient's side); empty when there is none",
+        },
         "sex": {"role": "covariate", "levels": list(SEXES)},
         "age": {"role": "covariate", "range": list(AGE_RANGE)},
         "site": {"role": "covariate", "levels": list(SITES)},
@@ -243,7 +250,7 @@ def _draw_waves(rng: np.random.Generator) -> tuple[tuple[float, float, float], .
 def _draw_nodule(rng: np.random.Generator, opts: ChestOptions, half_width: float) -> Nodule:
     """Place a nodule in the upper part of one lung, its disk at least MARGIN_PX inside it."""
     subtle = bool(rng.random() < opts.hidden_stratum)
-    side = ("right", "left")[int(rng.integers(2))]
+    side = SIDES[int(rng.integers(2))]
     if subtle:
         size, radius = "small", rng.uniform(*SUBTLE_RADIUS)
     else:
@@ -268,7 +275,7 @@ def _draw_nodule(rng: np.random.Generator, opts: ChestOptions, half_width: float
 
 def _draw_effusion(rng: np.random.Generator) -> Effusion:
     """Pick the side and a size class; the meniscus level follows from the class."""
-    side = ("right", "left")[int(rng.integers(2))]
+    side = SIDES[int(rng.integers(2))]
     size = ("small", "large")[int(rng.integers(2))]
     return Effusion(side, float(rng.uniform(*EFFUSION_LEVEL[size])), size)
 
@@ -372,6 +379,7 @@ def _row(case: ChestCase) -> dict[str, object]:
         "site": case.site,
         "nodule": int(case.nodule is not None),
         "effusion": int(case.effusion is not None),
+        "nodule_side": "" if case.nodule is None else case.nodule.side,
         "report": _report(case),
         "nodule_subtype": "none" if case.nodule is None else case.nodule.subtype,
     }
@@ -429,10 +437,11 @@ age from {TEXTURE_AMPLITUDE[0]} (age {AGE_RANGE[0]}) to {TEXTURE_AMPLITUDE[1]} (
 {RIB_CONTRAST[0]} to {RIB_CONTRAST[1]}. Values are clipped to [0, 1].
 
 **Nodule** (label `nodule`, probability = prevalence, default {DEFAULT_PREVALENCE["nodule"]}). Side
-right/left with probability 1/2. Typical nodules: size class small (radius
-{rx["small"][0]}..{rx["small"][1]}) or large (radius {rx["large"][0]}..{rx["large"][1]}) with
-probability 1/2, contrast {NODULE_CONTRAST["typical"][0]}..{NODULE_CONTRAST["typical"][1]}.
-Subtle nodules (hidden stratum): small, radius {sr[0]}..{sr[1]}, contrast
+right/left with probability 1/2 (label `nodule_side`, empty when there is no nodule). Typical
+nodules: size class small (radius {rx["small"][0]}..{rx["small"][1]}) or large (radius
+{rx["large"][0]}..{rx["large"][1]}) with probability 1/2, contrast
+{NODULE_CONTRAST["typical"][0]}..{NODULE_CONTRAST["typical"][1]}. Subtle nodules (hidden
+stratum): small, radius {sr[0]}..{sr[1]}, contrast
 {NODULE_CONTRAST["subtle"][0]}..{NODULE_CONTRAST["subtle"][1]}. Radii are in normalised units and
 at least `min_nodule_px` pixels (default {MIN_RADIUS_PX}; raise it so nodules stay visible in
 small images). The centre is uniform over lung coordinates (u, v) in
