@@ -4,8 +4,8 @@ Probes are trained on real phantoms (train split) and first scored on real held-
 that is the reference each synthetic figure is read against (printed side by side, and as a
 ratio synthetic / real). Then, per condition cell (nodule x sex), `--per-cell` samples are drawn
 at guidance 1, 3 and the recipe's own, with the cell's conditioned values as truth; the other
-fields (nodule_side, effusion, age, site) come from real training rows of that cell, so every
-request is one the model saw.
+fields (nodule_side, effusion, effusion_side, age, site) come from real training rows of that
+cell, so every request is one the model saw.
 Scores: CNN probes for sex and nodule, the phantom rules directly (measured body width, the
 nodule disk rule, one-body-two-lungs phantom-likeness), a real-vs-synthetic classifier, and
 for inpainting models: edits of nodule-free real images asked for a nodule inside a lung box
@@ -37,7 +37,7 @@ from synthgen.metrics import phantom_probes as pp
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "inpaint-chest2d-pixel32.yaml"
 CELLS = [("0", "F"), ("0", "M"), ("1", "F"), ("1", "M")]
-OTHER_FIELDS = ("nodule_side", "effusion", "age", "site")
+OTHER_FIELDS = ("nodule_side", "effusion", "effusion_side", "age", "site")
 
 
 def real_split(manifest: Manifest, split: str) -> tuple[torch.Tensor, list[dict[str, Any]]]:

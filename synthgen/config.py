@@ -323,7 +323,7 @@ def demo_generator() -> DiffusionStage:
     return DiffusionStage(
         stage="inpaint",
         conditioning=ConditioningConfig(
-            fields=("nodule", "nodule_side", "effusion", "sex", "age", "site"),
+            fields=("nodule", "nodule_side", "effusion", "effusion_side", "sex", "age", "site"),
             drop_field=0.05,
             drop_all=0.1,
         ),

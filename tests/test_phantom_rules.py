@@ -55,7 +55,7 @@ def test_chest_finding_masks_are_exactly_where_the_image_changed(size: int) -> N
 def test_chest_negatives_have_empty_finding_masks() -> None:
     for phantom in chest_samples(30, 2, prevalence=NO_FINDINGS):
         assert phantom.row["nodule"] == 0 and phantom.row["effusion"] == 0
-        assert phantom.row["nodule_side"] == ""
+        assert phantom.row["nodule_side"] == phantom.row["effusion_side"] == ""
         assert phantom.row["report"].endswith("No acute findings.")
         for mask in ("nodule_mask", "effusion_mask"):
             assert phantom.masks[mask].shape == phantom.image.shape
@@ -68,8 +68,11 @@ def test_chest_findings_lie_in_the_reported_lung_with_matching_size_words() -> N
     for phantom in chest_samples(60, 3, size=128, prevalence=ALL_FINDINGS):
         report, anatomy = phantom.row["report"], phantom.masks["anatomy"]
         nodule_side = reported_side(report, r"nodule in the (left|right) lung")
-        assert phantom.row["nodule_side"] == nodule_side
         fluid_side = reported_side(report, r"(left|right) pleural effusion")
+        assert (phantom.row["nodule_side"], phantom.row["effusion_side"]) == (
+            nodule_side,
+            fluid_side,
+        )
         nodule = phantom.masks["nodule_mask"].astype(bool)
         fluid = phantom.masks["effusion_mask"].astype(bool)
         assert (anatomy[nodule] == label[nodule_side]).all(), report

@@ -214,6 +214,12 @@ def schema_columns(opts: ChestOptions) -> dict[str, dict]:
             "optional": True,
             "description": "the nodule's lung (patient's side); empty when there is none",
         },
+        "effusion_side": {
+            "role": "label",
+            "levels": list(SIDES),
+            "optional": True,
+            "description": "the effusion's side (patient's); empty when there is none",
+        },
         "sex": {"role": "covariate", "levels": list(SEXES)},
         "age": {"role": "covariate", "range": list(AGE_RANGE)},
         "site": {"role": "covariate", "levels": list(SITES)},
@@ -380,6 +386,7 @@ def _row(case: ChestCase) -> dict[str, object]:
         "nodule": int(case.nodule is not None),
         "effusion": int(case.effusion is not None),
         "nodule_side": "" if case.nodule is None else case.nodule.side,
+        "effusion_side": "" if case.effusion is None else case.effusion.side,
         "report": _report(case),
         "nodule_subtype": "none" if case.nodule is None else case.nodule.subtype,
     }
@@ -452,10 +459,10 @@ or any effusion. Inside the disk the intensity rises by contrast × (0.75 + 0.25
 `nodule_mask` = the disk's pixels within that lung's label, exactly where the image changed.
 
 **Effusion** (label `effusion`, default prevalence {DEFAULT_PREVALENCE["effusion"]}, drawn
-independently of the nodule). Side right/left and size class small/large with probability 1/2
-each. Lung pixels of that side with v > level − {MENISCUS_RISE} × lateral (lateral = −1 at the
-medial edge, +1 at the lateral edge, so the meniscus rises laterally) take the soft-tissue
-intensity {SOFT_TISSUE}; level is uniform in
+independently of the nodule). Side right/left (label `effusion_side`, empty without an effusion)
+and size class small/large with probability 1/2 each. Lung pixels of that side with
+v > level − {MENISCUS_RISE} × lateral (lateral = −1 at the medial edge, +1 at the lateral edge,
+so the meniscus rises laterally) take the soft-tissue intensity {SOFT_TISSUE}; level is uniform in
 {EFFUSION_LEVEL["small"][0]}..{EFFUSION_LEVEL["small"][1]} (small) or
 {EFFUSION_LEVEL["large"][0]}..{EFFUSION_LEVEL["large"][1]} (large). `effusion_mask` = those pixels.
 
