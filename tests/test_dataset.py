@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from synthgen.config import InputError
+from synthgen.data.check import subgroup_counts
 from synthgen.data.dataset import ManifestDataset
 from synthgen.data.io import write_nifti, write_png
 from synthgen.data.manifest import load_manifest
@@ -117,3 +118,11 @@ def test_3d_nifti_items_keep_volume_shape(tmp_path):
     assert float(item["image"].min()) == -1.0 and float(item["image"].max()) == 1.0
     low, high = item["window"].tolist()
     assert low == pytest.approx(volume.min()) and high == pytest.approx(volume.max())
+
+
+def test_data_check_counts_an_optional_labels_empty_cells_in_a_row_of_their_own(dataset_2d):
+    manifest, _ = dataset_2d
+    counts = subgroup_counts(manifest)["side"]
+    assert list(counts.index) == ["side=right", "side=left", "side=(empty)"]
+    assert counts["total"].tolist() == [0, 2, 2]
+    assert counts.loc["side=left", "sex=M"] == 2 and counts.loc["side=(empty)", "sex=F"] == 2

@@ -18,6 +18,7 @@ from synthgen.data.manifest import Manifest
 from synthgen.data.progress import progress
 
 VALUE_ROLES = ("label", "covariate", "split")
+EMPTY = "(empty)"
 
 
 @dataclass
@@ -108,7 +109,11 @@ def subgroup_counts(manifest: Manifest) -> dict[str, pd.DataFrame]:
     out: dict[str, pd.DataFrame] = {}
     for label in (c for c in schema.with_role("label") if manifest.has(c)):
         levels = list(schema.columns[label].levels or ())
-        labels = pd.Categorical(manifest.table[label], categories=levels)
+        values = manifest.table[label]
+        if (values == "").any():  # an optional label's empty cells get a row of their own
+            levels.append(EMPTY)
+            values = values.where(values != "", EMPTY)
+        labels = pd.Categorical(values, categories=levels)
         blocks = [pd.Series(labels).value_counts(sort=False).rename("total").to_frame()]
         for cov in covariates:
             cov_levels = pd.Categorical(manifest.table[cov], categories=schema.columns[cov].levels)
