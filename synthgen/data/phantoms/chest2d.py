@@ -24,7 +24,7 @@ SEXES = ("F", "M")
 SIDES = ("right", "left")  # the patient's
 AGE_RANGE = (20, 90)
 SUBTYPES = ("none", "typical", "subtle")
-SIDE_LABEL = {"right": 1, "left": 2}
+SIDE_LABEL = {side: i + 1 for i, side in enumerate(SIDES)}  # the anatomy mask's lung labels
 HEART_LABEL = 3
 
 BODY_HALF_WIDTH = MappingProxyType({"F": 0.74, "M": 0.86})
