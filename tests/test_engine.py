@@ -43,7 +43,6 @@ from synthgen.engine.checkpoint import (
 )
 from synthgen.engine.trainer import (
     PACE_MARGIN,
-    PACE_STEPS,
     Trainer,
     TrainingDiverged,
     previous_run,
@@ -764,15 +763,21 @@ def test_time_limited_cosine_ends_where_the_clock_stops_the_run(tmp_path: Path) 
 def test_time_limited_cosine_run_stops_annealed(
     manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A run whose clock ends before `steps` stops at its fitted horizon, final and at lr 0;
-    meta.json records the horizon (a resumed run reads it back rather than re-measuring).
-    The margin is widened: in a 5-second run, timing jitter alone exceeds the default 5 %."""
+    """A run whose clock ends before `steps` stops at its fitted horizon, fitted when warm-up
+    ends, final and at lr 0; meta.json records the horizon (a resumed run reads it back rather
+    than re-measuring). The margin is widened: in a 5-second run, timing jitter alone exceeds
+    the default 5 %."""
     monkeypatch.setattr("synthgen.engine.trainer.PACE_MARGIN", 0.6)
-    cfg = ae_cfg(manifest, tmp_path / "run", steps=100_000, max_minutes=0.08,
+    fitted_at: list[int] = []
+    fit = Trainer._fit_horizon
+    monkeypatch.setattr(Trainer, "_fit_horizon", lambda self, step: [
+        fitted_at.append(step), fit(self, step)])  # fmt: skip
+    cfg = ae_cfg(manifest, tmp_path / "run", steps=100_000, max_minutes=0.08, warmup_steps=25,
                  lr_schedule="cosine", checkpoint_every=100_000)  # fmt: skip
     checkpoint = train(cfg)
     horizon = checkpoint.meta["lr_horizon"]
-    assert PACE_STEPS < horizon < 100_000
+    assert fitted_at == [25]  # the pace is timed over the whole warm-up (> PACE_STEPS)
+    assert 25 < horizon < 100_000
     assert checkpoint.step == horizon and checkpoint.meta["final"] is True
     optimizer = load_state(checkpoint, "optimizer-model")
     assert optimizer["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)

@@ -42,7 +42,7 @@ from synthgen.engine.checkpoint import (
 )
 
 Optimize = Callable[[str, torch.Tensor], None]
-PACE_STEPS = 20  # steps timed before a time-limited cosine schedule fixes where it ends
+PACE_STEPS = 20  # fewest steps timed before a time-limited cosine schedule fixes its end
 PACE_MARGIN = 0.95  # of the time left: validation and checkpoints also take some
 
 
@@ -196,7 +196,9 @@ class Trainer:
         if resume is not None and resume.meta.get("lr_horizon") is not None:
             self._horizon, self._fitted = int(resume.meta["lr_horizon"]), True
         elif cfg.lr_schedule == "cosine" and cfg.max_minutes is not None:
-            self._pace_at = step + PACE_STEPS
+            # Time the whole warm-up (its lr does not depend on the horizon): 20 steps alone
+            # are ~10 s, and a busy moment there cut a 30-minute run short by 11 minutes.
+            self._pace_at = max(step + PACE_STEPS, cfg.warmup_steps)
         acc.init_trackers("train")
         agreed = False
         try:
