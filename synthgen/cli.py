@@ -279,6 +279,7 @@ class Sampler(StrEnum):
 
     ddim = "ddim"
     dpmpp = "dpm++"
+    dpmpp_karras = "dpm++-karras"
     euler = "euler"
     euler_a = "euler-a"
     ddpm = "ddpm"

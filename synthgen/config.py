@@ -238,7 +238,9 @@ class DiffusionConfig(StrictModel):
 class SamplingConfig(StrictModel):
     """How validation grids (and, by default, later sampling) draw images."""
 
-    sampler: Literal["ddim", "dpm++", "euler", "euler-a", "ddpm", "flow"] = "ddim"
+    sampler: Literal["ddim", "dpm++", "dpm++-karras", "euler", "euler-a", "ddpm", "flow"] = Field(
+        "dpm++-karras", description="dpm++-karras keeps the pixel noise trailing steps smooth away"
+    )
     steps: int = Field(50, ge=1)
     guidance: float = Field(3.0, ge=0, description="classifier-free guidance scale; 1 = none")
     grid: tuple[str, ...] | None = Field(

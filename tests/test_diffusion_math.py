@@ -65,6 +65,8 @@ def test_min_snr_weights_match_their_definition():
         ("epsilon", "ddim", 30),
         ("v", "ddim", 30),
         ("v", "dpm++", 20),
+        ("epsilon", "dpm++-karras", 20),
+        ("v", "dpm++-karras", 20),
         ("epsilon", "euler", 30),
         ("v", "euler", 30),
         ("epsilon", "ddpm", 30),
@@ -108,19 +110,53 @@ def test_sampler_uses_the_trained_schedule_and_refuses_a_mismatch():
     cfg = DiffusionConfig(objective="v", beta_schedule="scaled_linear", beta_end=0.012)
     record = scheduler_record(make_train_scheduler(cfg))
     assert record["config"]["clip_sample"] is False
-    for kind in ("ddim", "dpm++", "euler", "euler-a", "ddpm"):
+    for kind in ("ddim", "dpm++", "dpm++-karras", "euler", "euler-a", "ddpm"):
         s = make_sampler(record, kind, 10)
         assert s.config.prediction_type == "v_prediction"
         assert s.config.beta_end == 0.012 and s.config.beta_schedule == "scaled_linear"
         assert int(s.timesteps[0]) == 999 and len(s.timesteps) == 10
     assert make_sampler(record, "ddim", 10).config.clip_sample is False
-    with pytest.raises(InputError, match="use ddim, dpm\\+\\+, euler, euler-a or ddpm"):
+    with pytest.raises(InputError, match="use ddim, dpm\\+\\+, dpm\\+\\+-karras, euler"):
         make_sampler(record, "flow", 10)
     flow = scheduler_record(make_train_scheduler(DiffusionConfig(objective="rflow")))
     with pytest.raises(InputError, match="use flow"):
         make_sampler(flow, "ddim", 10)
     with pytest.raises(InputError, match="expected one of"):
         make_sampler(record, "heun", 10)
+
+
+def test_karras_levels_keep_the_fine_noise_a_trailing_last_step_averages_away():
+    """Data x0 ~ N(0, s²) per pixel (a phantom's sensor noise, s = 0.04) and its exact
+    denoiser: an ODE sampler that reaches small noise levels returns variance s²; 25 trailing
+    steps end by returning the posterior mean from a level above s and keep a quarter of it."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    cfg = DiffusionConfig(objective="v")
+    train = make_train_scheduler(cfg)
+    s = 0.04
+
+    def exact(x, t, tokens):
+        ab = train.alphas_cumprod[t.long()].reshape(-1, 1, 1, 1).to(x)
+        var = ab * s**2 + 1 - ab
+        eps, x0 = (1 - ab).sqrt() / var * x, ab.sqrt() * s**2 / var * x
+        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+    noise = torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(11))
+    record = scheduler_record(train)
+    kept = {}
+    for kind in ("ddim", "dpm++-karras"):
+        scheduler = make_sampler(record, kind, 25)
+        out = sample(exact, noise, scheduler, Conditioning(torch.zeros(8, 1, 4)))
+        kept[kind] = out.std().item() / s
+    assert kept["dpm++-karras"] == pytest.approx(1.0, abs=0.05)
+    assert kept["ddim"] < 0.4
+    karras = make_sampler(record, "dpm++-karras", 25)
+    reference = DPMSolverMultistepScheduler.from_config(
+        record["config"], use_karras_sigmas=True, algorithm_type="dpmsolver++"
+    )
+    reference.set_timesteps(25)
+    torch.testing.assert_close(karras.sigmas, reference.sigmas)
+    assert float(karras.sigmas[-2]) < s / 2 and float(karras.sigmas[-1]) == 0.0
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "euler-a"])

@@ -19,12 +19,11 @@ from diffusers import DDIMScheduler
 from helpers import snapshot, synthgen_here, tiny_diffusion
 from killpoint import check_window, kill_at
 
-from synthgen.config import (
-    InputError,
-)
+from synthgen.config import DiffusionConfig, InputError
 from synthgen.data.io import read_image
 from synthgen.data.manifest import load_manifest
-from synthgen.diffusion.sampling import partial_start
+from synthgen.diffusion.objectives import make_train_scheduler, scheduler_record
+from synthgen.diffusion.sampling import make_sampler, partial_start
 from synthgen.edit.plan import EditOptions
 from synthgen.edit.run import run_edit
 from synthgen.edit.stored import read_stored
@@ -139,6 +138,21 @@ def test_partial_start_is_the_forward_process_at_the_start_step():
     assert partial_start(scheduler, x0, noise, 1.0) == (noise, 0)
     with pytest.raises(InputError):
         partial_start(scheduler, x0, noise, 0.0)
+
+
+def test_partial_start_on_karras_levels_noises_to_that_level():
+    """dpm++-karras (the chest recipe's sampler) indexes noise levels, not timesteps: the
+    start is x0 at the start level's signal and noise scales, and sampling goes on from it."""
+    record = scheduler_record(make_train_scheduler(DiffusionConfig(objective="v")))
+    scheduler = make_sampler(record, "dpm++-karras", 10)
+    g = torch.Generator().manual_seed(4)
+    x0, noise = torch.randn(2, 1, 8, 8, generator=g), torch.randn(2, 1, 8, 8, generator=g)
+    xt, start = partial_start(scheduler, x0, noise, 0.3)
+    sigma = scheduler.sigmas[7]
+    assert start == 7
+    expected = (x0 + sigma * noise) / (1 + sigma**2).sqrt()
+    torch.testing.assert_close(xt, expected, atol=1e-6, rtol=1e-6)
+    assert len(scheduler.timesteps[start:]) == 3
 
 
 def test_a_real_dicom_slice_outside_the_box_is_bit_identical(chest, tmp_path):

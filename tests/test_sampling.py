@@ -86,7 +86,7 @@ def test_manifest_rows_checksums_watermark_and_provenance(chest, tmp_path):
     assert parquet["seed"].dtype == np.int64 and parquet["age"].isna().all()
     assert parquet.fillna("").astype(str).equals(table)
     run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "complete" and run["n"] == 12 and run["sampler"] == "ddim"
+    assert run["status"] == "complete" and run["n"] == 12 and run["sampler"] == "dpm++-karras"
     release = int(run["watermark"], 16)
     for _, row in table.iterrows():
         path = out / row["file"]
