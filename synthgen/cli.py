@@ -17,7 +17,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from synthgen.config import InputError
+from synthgen.config import SAMPLERS, InputError
 
 app = typer.Typer(
     help="Synthetic medical images people can trust: phantoms, data checks, training, sampling, "
@@ -273,17 +273,8 @@ def encode(
     typer.echo(f"wrote latent cache {path}")
 
 
-class Sampler(StrEnum):
-    """Keep equal to synthgen.diffusion.sampling.SAMPLERS (a test checks; the CLI must not
-    import torch to show --help)."""
-
-    ddim = "ddim"
-    dpmpp = "dpm++"
-    dpmpp_karras = "dpm++-karras"
-    euler = "euler"
-    euler_a = "euler-a"
-    ddpm = "ddpm"
-    flow = "flow"
+# Built from the config's list, which imports no torch (--help stays fast).
+Sampler = StrEnum("Sampler", [(name, name) for name in SAMPLERS])  # type: ignore[misc]
 
 
 @app.command(

@@ -235,10 +235,14 @@ class DiffusionConfig(StrictModel):
         return v
 
 
+SamplerName = Literal["ddim", "dpm++", "dpm++-karras", "euler", "euler-a", "ddpm", "flow"]
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)  # the one list: CLI, configs and samplers
+
+
 class SamplingConfig(StrictModel):
     """How validation grids (and, by default, later sampling) draw images."""
 
-    sampler: Literal["ddim", "dpm++", "dpm++-karras", "euler", "euler-a", "ddpm", "flow"] = Field(
+    sampler: SamplerName = Field(
         "dpm++-karras", description="dpm++-karras keeps the pixel noise trailing steps smooth away"
     )
     steps: int = Field(50, ge=1)

@@ -23,11 +23,12 @@ from synthgen.config import DiffusionConfig, InputError
 from synthgen.data.io import read_image
 from synthgen.data.manifest import load_manifest
 from synthgen.diffusion.objectives import make_train_scheduler, scheduler_record
-from synthgen.diffusion.sampling import make_sampler, partial_start
+from synthgen.diffusion.sampling import make_sampler, partial_start, sample
 from synthgen.edit.plan import EditOptions
 from synthgen.edit.run import run_edit
 from synthgen.edit.stored import read_stored
 from synthgen.engine.generator import load_generator
+from synthgen.models.conditioning import Conditioning
 from synthgen.sampling.outputs import sha256
 
 
@@ -153,6 +154,10 @@ def test_partial_start_on_karras_levels_noises_to_that_level():
     expected = (x0 + sigma * noise) / (1 + sigma**2).sqrt()
     torch.testing.assert_close(xt, expected, atol=1e-6, rtol=1e-6)
     assert len(scheduler.timesteps[start:]) == 3
+    steps: list[int] = []
+    sample(lambda x, t, tokens: torch.zeros_like(x), xt, scheduler,
+           Conditioning(torch.zeros(2, 1, 4)), on_step=steps.append, start=start)  # fmt: skip
+    assert steps == [1, 2, 3] and scheduler.step_index == 10  # went on from level 7, not 0
 
 
 def test_a_real_dicom_slice_outside_the_box_is_bit_identical(chest, tmp_path):

@@ -23,11 +23,9 @@ from typing import Any
 
 import torch
 
-from synthgen.config import InputError
+from synthgen.config import SAMPLERS, InputError
 from synthgen.diffusion.objectives import Denoise, assemble
 from synthgen.models.conditioning import Conditioning
-
-SAMPLERS = ("ddim", "dpm++", "dpm++-karras", "euler", "euler-a", "ddpm", "flow")
 
 
 def make_sampler(record: dict[str, Any], kind: str, steps: int) -> Any:
@@ -46,7 +44,7 @@ def make_sampler(record: dict[str, Any], kind: str, steps: int) -> Any:
         raise InputError(f"sampler {kind!r}: expected one of {', '.join(SAMPLERS)}")
     if flow_model != (kind == "flow"):
         trained = "rectified flow" if flow_model else "a DDPM (epsilon/v) objective"
-        fits = "flow" if flow_model else "ddim, dpm++, dpm++-karras, euler, euler-a or ddpm"
+        fits = "flow" if flow_model else ", ".join(k for k in SAMPLERS if k != "flow")
         raise InputError(
             f"sampler {kind!r} does not fit a model trained with {trained}: use {fits}"
         )
