@@ -326,7 +326,8 @@ def sample(
     batch_size: Annotated[int, typer.Option(min=1, help="images per model call")] = 16,
     bits: Annotated[int, typer.Option(min=8, max=16, help="PNG bit depth: 8 or 16")] = 8,
     size: Annotated[
-        int | None, typer.Option(min=8, help="export 2D images at SIZE x SIZE (bicubic)")
+        int | None,
+        typer.Option(min=8, help="export 2D images at SIZE x SIZE (a multiple repeats pixels)"),
     ] = None,
     watermark_id: Annotated[
         str | None, typer.Option(help="32-bit release id, hex [default: derived from the run]")

@@ -1,9 +1,10 @@
 """What evaluation reads: real images from a manifest split, synthetic ones from a sample folder.
 
 Both become an `EvalSet`: images in the model range [-1, 1] at the real images' shape (a
-synthetic set exported at another size, e.g. `sample --size 128`, is resized back so every
-metric compares like with like), and a table of condition cells as strings, the way the
-manifest stores them, so one schema reads both.
+synthetic set exported at another size, e.g. `sample --size 128`, is resized back by area, the
+inverse of the export's whole-factor enlargement, so every metric compares like with like), and
+a table of condition cells as strings, the way the manifest stores them, so one schema reads
+both.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from synthgen.config import InputError
 from synthgen.data.dataset import load_images, split_rows
@@ -25,6 +25,7 @@ from synthgen.data.io import ImageReadError, read_image
 from synthgen.data.manifest import Manifest
 from synthgen.data.progress import progress
 from synthgen.data.schema import ColumnSpec, Schema, parse_value
+from synthgen.engine.space import resize
 
 SYNTHETIC_MANIFEST = "manifest.csv"
 
@@ -140,7 +141,4 @@ def read_as_model(path: Path, schema: Schema, shape: tuple[int, ...]) -> torch.T
             f"{path}: a {image.array.ndim}D image, but the real images are {len(shape)}D"
         )
     x = torch.from_numpy(to_model(image.array, window_for(image.array, schema.intensity)))[None]
-    if tuple(x.shape[1:]) != tuple(shape):
-        mode = "bilinear" if len(shape) == 2 else "trilinear"
-        x = F.interpolate(x[None], size=shape, mode=mode, antialias=len(shape) == 2)[0]
-    return x.clamp(-1.0, 1.0)
+    return resize(x[None], tuple(shape))[0].clamp(-1.0, 1.0)

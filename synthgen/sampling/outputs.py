@@ -24,6 +24,7 @@ from synthgen import watermark
 from synthgen.config import InputError
 from synthgen.data.intensity import from_model
 from synthgen.data.io import atomic_write_bytes, fsync_dir, nifti_bytes, png_bytes
+from synthgen.engine.space import resize
 from synthgen.provenance import Provenance
 
 SHARDS = "shards"
@@ -43,8 +44,11 @@ class Exporter:
     """Model-range images → watermarked file bytes with provenance in the file's metadata.
 
     2D: PNG, 8-bit or 16-bit gray over the model's full [-1, 1] range, optionally resized to
-    `size`. 3D: NIfTI in the training data's stored units (the schema's fixed window; [0, 1]
-    when the schema windows each image by percentiles) with the training data's affine.
+    `size` by area: a whole-factor enlargement repeats each model pixel, so the area resize that
+    `eval` reads it back with returns the model's image, fine noise included (an interpolating
+    enlargement smooths it, and the evaluator then tells every sample from real).
+    3D: NIfTI in the training data's stored units (the schema's fixed window; [0, 1] when the
+    schema windows each image by percentiles) with the training data's affine.
     """
 
     spatial_dims: int
@@ -77,10 +81,8 @@ class Exporter:
         return self._nifti(image, prov)
 
     def _png(self, image: torch.Tensor, prov: Provenance) -> bytes:
-        if self.size is not None and tuple(image.shape[1:]) != (self.size, self.size):
-            image = torch.nn.functional.interpolate(
-                image[None].float(), size=(self.size, self.size), mode="bicubic", antialias=True
-            )[0]
+        if self.size is not None:
+            image = resize(image[None].float(), (self.size, self.size))[0]
         top = 255 if self.bits == 8 else 65535
         x = ((image[0].float().clamp(-1, 1) + 1) * (top / 2)).round().numpy()
         array = x.astype(np.uint8 if self.bits == 8 else np.uint16)
