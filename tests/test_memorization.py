@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from synthgen.config import InputError
 from synthgen.data.phantoms import brain3d, chest2d
@@ -100,6 +101,24 @@ def brain_case() -> tuple[dict, mem.Matches, Planted]:
     planted = plant(train, clean, seed=5)
     report = mem.memorization(train, holdout, planted.synthetic)
     return report, mem.nearest_train(train, planted.synthetic), planted
+
+
+def test_noise_is_no_copy_whatever_its_noise_ratio() -> None:
+    """An untrained model's output: noise whose neighbours anti-correlate. Its noise ratio falls
+    below 1 (the wavelet estimate exceeds its spread), but no training image explains it."""
+    train, holdout = chest(1, 60), chest(2, 30)
+    g = torch.Generator().manual_seed(7)
+    white = torch.randn(8, 1, 64, 64, generator=g) * 0.3
+    rough = white - F.avg_pool2d(white, 3, stride=1, padding=1, count_include_pad=False)
+    copy = train[:1] + NOISE_SD * torch.randn(1, 1, 64, 64, generator=g)
+    queries = torch.cat([rough, copy])
+    matches = mem.nearest_train(train, queries)
+    assert (matches.noise_ratio[:8] < 0.9).all() and (np.abs(matches.correlation[:8]) < 0.3).all()
+    report = mem.memorization(train, holdout, queries)
+    assert report["flagged"] == [8]  # the noised copy alone
+    assert [row["flagged"] for row in report["closest"]] == [
+        row["synthetic"] == 8 for row in report["closest"]
+    ]
 
 
 @pytest.mark.parametrize("case", ["chest_case", "brain_case"])

@@ -22,10 +22,12 @@ noise: the same copies clipped to [-1, 1] reached 1.15, and 5 % of them went unf
 The threshold is calibrated on real-vs-real pairs: held-out real images (never trained on) go
 through the same search, and a synthetic image is flagged when it comes closer to a training
 image than MARGIN times the closest held-out image came, and for the noise ratio also no further
-than NOISE_FLOOR (see `calibrate`). The pixel flag thus finds copies that keep their source's
-own noise, which is what a generator that memorised emits pixel for pixel; a smoothed near-copy
-has lost that noise and is the feature flag's job (optional features from any extractor, the
-same rule on cosine distance), though `closest` in the report still lists it.
+than NOISE_FLOOR (see `calibrate`), and the training image explains at least half its
+variance (COPY_CORRELATION: noise copies nothing, whatever its ratio). The pixel flag thus finds
+copies that keep their source's own noise, which is what a generator that memorised emits pixel
+for pixel; a smoothed near-copy has lost that noise and is the feature flag's job (optional
+features from any extractor, the same rule on cosine distance), though `closest` in the report
+still lists it.
 
 Images are (N, 1, H, W) or (N, 1, D, H, W) float tensors in [-1, 1]; features are (N, D).
 """
@@ -52,10 +54,15 @@ MAD_TO_SD = 0.6745  # median |x| of a standard normal
 MARGIN = 0.85  # flag what comes closer than this fraction of the closest held-out distance
 QUANTILES = {"min": 0.0, "p1": 0.01, "p5": 0.05, "p50": 0.5, "p95": 0.95, "p99": 0.99, "max": 1.0}
 NOISE_FLOOR = 1.0  # noise ratio of two independent acquisitions of the same anatomy
+# A copy is mostly its source: the training image explains at least half its variance. Noise
+# matches nothing, yet noise whose neighbours anti-correlate (an untrained model's output) has a
+# wavelet noise estimate above its spread, so its noise ratio alone falls below 1.
+COPY_CORRELATION = math.sqrt(0.5)
 RULE = (
     "flagged when its distance to the nearest training image is at most "
     f"{MARGIN} x the smallest such distance over held-out real images "
-    f"(for the noise ratio also at most {NOISE_FLOOR})"
+    f"(for the noise ratio also at most {NOISE_FLOOR}, with a correlation of at least "
+    f"{COPY_CORRELATION:.3f})"
 )
 
 
@@ -347,11 +354,17 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
 
 
 def _verdict(
-    holdout: np.ndarray, synthetic: np.ndarray, statistic: str, ceiling: float = math.inf
+    holdout: np.ndarray,
+    synthetic: np.ndarray,
+    statistic: str,
+    ceiling: float = math.inf,
+    eligible: np.ndarray | None = None,
 ) -> dict:
-    """Threshold, distributions and flags for one space (distances: smaller is closer)."""
+    """Threshold, distributions and flags for one space (distances: smaller is closer); only
+    `eligible` synthetic images (default all) can be flagged."""
     threshold = calibrate(holdout, ceiling)
-    flagged = np.flatnonzero(synthetic <= threshold)
+    close = synthetic <= threshold
+    flagged = np.flatnonzero(close if eligible is None else close & eligible)
     return {
         "statistic": statistic,
         "threshold": threshold,
@@ -360,6 +373,11 @@ def _verdict(
         "fraction_flagged": float(len(flagged) / len(synthetic)),
         "flagged": flagged.tolist(),
     }
+
+
+def _copies(matches: Matches) -> np.ndarray:
+    """Which pixel matches could be copies at all (COPY_CORRELATION)."""
+    return np.abs(matches.correlation) >= COPY_CORRELATION
 
 
 def _closest(matches: Matches, threshold: float, top: int) -> list[dict]:
@@ -373,7 +391,7 @@ def _closest(matches: Matches, threshold: float, top: int) -> list[dict]:
             "correlation": float(matches.correlation[i]),
             "flip": bool(matches.flip[i]),
             "shift": matches.shift[i].tolist(),
-            "flagged": bool(matches.noise_ratio[i] <= threshold),
+            "flagged": bool(_copies(matches)[i] and matches.noise_ratio[i] <= threshold),
         }
         for i in order
     ]
@@ -432,7 +450,9 @@ def memorization(
     reference = _reference(train, max_shift)
     held = _search(train, reference, holdout, max_shift, "memorisation: held-out", show)
     found = _search(train, reference, synthetic, max_shift, "memorisation: synthetic", show)
-    pixel = _verdict(held.noise_ratio, found.noise_ratio, "noise_ratio", NOISE_FLOOR)
+    pixel = _verdict(
+        held.noise_ratio, found.noise_ratio, "noise_ratio", NOISE_FLOOR, _copies(found)
+    )
     return {
         "n_train": len(train),
         "n_holdout": len(holdout),
