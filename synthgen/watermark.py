@@ -36,6 +36,7 @@ SCALE = 44.0  # quantisation step of a block's top singular value: ~44 dB PSNR (
 # the binomial tail an image without the mark passes with P = 17/2**16 = 0.026% (blind) or
 # 7e-11 (given the id); docs/watermark.md has the measured rate.
 DETECT_THRESHOLD = 15 / 16
+EMBED_PASSES = 4  # marking again what clipping undid; one pass suffices unless pixels saturate
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -119,14 +120,21 @@ def _merge(approx: np.ndarray, details: tuple[np.ndarray, ...]) -> np.ndarray:
 
 
 def embed(image: np.ndarray, release_id: int) -> np.ndarray:
-    """Mark a 2D uint8 gray image with `payload(release_id)`; returns a marked copy."""
+    """Mark a 2D uint8 gray image with `payload(release_id)`; returns a marked copy.
+
+    Rounding and clipping to 0..255 can undo a block's move where the image saturates (a
+    burned-in marker, an enlarged noisy sample), so the copy is read back and marked again,
+    from what clipping left, until every bit reads right or EMBED_PASSES run out."""
     _check_image(image)
     bits = payload(release_id)
-    approx, details = _bands(image)
-    _GrayBlocks(list(bits), wmLen=PAYLOAD_BITS, block=BLOCK).encode_frame(approx, SCALE)
-    marked = _merge(approx, details)
     out = image.copy()
-    out[: marked.shape[0], : marked.shape[1]] = np.clip(np.round(marked), 0, 255)
+    for _ in range(EMBED_PASSES):
+        approx, details = _bands(out)
+        _GrayBlocks(list(bits), wmLen=PAYLOAD_BITS, block=BLOCK).encode_frame(approx, SCALE)
+        marked = _merge(approx, details)
+        out[: marked.shape[0], : marked.shape[1]] = np.clip(np.round(marked), 0, 255)
+        if (_bits(_votes(out, [[] for _ in range(PAYLOAD_BITS)])) == bits).all():
+            break
     return out
 
 
@@ -191,8 +199,13 @@ def _votes(view: np.ndarray, votes: list[list[int]]) -> list[list[int]]:
     return reader.decode_frame(approx, SCALE, votes)
 
 
+def _bits(votes: list[list[int]]) -> np.ndarray:
+    """Each payload position's majority vote; a tie reads 0."""
+    return np.array([np.mean(v) > 0.5 for v in votes], dtype=np.uint8)
+
+
 def _decide(votes: list[list[int]], release_id: int | None) -> Detection:
-    bits = np.array([np.mean(v) > 0.5 for v in votes], dtype=np.uint8)  # majority; tie reads 0
+    bits = _bits(votes)
     if release_id is None:
         accuracy = float(np.mean(bits[:TAG_BITS] == payload(0)[:TAG_BITS]))  # the tag, any id
     else:
