@@ -335,7 +335,7 @@ def demo_generator() -> DiffusionStage:
         ),
         denoiser=DenoiserConfig(),
         diffusion=DiffusionConfig(
-            objective="v", min_snr_gamma=5.0, region_weights={"nodule_mask": 5.0}
+            objective="v", min_snr_gamma=20.0, region_weights={"nodule_mask": 5.0}
         ),
         inpaint=InpaintConfig(plain=0.6, shape_masks=("nodule_mask", "effusion_mask", "anatomy")),
         sampling=SamplingConfig(guidance=1.0, grid=("nodule", "sex"), per_cell=6),
