@@ -380,8 +380,10 @@ def _copies(matches: Matches) -> np.ndarray:
     return np.abs(matches.correlation) >= COPY_CORRELATION
 
 
-def _closest(matches: Matches, threshold: float, top: int) -> list[dict]:
-    """The `top` synthetic/train pairs with the smallest noise ratio, closest first."""
+def _closest(matches: Matches, flagged: list[int], top: int) -> list[dict]:
+    """The `top` synthetic/train pairs with the smallest noise ratio, closest first, each
+    marked with the verdict's flag."""
+    marked = set(flagged)
     order = np.argsort(matches.noise_ratio, kind="stable")[:top]
     return [
         {
@@ -391,7 +393,7 @@ def _closest(matches: Matches, threshold: float, top: int) -> list[dict]:
             "correlation": float(matches.correlation[i]),
             "flip": bool(matches.flip[i]),
             "shift": matches.shift[i].tolist(),
-            "flagged": bool(_copies(matches)[i] and matches.noise_ratio[i] <= threshold),
+            "flagged": int(i) in marked,
         }
         for i in order
     ]
@@ -461,5 +463,5 @@ def memorization(
         "rule": RULE,
         **pixel,
         "features": features,
-        "closest": _closest(found, pixel["threshold"], top),
+        "closest": _closest(found, pixel["flagged"], top),
     }
