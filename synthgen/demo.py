@@ -38,6 +38,7 @@ from synthgen.data.dataset import split_rows
 from synthgen.data.intensity import to_model, window_for
 from synthgen.data.manifest import Manifest, load_manifest
 from synthgen.data.phantoms import generate_phantoms
+from synthgen.metrics.utility import PRETRAINED
 
 if TYPE_CHECKING:
     from synthgen.engine.checkpoint import Checkpoint
@@ -365,10 +366,14 @@ def headline(report: dict) -> str:
             f"{ref['fid']:.2f} ({extractor}), precision {fid['precision']:.2f} (held-out "
             f"{ref['precision']:.2f}), recall {fid['recall']:.2f} (held-out {ref['recall']:.2f})"
         )
+    pretrained = regimes.get(PRETRAINED)
+    tuned = "" if pretrained is None else (
+        f", synthetic then real {pretrained['auroc']['mean']:.3f}"
+    )  # fmt: skip
     return (
         f"{fidelity}; real-vs-synthetic AUROC {two_sample:.2f} (0.5: indistinguishable); "
         f"{report['utility']['target']} AUROC real-only {auroc['real']:.3f}, synthetic-only "
-        f"{auroc['synthetic']:.3f}; memorisation flags {flagged}"
+        f"{auroc['synthetic']:.3f}{tuned}; memorisation flags {flagged}"
     )
 
 

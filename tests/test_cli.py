@@ -170,5 +170,8 @@ def test_demo_headline_puts_fidelity_beside_the_heldout_reference():
     assert "FID 12.00 = 8.0x held-out real 1.50 (domain)" in line
     assert "precision 0.41 (held-out 0.93), recall 0.33 (held-out 0.98)" in line
     assert "real-vs-synthetic AUROC 0.87" in line and "/cache/probe" not in line
+    assert "AUROC real-only 0.900, synthetic-only 0.800;" in line
+    report["utility"]["regimes"]["synthetic then real"] = {"auroc": {"mean": 0.93}}
+    assert "synthetic-only 0.800, synthetic then real 0.930;" in headline(report)
     del report["fidelity"]["heldout_real_reference"]
     assert headline(report).startswith("FID 12.00 (domain), precision 0.41, recall 0.33;")

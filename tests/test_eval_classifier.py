@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,26 @@ def test_same_seed_same_classifier(chest: Path, tmp_path: Path) -> None:
     ]
     x = train.images[:16]
     torch.testing.assert_close(runs[0].embed(x), runs[1].embed(x))
+
+
+def test_fine_tuning_starts_from_the_given_classifier(chest: Path, tmp_path: Path) -> None:
+    manifest = load_manifest(chest)
+    train = load_real(manifest, ("train",))
+    held = load_real(manifest, ("val", "test"))
+    fit = partial(classifier.train_classifier, train.images, train.table, manifest.schema, ["sex"])
+    learned = fit(FAST, tmp_path / "pre", seed=1)
+    frozen = FAST.model_copy(update={"train": FAST.train.model_copy(update={"lr": 1e-9})})
+    (target,) = classifier.targets_for(manifest.schema, ["sex"])
+    truth = {"sex": classifier.encode(held.table, manifest.schema, target)}
+
+    def auroc(model: classifier.MultiHead) -> float:
+        return classifier.score_targets(classifier.predict(model, held.images), truth, [target])[
+            "sex_auroc"
+        ]
+
+    tuned = auroc(fit(frozen, tmp_path / "tuned", seed=2, init=learned))
+    assert tuned > 0.9 and tuned == pytest.approx(auroc(learned), abs=0.05)
+    assert auroc(fit(frozen, tmp_path / "fresh", seed=2)) < 0.8  # the weights came from `init`
 
 
 def test_multihead_3d_and_densenet() -> None:

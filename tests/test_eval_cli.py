@@ -66,7 +66,11 @@ def test_eval_all_writes_one_report(sets: tuple[Path, Path], tmp_path: Path) -> 
     assert reference["fid"] >= 0 and 0 <= reference["recall"] <= 1
     assert len(list((cache / "features").glob("*.safetensors"))) == 2  # train + held-out
     assert set(report["utility"]["regimes"]) == {
-        "real", "synthetic", "real+synthetic", "real+synthetic balanced"
+        "real", "synthetic", "real+synthetic", "synthetic then real", "real+synthetic balanced"
+    }  # fmt: skip
+    assert report["utility"]["regimes"]["synthetic then real"]["training_set"] == {
+        "real": report["meta"]["real"]["train_images"], "synthetic": 120,
+        "pretrained_on": "synthetic",
     }  # fmt: skip
     real_only = report["utility"]["regimes"]["real"]["auroc"]
     assert real_only["lo"] <= real_only["mean"] <= real_only["hi"]
@@ -76,6 +80,10 @@ def test_eval_all_writes_one_report(sets: tuple[Path, Path], tmp_path: Path) -> 
     assert set(fair["regimes"]) == set(report["utility"]["regimes"])
     assert "sex × site" in fair["regimes"]["real"]["by_subgrouping"]
     assert "nodule_subtype" in fair["regimes"]["real"]["hidden_strata"]
+    assert set(fair["tpr_gap"]["site"]) == set(report["utility"]["regimes"])
+    assert set(fair["tpr_gap_difference_vs_real"]["site"]) == set(fair["tpr_gap"]["site"]) - {
+        "real"
+    }
     assert "sex_auroc" in fair["conditioning_fidelity"]["synthetic"]
     assert "sex_auroc" in fair["conditioning_fidelity"]["real_heldout"]
     assert report["memorization"]["n_synthetic"] == 120

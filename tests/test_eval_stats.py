@@ -132,3 +132,18 @@ def test_fairness_report_covers_every_regime() -> None:
     assert site_ci["mean"] == pytest.approx(1.0)
     flipped = found["regimes"]["synthetic"]["by_subgrouping"]["site"]["groups"]["A"]["auroc"]
     assert flipped == pytest.approx(0.0)
+
+
+def test_tpr_gap_matches_the_probe_and_pairs_the_regimes() -> None:
+    labels, scores, table = _fair_case(9)
+    groups = fairness.subgroup_columns(SCHEMA, table)["site"]
+    perfect = labels.astype(float)
+    runs = {"real": np.stack([scores]), "same": np.stack([scores]), "perfect": np.stack([perfect])}
+    gaps, differences = fairness.tpr_gaps(labels, runs, groups, count=200)
+    probe = fairness.probe(labels, scores, groups)["largest_gap"]["tpr"]
+    assert gaps["real"]["mean"] == pytest.approx(probe)
+    assert gaps["real"]["lo"] <= probe <= gaps["real"]["hi"]
+    assert gaps["perfect"] == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
+    assert differences["same"] == {"mean": 0.0, "lo": 0.0, "hi": 0.0}  # paired resamples
+    assert differences["perfect"]["mean"] == pytest.approx(-probe)
+    assert set(differences) == {"same", "perfect"}

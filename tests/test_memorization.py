@@ -151,6 +151,8 @@ def test_report_is_json_and_lists_the_closest_pairs_first(chest_case) -> None:
     assert json.loads(json.dumps(report)) == report
     assert (report["n_train"], report["n_holdout"], report["n_synthetic"]) == (400, 200, 212)
     assert report["fraction_flagged"] == pytest.approx(len(report["flagged"]) / 212)
+    assert report["train_copied"] == len(set(planted.source)) == 12  # one per copied source
+    assert report["train_fraction_copied"] == pytest.approx(12 / 400)
     calibrated = min(mem.NOISE_FLOOR, mem.MARGIN * report["holdout"]["min"])
     assert report["threshold"] == pytest.approx(calibrated)
     assert report["features"] is None
@@ -190,8 +192,9 @@ def test_noise_sd_recovers_white_noise_under_smooth_structure() -> None:
 def test_feature_space_finds_an_exact_copy() -> None:
     g = torch.Generator().manual_seed(9)
     train, holdout = chest(1, 40), chest(2, 20)
-    synthetic = torch.cat([chest(3, 19), train[7:8]])
+    synthetic = torch.cat([chest(3, 18), train[7:8], train[7:8]])
     features = [torch.randn(n, 32, generator=g) for n in (40, 20, 20)]
+    features[2][18] = features[0][7] * 2.0
     features[2][19] = features[0][7] * 3.0
     report = mem.memorization(
         train,
@@ -203,7 +206,9 @@ def test_feature_space_finds_an_exact_copy() -> None:
     )
     index, cosine = mem.nearest_by_features(features[0], features[2])
     assert (index[19], cosine[19]) == (7, pytest.approx(1.0, abs=1e-6))
-    assert 19 in report["features"]["flagged"] and 19 in report["flagged"]
+    assert {18, 19} <= set(report["features"]["flagged"]) and 19 in report["flagged"]
+    for verdict in (report, report["features"]):  # two copies of one image: one image copied
+        assert verdict["train_copied"] == 1 and verdict["train_fraction_copied"] == 1 / 40
     assert report["features"]["statistic"] == "cosine_distance"
 
 

@@ -221,9 +221,11 @@ def train_classifier(
     seed: int = 0,
     val: tuple[torch.Tensor, pd.DataFrame] | None = None,
     fingerprint: str = "",
+    init: MultiHead | None = None,
     show: bool = False,
 ) -> MultiHead:
-    """Train a classifier on `columns` into the run folder `out`; return it in eval mode."""
+    """Train a classifier on `columns` into the run folder `out`; return it in eval mode.
+    `init` starts from another classifier's weights (same config and targets): fine-tuning."""
     specs = targets_for(schema, columns)
     ys = [encode(table, schema, t) for t in specs]
     if len(images) < 2:
@@ -239,6 +241,8 @@ def train_classifier(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         task = ClassifierTask(cfg, spatial_dims, specs, val_pair)
+    if init is not None:
+        task.modules["model"].load_state_dict(init.state_dict())
     meta = {
         "spatial_dims": spatial_dims,
         "image_shape": list(images.shape[2:]),

@@ -248,7 +248,7 @@ def _downstream(
     uopts = utility.UtilityOptions(
         target=target,
         balance=opts.balance,
-        regimes=utility.REGIMES if opts.balance else utility.REGIMES[:3],
+        regimes=tuple(r for r in utility.REGIMES if opts.balance or r != utility.BALANCED),
         seeds=opts.seeds,
         bootstrap=opts.bootstrap,
         specificity=opts.specificity,

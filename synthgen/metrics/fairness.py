@@ -18,7 +18,7 @@ import pandas as pd
 
 from synthgen.data.schema import Schema
 from synthgen.metrics import stats
-from synthgen.metrics.utility import Scores
+from synthgen.metrics.utility import REAL, Scores
 
 AGE_BINS = 3
 CALIBRATION_BINS = 10
@@ -135,6 +135,44 @@ def auroc_intervals(
     return found
 
 
+def largest_tpr_gap(
+    labels: np.ndarray, scores: np.ndarray, groups: pd.Series, draws: np.ndarray
+) -> np.ndarray:
+    """Per resample of test rows (`draws`, row 0 the identity): the largest difference in TPR
+    at 0.5 between the groups that have MIN_GROUP rows and both classes on the whole set."""
+    cells = groups.to_numpy()
+    tprs = []
+    for level in sorted(set(cells) - {""}):
+        inside = cells == level
+        if inside.sum() < MIN_GROUP or labels[inside].all() or not labels[inside].any():
+            continue
+        positives = (inside & labels)[draws].sum(axis=1)
+        hits = (inside & labels & (scores >= 0.5))[draws].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tprs.append(np.where(positives > 0, hits / positives, np.nan))
+    gaps = np.full(len(draws), np.nan)
+    if len(tprs) < 2:
+        return gaps
+    table = np.stack(tprs)
+    ok = np.isfinite(table).sum(axis=0) >= 2  # a resample may miss a group's positives
+    gaps[ok] = np.nanmax(table[:, ok], axis=0) - np.nanmin(table[:, ok], axis=0)
+    return gaps
+
+
+def tpr_gaps(
+    labels: np.ndarray, by_regime: dict[str, np.ndarray], groups: pd.Series, count: int
+) -> tuple[dict[str, stats.Estimate], dict[str, stats.Estimate]]:
+    """Each regime's largest between-group TPR gap with its interval, and its difference from
+    the real-only regime's on the same resamples (paired: negative = a smaller gap)."""
+    draws = stats.resamples(len(labels), count, seed=0)
+    gaps = {r: largest_tpr_gap(labels, runs.mean(axis=0), groups, draws)
+            for r, runs in by_regime.items()}  # fmt: skip
+    found = {r: stats.summarise(g) for r, g in gaps.items()}
+    if REAL not in gaps:
+        return found, {}
+    return found, {r: stats.summarise(g - gaps[REAL]) for r, g in gaps.items() if r != REAL}
+
+
 def hidden_strata(
     schema: Schema, labels: np.ndarray, scores: np.ndarray, table: pd.DataFrame
 ) -> dict[str, Any]:
@@ -183,4 +221,12 @@ def report(schema: Schema, scores: Scores, bootstrap: int = 1000) -> dict[str, A
             "hidden_strata": hidden_strata(schema, scores.labels, mean, scores.table),
         }
     found["regimes"] = regimes
+    found["tpr_gap"], found["tpr_gap_difference_vs_real"] = {}, {}
+    for column in subgroups:
+        if "×" in column:
+            continue
+        gaps, differences = tpr_gaps(scores.labels, scores.by_regime, subgroups[column], bootstrap)
+        found["tpr_gap"][column] = gaps
+        if differences:
+            found["tpr_gap_difference_vs_real"][column] = differences
     return found

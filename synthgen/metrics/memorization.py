@@ -356,15 +356,20 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
 def _verdict(
     holdout: np.ndarray,
     synthetic: np.ndarray,
+    nearest: np.ndarray,
+    n_train: int,
     statistic: str,
     ceiling: float = math.inf,
     eligible: np.ndarray | None = None,
 ) -> dict:
-    """Threshold, distributions and flags for one space (distances: smaller is closer); only
-    `eligible` synthetic images (default all) can be flagged."""
+    """Threshold, distributions and flags for one space (distances: smaller is closer; `nearest`
+    the training index each synthetic image matched); only `eligible` synthetic images (default
+    all) can be flagged. `train_fraction_copied` is the share of training images with at least
+    one flagged near-copy, the figure medical memorisation studies report per training set."""
     threshold = calibrate(holdout, ceiling)
     close = synthetic <= threshold
     flagged = np.flatnonzero(close if eligible is None else close & eligible)
+    copied = len(np.unique(nearest[flagged]))
     return {
         "statistic": statistic,
         "threshold": threshold,
@@ -372,6 +377,8 @@ def _verdict(
         "synthetic": _quantiles(synthetic),
         "fraction_flagged": float(len(flagged) / len(synthetic)),
         "flagged": flagged.tolist(),
+        "train_copied": copied,
+        "train_fraction_copied": copied / n_train,
     }
 
 
@@ -418,8 +425,10 @@ def _features(counts: tuple[int, int, int], given: tuple[object, object, object]
         widths = ", ".join(f"{n} {f.shape[1]}" for n, f in zip(names, checked, strict=True))
         raise InputError(f"feature sets differ in width: {widths}")
     _, holdout_cosine = nearest_by_features(checked[0], checked[1])
-    _, synthetic_cosine = nearest_by_features(checked[0], checked[2])
-    return _verdict(1.0 - holdout_cosine, 1.0 - synthetic_cosine, "cosine_distance")
+    nearest, synthetic_cosine = nearest_by_features(checked[0], checked[2])
+    return _verdict(
+        1.0 - holdout_cosine, 1.0 - synthetic_cosine, nearest, counts[0], "cosine_distance"
+    )
 
 
 def memorization(
@@ -453,8 +462,9 @@ def memorization(
     held = _search(train, reference, holdout, max_shift, "memorisation: held-out", show)
     found = _search(train, reference, synthetic, max_shift, "memorisation: synthetic", show)
     pixel = _verdict(
-        held.noise_ratio, found.noise_ratio, "noise_ratio", NOISE_FLOOR, _copies(found)
-    )
+        held.noise_ratio, found.noise_ratio, found.index, len(train), "noise_ratio",
+        NOISE_FLOOR, _copies(found),
+    )  # fmt: skip
     return {
         "n_train": len(train),
         "n_holdout": len(holdout),

@@ -1,5 +1,8 @@
 """Downstream utility: train on real, synthetic or both, test on held-out real images.
 
+Regimes: real only, synthetic only, real + synthetic mixed, synthetic then real (the
+synthetic-only classifier of the same seed fine-tuned on the real images with the same
+steps: RoentGen-v2's pretraining regime), and real + synthetic balanced over a subgroup.
 Each regime trains the evaluation classifier (synthgen.metrics.classifier, on the engine) on
 one binary label for several seeds and scores held-out real images. Figures are the mean
 over seeds with a 95 % bootstrap interval over test images; differences against the real-only
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +24,18 @@ import torch
 from synthgen.config import ClassifierConfig, InputError
 from synthgen.data.schema import Schema
 from synthgen.metrics import stats
-from synthgen.metrics.classifier import encode, predict, targets_for, train_classifier
+from synthgen.metrics.classifier import (
+    MultiHead,
+    encode,
+    predict,
+    targets_for,
+    train_classifier,
+)
 from synthgen.metrics.inputs import EvalSet
 
-REAL, SYNTHETIC, BOTH, BALANCED = "real", "synthetic", "real+synthetic", "real+synthetic balanced"
-REGIMES = (REAL, SYNTHETIC, BOTH, BALANCED)
+REAL, SYNTHETIC, BOTH = "real", "synthetic", "real+synthetic"
+PRETRAINED, BALANCED = "synthetic then real", "real+synthetic balanced"
+REGIMES = (REAL, SYNTHETIC, BOTH, PRETRAINED, BALANCED)
 
 
 @dataclass
@@ -66,6 +77,9 @@ def training_sets(
             sets[regime] = (real, {"real": len(real), "synthetic": 0})
         elif regime == SYNTHETIC:
             sets[regime] = (synthetic, {"real": 0, "synthetic": len(synthetic)})
+        elif regime == PRETRAINED:
+            sets[regime] = (real, {"real": len(real), "synthetic": len(synthetic),
+                                   "pretrained_on": SYNTHETIC})  # fmt: skip
         elif regime == BOTH:
             sets[regime] = (
                 _concat(real, synthetic),
@@ -137,28 +151,56 @@ def run_regimes(
     if (labels < 0).any() or len(np.unique(labels)) != 2:
         raise InputError(f"the held-out real images need both levels of {opts.target!r}, no gaps")
     by_regime, summaries = {}, {}
-    for regime, (train, summary) in training_sets(real, synthetic, schema, opts).items():
+    synthetic_models: dict[int, MultiHead] = {}  # the starting points of PRETRAINED
+    fit = partial(_train, schema=schema, opts=opts, out=out, show=show)
+    sets = training_sets(real, synthetic, schema, opts)
+    for regime in sorted(sets, key=lambda r: r == PRETRAINED):  # after SYNTHETIC
+        train, summary = sets[regime]
         runs = []
         for seed in opts.seeds:
-            if show:
-                print(f"utility: {regime}, seed {seed} ({len(train)} images)", flush=True)
-            folder = out / "classifiers" / f"{regime.replace(' ', '-')}-seed{seed}"
-            shutil.rmtree(folder, ignore_errors=True)  # a previous report's run, not a resume
-            model = train_classifier(
-                train.images,
-                train.table,
-                schema,
-                [opts.target],
-                opts.classifier,
-                folder,
-                seed=seed,
-                fingerprint=train.fingerprint,
-                show=show,
-            )
+            init = None
+            if regime == PRETRAINED:
+                if seed not in synthetic_models:
+                    synthetic_models[seed] = fit(SYNTHETIC, synthetic, seed)
+                init = synthetic_models[seed]
+            model = fit(regime, train, seed, init=init)
+            if regime == SYNTHETIC:
+                synthetic_models[seed] = model
             runs.append(predict(model, test.images)[opts.target].numpy())
         by_regime[regime] = np.stack(runs)
         summaries[regime] = summary
+    by_regime = {regime: by_regime[regime] for regime in sets}  # the order asked for
     return Scores(labels.astype(bool), test.table, by_regime), summaries
+
+
+def _train(
+    regime: str,
+    train: EvalSet,
+    seed: int,
+    *,
+    schema: Schema,
+    opts: UtilityOptions,
+    out: Path,
+    show: bool,
+    init: MultiHead | None = None,
+) -> MultiHead:
+    """One regime's classifier for one seed, in `out/classifiers/<regime>-seed<seed>`."""
+    if show:
+        print(f"utility: {regime}, seed {seed} ({len(train)} images)", flush=True)
+    folder = out / "classifiers" / f"{regime.replace(' ', '-')}-seed{seed}"
+    shutil.rmtree(folder, ignore_errors=True)  # a previous report's run, not a resume
+    return train_classifier(
+        train.images,
+        train.table,
+        schema,
+        [opts.target],
+        opts.classifier,
+        folder,
+        seed=seed,
+        fingerprint=train.fingerprint,
+        init=init,
+        show=show,
+    )
 
 
 def score(scores: np.ndarray, labels: np.ndarray, rows: np.ndarray, opts: UtilityOptions) -> dict:
