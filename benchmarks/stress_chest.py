@@ -4,9 +4,9 @@ Classifier S learns nodules on data where site B marks 90 % of positives (`--sho
 classifier C learns them on clean data. The test pool is the shortcut data's test split.
 Acquisition edits move the pool's site-B positives to site A: a classifier that reads the site
 loses AUROC, one that reads the nodule should not. Forms measured:
-- `edit-site-S[-gG]`: the whole image re-generated at site A by SDEdit at strength S (several
-  may be given; guidance G with --guidance), a keep mask holding every nodule pixel (which
-  therefore keeps site B's contrast curve and noise);
+- `edit-site-S[-gG][-on-F]`: the whole image re-generated at site A by SDEdit at strength S
+  (several may be given; guidance G with --guidance, on fields F with --guide), a keep mask
+  holding every nodule pixel (which therefore keeps site B's contrast curve and noise);
 - `edit-marker`: only the band of rows holding the sites' burned-in corner markers edited;
 - `edit-negatives[-gG]`: the reverse shortcut, site-A negatives moved to site B (no keep mask).
 Manifestation edits add a nodule inside the lungs of the pool's negatives: C should flip.
@@ -127,6 +127,7 @@ def main() -> None:
     )
     parser.add_argument("--nodule-px", default=NODULE_PX, help="smallest nodule radius (px)")
     parser.add_argument("--guidance", type=float, help="acquisition edits' guidance [trained]")
+    parser.add_argument("--guide", help="fields the acquisition edits guide on [all] (#21 lever)")
     parser.add_argument("--out", type=Path, default=Path("bench-stress"))
     args = parser.parse_args()
     n, steps = (600, 150) if args.quick else (2000, 300)
@@ -144,6 +145,9 @@ def main() -> None:
     c = classifier(clean, args.out / "classifier-C", steps)
     tag = "" if args.guidance is None else f"-g{args.guidance}"
     guide = () if args.guidance is None else ("--guidance", str(args.guidance))
+    if args.guide is not None:
+        tag += f"-on-{args.guide.replace(',', '+')}"
+        guide += ("--guide", args.guide)
     sdedit = [f"edit-site-{strength}{tag}" for strength in args.strength]
     pairs = zip(sdedit, args.strength, strict=True)
     sites = [edit(generator, shortcut, args.out / folder, "--set", "site=A", "--where", "nodule=1",

@@ -164,6 +164,18 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="config overrides as
 RunConfig = Annotated[Path, typer.Option(help="run config YAML")]
 Resume = Annotated[bool, typer.Option(help="continue the run in `out` at its next batch")]
 Quiet = Annotated[bool, typer.Option(help="no progress bar")]
+Guide = Annotated[
+    str | None,
+    typer.Option(
+        help="comma-separated fields to guide on; the others keep their condition in both "
+        "branches of classifier-free guidance (needs --guidance other than 1) [default: all]"
+    ),
+]
+
+
+def guide_fields(guide: str | None) -> tuple[str, ...] | None:
+    """--guide FIELDS as a tuple of field names (None: guide on every field)."""
+    return None if guide is None else tuple(f.strip() for f in guide.split(","))
 
 
 @train_app.command(
@@ -320,9 +332,7 @@ def sample(
     guidance: Annotated[
         float | None, typer.Option(min=0.0, help="classifier-free guidance [default: trained]")
     ] = None,
-    guide: Annotated[
-        str | None, typer.Option(help="comma-separated fields to guide on [default: all]")
-    ] = None,
+    guide: Guide = None,
     batch_size: Annotated[int, typer.Option(min=1, help="images per model call")] = 16,
     bits: Annotated[int, typer.Option(min=8, max=16, help="PNG bit depth: 8 or 16")] = 8,
     size: Annotated[
@@ -371,7 +381,7 @@ def sample(
         sampler=None if sampler is None else sampler.value,
         steps=steps,
         guidance=guidance,
-        guide_fields=None if guide is None else tuple(f.strip() for f in guide.split(",")),
+        guide_fields=guide_fields(guide),
         batch_size=batch_size,
         bits=bits,
         size=size,
@@ -461,6 +471,7 @@ def edit(
     guidance: Annotated[
         float | None, typer.Option(min=0.0, help="classifier-free guidance [default: trained]")
     ] = None,
+    guide: Guide = None,
     batch_size: Annotated[int, typer.Option(min=1, help="images per model call")] = 16,
     schema: Annotated[Path | None, typer.Option(help="schema [default: beside manifest]")] = None,
     no_watermark: Annotated[
@@ -504,6 +515,7 @@ def edit(
         sampler=None if sampler is None else sampler.value,
         steps=steps,
         guidance=guidance,
+        guide_fields=guide_fields(guide),
         batch_size=batch_size,
         watermark=not no_watermark,
         resume=resume,

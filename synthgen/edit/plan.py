@@ -47,6 +47,7 @@ class EditOptions:
     sampler: str | None = None
     steps: int | None = None
     guidance: float | None = None
+    guide_fields: tuple[str, ...] | None = None  # None: guide on every field
     batch_size: int = 16
     watermark: bool = True
     resume: bool = False

@@ -50,7 +50,8 @@ from synthgen.sampling.run import cond_masks, merge_manifest, process_state, sam
 RUN_FILE = "run.json"
 IDENTITY = (
     "checkpoint_sha256", "manifest_fingerprint", "changes", "prompt", "shift", "edit_mask",
-    "keep_masks", "strength", "seed", "rows", "sampler", "steps", "guidance", "watermark",
+    "keep_masks", "strength", "seed", "rows", "sampler", "steps", "guidance", "guide_fields",
+    "watermark",
 )  # fmt: skip
 
 
@@ -88,6 +89,7 @@ def make_plan(gen: Generator, opts: EditOptions) -> Plan:
             "layout by starting from the image partly noised)"
         )
     changes = check_changes(manifest, gen.specs, opts.changes)
+    gen.model.encoder.null_drop(1, opts.guide_fields)  # unknown --guide fields fail here
     shift = shift_type(manifest, changes, opts.shift)
     edit, keeps = Region(opts.edit_mask), [Region(k) for k in opts.keep_masks]
     for region in (edit, *keeps):
@@ -139,6 +141,7 @@ def _identity(gen: Generator, opts: EditOptions, plan: Plan, sha: str, rid: int 
         "sampler": opts.sampler or s.sampler,
         "steps": opts.steps or s.steps,
         "guidance": s.guidance if opts.guidance is None else opts.guidance,
+        "guide_fields": None if opts.guide_fields is None else list(opts.guide_fields),
         "watermark": None if rid is None else f"{rid:08x}",
     }
 
@@ -268,6 +271,7 @@ class Editor:
             sampler=self.opts.sampler,
             steps=self.opts.steps,
             guidance=self.opts.guidance,
+            guide_fields=self.opts.guide_fields,
             cond_mask=cond_masks(self.gen, rows),
         )
         return [
