@@ -140,16 +140,19 @@ def evaluate(parts: tuple[str, ...], opts: EvalOptions) -> dict[str, Any]:
     if "fidelity" in parts:
         report["fidelity"] = _fidelity(inputs, opts, extractor, features)
         figures.append(spectrum_figure(report["fidelity"]["spectrum"]))
+        figures += group_fid_figures(report["fidelity"])
         figures += html.grids_by_condition(
             "fidelity",
             inputs.synthetic.images,
             inputs.synthetic.table,
+            inputs.train.images,
+            inputs.train.table,
             [c for c in _categorical(inputs.schema) if c in inputs.synthetic.table],
         )
     if "utility" in parts or "fairness" in parts:
         report_u, report_f, charts = _downstream(inputs, opts, parts, probe)
         report.update(report_u | report_f)
-        figures += charts
+        figures += charts + difference_figures(report)
     if "memorization" in parts:
         found, pairs = _memorization(inputs, opts, features)
         report["memorization"] = found
@@ -172,6 +175,63 @@ def spectrum_figure(spectrum: dict[str, Any]) -> Any:
     labels = ("frequency (cycles/pixel)", "power")
     return html.line_chart("fidelity", "Radial power spectrum", spectrum["frequency"], series,
                            labels, caption)  # fmt: skip
+
+
+def group_fid_figures(fidelity: dict[str, Any]) -> list[Any]:
+    """FID per level of each condition beside the held-out real FID and #20's goal, to show
+    which condition cell the generator misses (no whiskers: FID is one number per group)."""
+    from synthgen.metrics import report as html
+    from synthgen.metrics.verdict import THRESHOLDS
+
+    bars = {
+        f"{column}={level}": {"mean": entry.get("fid"), "lo": None, "hi": None}
+        for column, levels in fidelity.get("fid_by_group", {}).items()
+        for level, entry in levels.items()
+    }
+    if not any(b["mean"] is not None for b in bars.values()):
+        return []
+    lines = {}
+    if reference := fidelity.get("heldout_real_reference", {}).get("fid"):
+        limit = THRESHOLDS["fid_ratio"].limit
+        lines = {"held-out real (all)": reference, f"goal: {limit:g}× held-out": limit * reference}
+    caption = (
+        "Each group's synthetic images against the real training images of the same group; a "
+        f"gap where a side has fewer than {fidelity.get('min_group')} images. Groups are "
+        "smaller than the whole set, which biases FID upwards."
+    )
+    series = {"synthetic vs real training": bars}
+    return [html.bar_chart_ci("fidelity", "FID per group", series, "FID", lines, caption)]
+
+
+def difference_figures(report: dict[str, Any]) -> list[Any]:
+    """Charts of what the verdict reads against 0: each regime's AUROC minus real only's,
+    and each regime's largest TPR gap between groups (when the report has them)."""
+    from synthgen.metrics import report as html
+    from synthgen.metrics.labels import is_estimate, regime_label
+
+    figures = []
+    diffs = report.get("utility", {}).get("auroc_difference_vs_real", {})
+    series = {
+        regime_label(r): {
+            ("all" if g == "overall" else g): e for g, e in by_group.items() if is_estimate(e)
+        }
+        for r, by_group in diffs.items()
+    }
+    if any(series.values()):
+        title = f"AUROC minus real only's, {report['utility'].get('target', '')}"
+        figures.append(html.bar_chart_ci("utility", title, series, "AUROC difference"))
+    gaps = report.get("fairness", {}).get("tpr_gap", {})
+    regimes = list(dict.fromkeys(r for by_regime in gaps.values() for r in by_regime))
+    series = {
+        regime_label(r): {
+            c: by_regime[r] for c, by_regime in gaps.items() if is_estimate(by_regime.get(r))
+        }
+        for r in regimes
+    }
+    if any(series.values()):
+        title = "Largest TPR gap between groups"
+        figures.append(html.bar_chart_ci("fairness", title, series, "TPR gap"))
+    return figures
 
 
 def _categorical(schema: Schema) -> list[str]:
@@ -305,12 +365,13 @@ def _memorization(
         return found, []
     left = torch.stack([inputs.synthetic.images[c["synthetic"]] for c in closest])
     right = torch.stack([inputs.train.images[c["train"]] for c in closest])
-    captions = [
-        f"synthetic {c['synthetic']} ~ train {c['train']}: noise ratio {c['noise_ratio']:.3f}"
-        for c in closest
-    ]
+    captions = [f"{c['synthetic']} ~ {c['train']}: {c['noise_ratio']:.3f}" for c in closest]
+    caption = (
+        "Each pair: synthetic sample (left) | its nearest training image (right); below: "
+        "synthetic ~ training image number: noise ratio (below 1: a copy's noise)."
+    )
     pairs = html.pairs_figure(
-        "memorization", "closest synthetic / training pairs", left, right, captions
+        "memorization", "closest synthetic / training pairs", left, right, captions, caption
     )
     return found, [pairs]
 

@@ -1,13 +1,13 @@
 """Evaluation report writer: `report.json` with every figure and a self-contained `report.html`.
 
-The writer knows nothing about fidelity, fairness or any other section: it renders whatever
-nested dict it is given (scalars, tables, estimates with a 95 % CI), so new metrics need no
-change here. The HTML pulls in nothing from outside (no URLs, scripts or side files): PNGs are
-inlined as data: URIs and charts as inline SVG, so the file can be mailed or archived alone.
-
-Images are (N, 1, H, W) or (N, 1, D, H, W) tensors in the model range [-1, 1]; volume axes are
-(x, y, z) in RAS+ as the phantoms and NIfTI files store them, so the axial slice is the central
-z plane, shown radiologically (anterior up, patient's right on the image's left).
+The page reads top-down: a verdict table (each headline figure beside its held-out reference,
+a plain reading and the threshold used; `verdict.py`), then one section per part with a few
+readable tables (`sections.py`) and its figures, then, collapsed, the part's whole subtree
+with human labels, and the configuration last. Keys no section knows still render generically,
+so nothing in report.json is left off the page and new metrics need no change here. The HTML
+pulls in nothing from outside (no URLs, scripts or side files): PNGs are inlined as data: URIs
+and charts as inline SVG, so the file can be mailed or archived alone. The figures themselves
+are made in `figures.py`.
 """
 
 from __future__ import annotations
@@ -20,58 +20,80 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-import numpy as np
+from typing import Any, Literal
 
 from synthgen.config import InputError
-from synthgen.data.io import atomic_write_bytes, png_bytes
+from synthgen.data.io import atomic_write_bytes
+from synthgen.metrics import sections as sec
+from synthgen.metrics import verdict as vd
+from synthgen.metrics.figures import (
+    CI_KEYS,
+    Figure,
+    bar_chart_ci,
+    grids_by_condition,
+    image_grid,
+    line_chart,
+    pairs_figure,
+)
+from synthgen.metrics.labels import label
 
-if TYPE_CHECKING:
-    import pandas as pd
-    import torch
-    from PIL import Image as PILImage
+# callers build figures through the writer (`report.bar_chart_ci`, ...), as before the split
+__all__ = [
+    "Figure",
+    "TITLE",
+    "bar_chart_ci",
+    "grids_by_condition",
+    "image_grid",
+    "line_chart",
+    "pairs_figure",
+    "write_report",
+]
 
 TITLE = "synthgen evaluation report"
-CI_KEYS = frozenset({"mean", "lo", "hi"})
+CONFIGURATION = "configuration"  # the section id of report["meta"], shown last
+CONFIGURATION_INTRO = (
+    "How the report was made: inputs, settings and versions (a config's own settings under "
+    "the keys it takes)."
+)
+ALL_WITHIN = "No figure is far from real or past its threshold."
+# a summary cell that reads as a number (alone, or with its interval, ratio or ±) is right-aligned
+NUMERIC = re.compile(r"[-+]?[\d.]+(?:e[-+]?\d+)?×?(?:$|\n| [\[(±])")
+BRACKETS = re.compile(r"\[[^\]\n]*\]")  # an interval wraps as a whole, never inside
 MISSING = "n/a"  # how NaN, inf and None read in the HTML (they are null in report.json)
 MAX_LIST_ITEMS = 16  # longer lists of numbers are cut in the HTML (report.json keeps them all)
 MAX_TABLE_COLUMNS = 12  # dicts of dicts wider than this read better as sub-sections
-MAX_GRID_WIDTH = 1024  # px: PNG grids are downscaled to fit
-PAD = 2  # px between tiles and around the grid
-PAD_VALUE = 128  # grey, so black-background tiles stay apart
-LABEL_PX = 11  # label font size
-LABEL_TILE_PX = 96  # narrow tiles are enlarged (nearest neighbour) to this width to fit a label
 DISPLAY_PX = 640  # small PNGs are shown enlarged by a whole factor up to about this width
-PAIRS_PER_ROW = 4
-MAX_LEVELS = 24  # a column with more levels is not a condition to make grids for
 SVG_OPEN = re.compile(r"<svg\b[^>]*>")
 SVG_NAMESPACE = re.compile(r'\s+xmlns(?::\w+)?="[^"]*"')
 SVG_EXTERNAL = re.compile(r"<script|<foreignObject|href=\"(?!#|data:)", re.IGNORECASE)
 STYLE = """
-body{font-family:system-ui,sans-serif;color:#222;max-width:1100px;margin:2em auto;padding:0 1em}
+body{font-family:system-ui,sans-serif;color:#222;max-width:1100px;margin:1.5em auto;padding:0 1em}
+h1{margin-bottom:.2em}
+p.lead{color:#444;margin-top:0}
+nav{margin:.6em 0 1em}
 nav a{margin-right:1em}
+section{border-top:2px solid #ddd;margin-top:1.5em}
 table{border-collapse:collapse;margin:.5em 0 1.2em}
 th,td{border:1px solid #ccc;padding:.2em .6em;text-align:left;vertical-align:top}
+thead th{background:#f3f3f3}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
+span.ci{white-space:nowrap}
+td.good{background:#e6f4ea;color:#0d652d;font-weight:600}
+td.bad{background:#fce8e6;color:#a50e0e;font-weight:600}
+td.neutral{color:#555}
+tr.group th{background:#e8eef7;padding-top:.35em}
+table.verdict{width:100%}
+table.small{font-size:.85em}
+p.note{font-size:.92em;color:#444}
+p.attention{font-weight:600}
 figure{margin:1em 0}
 img.px{image-rendering:pixelated;max-width:100%;height:auto}
 svg{max-width:100%;height:auto}
 figcaption{font-size:.9em;color:#444}
+details{margin:1em 0}
+summary{cursor:pointer;color:#1a4d8f}
 """
-
-
-@dataclass
-class Figure:
-    """One image for a report section: PNG bytes (sample grids) or SVG text (charts)."""
-
-    section: str
-    title: str
-    kind: Literal["png", "svg"]
-    data: bytes
-    caption: str = ""
 
 
 def write_report(
@@ -79,9 +101,9 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write `out/report.json` and `out/report.html` atomically; return both paths.
 
-    `report["meta"]` (extractor, seeds, versions, inputs) comes first; every other top-level
-    key becomes one `<section id=KEY>` in order, followed by its figures. Figures naming a
-    section the dict lacks get a section of their own at the end.
+    The page opens with the verdict and ends with `report["meta"]`; every other top-level key
+    gets a section. Figures go into the section their `section` names; figures naming a
+    section the page lacks get a section of their own before the configuration.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -114,56 +136,135 @@ def _jsonable(value: Any, where: str) -> Any:
 
 
 def _html(report: dict[str, Any], figures: list[Figure], title: str) -> str:
-    """The whole document: title, contents, meta block, then one section per key."""
-    names = [k for k in report if k != "meta"]
-    names += list(dict.fromkeys(f.section for f in figures if f.section not in report))
+    """The whole document: title, verdict, the known parts, any other keys, configuration."""
+    known = sec.sections(report)
+    claimed = {s.id for s in known} | {s.source for s in known if s.source}
+    rest = [k for k in report if k != "meta" and k not in claimed]
+    rest += [f.section for f in figures if f.section not in claimed and f.section not in report]
+    rest = list(dict.fromkeys(rest))
+    top = vd.verdict(report)
+    kind: Literal["eval", "stress"] = "stress" if isinstance(report.get("shifts"), dict) else "eval"
+    parts = [_verdict_section(top, kind)] if top is not None else []
+    parts += [_known_section(s, report, figures) for s in known]
+    parts += [_generic_section(k, report.get(k, {}), figures) for k in rest]
     if "meta" in report:
-        names.insert(0, "meta")
-    links = "".join(f'<a href="#{_esc(n)}">{_esc(n)}</a>' for n in names)
-    body = [f"<h1>{_esc(title)}</h1>", f"<nav>{links}</nav>"]
-    for name in names:
-        parts = _value(report.get(name, {}), 3)
-        parts += [_figure(f) for f in figures if f.section == name]
-        body.append(f'<section id="{_esc(name)}"><h2>{_esc(name)}</h2>{"".join(parts)}</section>')
-    head = f'<meta charset="utf-8"><title>{_esc(title)}</title><style>{STYLE}</style>'
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head>{head}</head><body>{"".join(body)}</body></html>\n'
-    )
+        parts.append(_configuration(report["meta"]))
+    links = [("verdict", "Verdict")] if top is not None else []
+    links += [(s.id, s.title) for s in known] + [(k, label([k])) for k in rest]
+    links += [(CONFIGURATION, label(["meta"]))] if "meta" in report else []
+    nav = "".join(f'<a href="#{_esc(i)}">{_esc(t)}</a>' for i, t in links)
+    lead = sec.subtitle(report)
+    head = f"<h1>{_esc(title)}</h1>" + (f'<p class="lead">{_esc(lead)}</p>' if lead else "")
+    body = head + f"<nav>{nav}</nav>" + "".join(parts)
+    meta = f'<meta charset="utf-8"><title>{_esc(title)}</title><style>{STYLE}</style>'
+    return f'<!DOCTYPE html>\n<html lang="en"><head>{meta}</head><body>{body}</body></html>\n'
+
+
+def _section(ident: str, title: str, parts: list[str]) -> str:
+    return f'<section id="{_esc(ident)}"><h2>{_esc(title)}</h2>{"".join(parts)}</section>'
+
+
+def _verdict_section(table: vd.Table, kind: Literal["eval", "stress"]) -> str:
+    """The verdict, a line naming what needs attention, and the thresholds it used."""
+    bad = vd.attention(table)
+    line = f"Needs attention: {'; '.join(bad)}." if bad else ALL_WITHIN
+    parts = [f'<p class="attention">{_esc(line)}</p>', _table(table, "verdict")]
+    return _section("verdict", "Verdict", [*parts, _table(vd.thresholds_table(kind), "small")])
+
+
+def _known_section(section: vd.Section, report: dict[str, Any], figures: list[Figure]) -> str:
+    """Intro, each table followed by its figures, the other figures, the collapsed subtree."""
+    mine = [f for f in figures if f.section == section.id]
+    anchors = {t.anchor for t in section.blocks if t.anchor}
+    parts = [f"<p>{_esc(section.intro)}</p>"]
+    for table in section.blocks:
+        parts.append(_table(table))
+        parts += [_figure(f) for f in mine if table.anchor and f.subsection == table.anchor]
+    parts += [_figure(f) for f in mine if f.subsection not in anchors]
+    if section.source is not None and section.source in report:
+        summary = f"All figures, as in report.json: {label([section.source])}"
+        tree = "".join(_value(report[section.source], 3, (section.source,)))
+        parts.append(f"<details><summary>{_esc(summary)}</summary>{tree}</details>")
+    return _section(section.id, section.title, parts)
+
+
+def _generic_section(key: str, value: Any, figures: list[Figure]) -> str:
+    parts = _value(value, 3, (key,)) + [_figure(f) for f in figures if f.section == key]
+    return _section(key, label([key]), parts)
+
+
+def _configuration(meta: Any) -> str:
+    intro = f"<p>{_esc(CONFIGURATION_INTRO)}</p>"
+    return _section(CONFIGURATION, label(["meta"]), [intro, *_value(meta, 3, ("meta",))])
+
+
+def _table(table: vd.Table, css: str = "") -> str:
+    """A summary table: text cells, readings coloured by tone, links, part heading rows."""
+    head = "".join(f"<th>{_esc(h)}</th>" for h in table.headers)
+    rows = "".join(_summary_row(row, len(table.headers)) for row in table.rows)
+    title = f"<h3>{_esc(table.title)}</h3>" if table.title else ""
+    note = f'<p class="note">{_esc(table.note)}</p>' if table.note else ""
+    attr = f' class="{css}"' if css else ""
+    return f"{title}<table{attr}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{note}"
+
+
+def _summary_row(row: list[Any], width: int) -> str:
+    if len(row) == 1 and isinstance(row[0], vd.Group):
+        link = f'<a href="#{_esc(row[0].target)}">{_esc(row[0].text)}</a>'
+        return f'<tr class="group"><th colspan="{width}">{link}</th></tr>'
+    return "<tr>" + "".join(map(_summary_cell, row)) + "</tr>"
+
+
+def _summary_cell(cell: Any) -> str:
+    if isinstance(cell, vd.Reading):
+        return f'<td class="{cell.tone}">{_esc(cell.text)}</td>'
+    if isinstance(cell, vd.Link):
+        return f'<td><a href="#{_esc(cell.target)}">{_esc(cell.text)}</a></td>'
+    text = str(cell)
+    shown = BRACKETS.sub(r'<span class="ci">\g<0></span>', _esc(text)).replace("\n", "<br>")
+    return f'<td class="num">{shown}</td>' if NUMERIC.match(text) else f"<td>{shown}</td>"
 
 
 def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _value(value: Any, level: int) -> list[str]:
-    """Render any JSON value generically; `level` is the heading level of nested keys."""
+def _value(value: Any, level: int, path: tuple[str, ...]) -> list[str]:
+    """Render any JSON value generically under human labels; `level` is the heading level of
+    nested keys, `path` the keys from the top (each label's title gives it, dotted)."""
     if _is_cell(value):
         return [f"<p>{_cell(value)}</p>"]
+    if not value:
+        return ["<p>none</p>"]
     if isinstance(value, dict) and _is_matrix(value):
-        return [_matrix_table(value)]
-    if isinstance(value, list) and value and all(_is_record(v) for v in value):
-        return [_records_table(value)]
+        return [_matrix_table(value, path)]
+    if isinstance(value, list) and all(_is_record(v) for v in value):
+        return [_records_table(value, path)]
     if isinstance(value, list):
         value = {f"[{i}]": v for i, v in enumerate(value)}
-    return _mapping(value, level)
+    return _mapping(value, level, path)
 
 
-def _mapping(mapping: dict[str, Any], level: int) -> list[str]:
-    """Runs of scalar entries become key/value tables; other entries get a sub-heading each."""
-    parts: list[str] = []
-    run: dict[str, Any] = {}
+def _mapping(mapping: dict[str, Any], level: int, path: tuple[str, ...]) -> list[str]:
+    """The scalar entries first, in one key/value table; other entries a sub-heading each."""
+    cells = {k: v for k, v in mapping.items() if _is_cell(v)}
+    parts = [_pairs_table(cells, path)] if cells else []
+    tag = f"h{min(level, 6)}"
     for key, value in mapping.items():
-        if _is_cell(value):
-            run[key] = value
-            continue
-        if run:
-            parts.append(_pairs_table(run))
-            run = {}
-        tag = f"h{min(level, 6)}"
-        parts += [f"<{tag}>{_esc(key)}</{tag}>", *_value(value, level + 1)]
-    if run:
-        parts.append(_pairs_table(run))
+        if key not in cells:
+            where = path + (key,)
+            heading = f"<{tag}{_key_title(where)}>{_esc(label(where))}</{tag}>"
+            parts += [heading, *_value(value, level + 1, where)]
     return parts
+
+
+def _key_title(path: tuple[str, ...]) -> str:
+    """The report.json key path as a tooltip, for readers matching the page to the file."""
+    return f' title="{_esc(".".join(path))}"'
+
+
+def _key_th(path: tuple[str, ...]) -> str:
+    return f"<th{_key_title(path)}>{_esc(label(path))}</th>"
 
 
 def _is_ci(value: Any) -> bool:
@@ -221,6 +322,8 @@ def _cell(value: Any) -> str:
     if _is_ci(value):
         m, lo, hi = (_number(value[k]) for k in ("mean", "lo", "hi"))
         return _esc(f"{m} [{lo}, {hi}]")
+    if isinstance(value, list) and not value:
+        return "none"
     if isinstance(value, list):
         shown = ", ".join(_number(v) for v in value[:MAX_LIST_ITEMS])
         more = f", … ({len(value)} values)" if len(value) > MAX_LIST_ITEMS else ""
@@ -233,17 +336,18 @@ def _td(value: Any) -> str:
     return f'<td class="num">{_cell(value)}</td>' if numeric else f"<td>{_cell(value)}</td>"
 
 
-def _pairs_table(run: dict[str, Any]) -> str:
-    rows = "".join(f"<tr><th>{_esc(k)}</th>{_td(v)}</tr>" for k, v in run.items())
+def _pairs_table(run: dict[str, Any], path: tuple[str, ...]) -> str:
+    rows = "".join(f"<tr>{_key_th(path + (k,))}{_td(v)}</tr>" for k, v in run.items())
     return f"<table><tbody>{rows}</tbody></table>"
 
 
-def _matrix_table(matrix: dict[str, dict[str, Any]]) -> str:
+def _matrix_table(matrix: dict[str, dict[str, Any]], path: tuple[str, ...]) -> str:
     """Rows are the outer keys, columns the union of the inner keys (blank where absent)."""
     columns = _columns(matrix.values())
-    head = "<th></th>" + "".join(f"<th>{_esc(c)}</th>" for c in columns)
+    first = next(iter(matrix))
+    head = "<th></th>" + "".join(_key_th(path + (first, c)) for c in columns)
     rows = "".join(
-        f"<tr><th>{_esc(k)}</th>"
+        f"<tr>{_key_th(path + (k,))}"
         + "".join(_td(row[c]) if c in row else "<td></td>" for c in columns)
         + "</tr>"
         for k, row in matrix.items()
@@ -251,9 +355,9 @@ def _matrix_table(matrix: dict[str, dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def _records_table(records: list[dict[str, Any]]) -> str:
+def _records_table(records: list[dict[str, Any]], path: tuple[str, ...]) -> str:
     columns = _columns(records)
-    head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
+    head = "".join(_key_th(path + (c,)) for c in columns)
     rows = "".join(
         "<tr>" + "".join(_td(r[c]) if c in r else "<td></td>" for c in columns) + "</tr>"
         for r in records
@@ -298,231 +402,3 @@ def _inline_svg(fig: Figure) -> str:
     if opening is None:
         raise ValueError(f"figure {fig.title!r}: malformed <svg> tag")
     return SVG_NAMESPACE.sub("", opening.group(0)) + text[opening.end() :]
-
-
-def image_grid(
-    section: str,
-    title: str,
-    images: torch.Tensor,
-    labels: Sequence[str] | None = None,
-    ncol: int = 8,
-) -> Figure:
-    """PNG grid of images, row-major, `ncol` per row, each with its label below if given."""
-    tiles = _display_uint8(images)
-    if labels is not None and len(labels) != len(tiles):
-        raise ValueError(f"{len(labels)} labels for {len(tiles)} images")
-    data = png_bytes(np.asarray(_grid(tiles, labels, ncol)))
-    caption = f"{len(tiles)} images" + (" (central axial slice)" if images.ndim == 5 else "")
-    return Figure(section=section, title=title, kind="png", data=data, caption=caption + ".")
-
-
-def grids_by_condition(
-    section: str,
-    images: torch.Tensor,
-    table: pd.DataFrame,
-    columns: Sequence[str],
-    per_cell: int = 8,
-) -> list[Figure]:
-    """One grid per level of each column: the first `per_cell` images (table order) with it."""
-    if per_cell < 1:
-        raise ValueError(f"per_cell must be >= 1, got {per_cell}")
-    if len(table) != len(images):
-        raise ValueError(f"table has {len(table)} rows for {len(images)} images")
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise InputError(
-            f"no column {missing[0]!r} in the table ({', '.join(map(str, table.columns))})"
-        )
-    figures = []
-    for column in columns:
-        groups = table.groupby(column, sort=True).indices
-        if len(groups) > MAX_LEVELS:
-            raise InputError(
-                f"column {column!r} has {len(groups)} levels; grids need <= {MAX_LEVELS}"
-            )
-        for level, rows in groups.items():
-            shown = rows[:per_cell]
-            fig = image_grid(section, f"{column} = {level}", images[shown], ncol=per_cell)
-            fig.caption = f"First {len(shown)} of {len(rows)} samples with {column} = {level}."
-            figures.append(fig)
-    return figures
-
-
-def pairs_figure(
-    section: str,
-    title: str,
-    left: torch.Tensor,
-    right: torch.Tensor,
-    captions: Sequence[str],
-    caption: str = "Each pair: synthetic sample (left) | its nearest training image (right).",
-) -> Figure:
-    """PNG of image pairs side by side (left | right), each labelled by its caption."""
-    a, b = _display_uint8(left), _display_uint8(right)
-    if a.shape != b.shape:
-        raise ValueError(f"left {tuple(left.shape)} and right {tuple(right.shape)} differ")
-    if len(captions) != len(a):
-        raise ValueError(f"{len(captions)} captions for {len(a)} pairs")
-    gap = np.full((len(a), a.shape[1], 1), PAD_VALUE, np.uint8)
-    tiles = np.concatenate([a, gap, b], axis=2)
-    data = png_bytes(np.asarray(_grid(tiles, captions, PAIRS_PER_ROW)))
-    return Figure(section=section, title=title, kind="png", data=data, caption=caption)
-
-
-def _display_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 1, H, W) or (N, 1, D, H, W) in [-1, 1] -> (N, H', W') uint8, -1 -> 0 and +1 -> 255."""
-    if images.ndim not in (4, 5) or images.shape[1] != 1 or len(images) == 0:
-        raise ValueError(
-            f"images must be (N, 1, H, W) or (N, 1, D, H, W), got {tuple(images.shape)}"
-        )
-    x = images.detach().to("cpu").float().numpy()[:, 0]
-    if x.ndim == 4:
-        # central z plane of (x, y, z) volumes, rows anterior->posterior, columns right->left
-        x = np.flip(x[..., x.shape[-1] // 2].transpose(0, 2, 1), axis=(1, 2))
-    x = np.nan_to_num(x, nan=-1.0)  # a diverged sample shows as background, not a crash
-    return np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
-
-
-def _grid(tiles: np.ndarray, labels: Sequence[str] | None, ncol: int) -> PILImage.Image:
-    """Tiles on a grey grid at most MAX_GRID_WIDTH wide, labels in a white strip below each."""
-    from PIL import Image as PILImage
-    from PIL import ImageDraw, ImageFont
-
-    if ncol < 1:
-        raise ValueError(f"ncol must be >= 1, got {ncol}")
-    ncol = min(ncol, len(tiles))
-    nrow = math.ceil(len(tiles) / ncol)
-    w, h = _tile_size(tiles.shape[2], tiles.shape[1], ncol, labels is not None)
-    strip = LABEL_PX + 4 if labels is not None else 0
-    size = (PAD + ncol * (w + PAD), PAD + nrow * (h + strip + PAD))
-    canvas = PILImage.new("L", size, PAD_VALUE)
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=LABEL_PX)
-    for i, tile in enumerate(tiles):
-        x, y = PAD + (i % ncol) * (w + PAD), PAD + (i // ncol) * (h + strip + PAD)
-        canvas.paste(_resized(tile, w, h), (x, y))
-        if labels is not None:
-            draw.rectangle((x, y + h, x + w - 1, y + h + strip - 1), fill=255)
-            draw.text((x + 1, y + h + 1), _fit(str(labels[i]), w - 2, draw, font), 0, font)
-    return canvas
-
-
-def _tile_size(width: int, height: int, ncol: int, labelled: bool) -> tuple[int, int]:
-    """Shrink tiles to fit MAX_GRID_WIDTH; with labels, enlarge narrow ones by a whole factor."""
-    room = (MAX_GRID_WIDTH - PAD * (ncol + 1)) // ncol
-    if width > room:
-        return room, max(1, round(height * room / width))
-    factor = min(math.ceil(LABEL_TILE_PX / width), room // width) if labelled else 1
-    factor = max(1, factor)
-    return width * factor, height * factor
-
-
-def _resized(tile: np.ndarray, w: int, h: int) -> PILImage.Image:
-    """Whole-factor enlargements keep pixels exact (nearest); shrinking averages (box)."""
-    from PIL import Image as PILImage
-
-    img = PILImage.fromarray(tile)
-    if img.size == (w, h):
-        return img
-    method = PILImage.Resampling.NEAREST if w > tile.shape[1] else PILImage.Resampling.BOX
-    return img.resize((w, h), method)
-
-
-def _fit(text: str, width: int, draw: Any, font: Any) -> str:
-    """Cut `text` with an ellipsis so it fits `width` pixels."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
-
-
-def bar_chart_ci(
-    section: str,
-    title: str,
-    groups: Mapping[str, Mapping[str, Mapping[str, float | None]]],
-    ylabel: str,
-) -> Figure:
-    """SVG grouped bars: one colour per series (outer key), one group per subgroup (inner key),
-    whiskers spanning each estimate's 95 % CI. Missing or null means leave a gap."""
-    from matplotlib.figure import Figure as MplFigure  # no pyplot: no global state, no GUI
-
-    if not groups:
-        raise ValueError(f"bar chart {title!r}: no series")
-    subgroups = _columns(groups.values())
-    width = min(12.0, max(4.0, 1.5 + 0.35 * len(subgroups) * (len(groups) + 1)))
-    fig = MplFigure(figsize=(width, 3.6), layout="constrained")
-    ax = fig.add_subplot()
-    bar = 0.8 / len(groups)
-    for i, (series, values) in enumerate(groups.items()):
-        xs, means, errs = _bars(series, values, subgroups)
-        offset = (i - (len(groups) - 1) / 2) * bar
-        ax.bar(xs + offset, means, bar, yerr=errs, capsize=3, label=str(series))
-    ax.set_xticks(np.arange(len(subgroups)), [str(s) for s in subgroups])
-    if sum(len(str(s)) for s in subgroups) > 8 * width:
-        ax.tick_params(axis="x", labelrotation=30)
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set(title=title, ylabel=ylabel)
-    if len(groups) > 1:
-        fig.legend(loc="outside right upper", fontsize="small")
-    caption = "Bars: estimate; whiskers: 95% CI."
-    return Figure(section, title, "svg", _svg(fig, f"{section}/{title}"), caption)
-
-
-def line_chart(
-    section: str,
-    title: str,
-    x: Sequence[float],
-    series: Mapping[str, Sequence[float]],
-    labels: tuple[str, str],
-    caption: str = "",
-) -> Figure:
-    """SVG lines on a log y axis, one per series over the same `x` (e.g. power spectra)."""
-    from matplotlib.figure import Figure as MplFigure  # no pyplot: no global state, no GUI
-
-    fig = MplFigure(figsize=(6.0, 3.6), layout="constrained")
-    ax = fig.add_subplot()
-    for name, values in series.items():
-        ax.plot(list(x), [max(float(v), 1e-12) for v in values], marker=".", label=str(name))
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.set(title=title, xlabel=labels[0], ylabel=labels[1])
-    ax.legend(fontsize="small")
-    return Figure(section, title, "svg", _svg(fig, f"{section}/{title}"), caption)
-
-
-def _svg(fig: Any, salt: str) -> bytes:
-    """A matplotlib figure as SVG; a fixed salt makes it byte-stable and its clip-path ids
-    unique per chart."""
-    import matplotlib
-
-    buf = io.BytesIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
-        fig.savefig(
-            buf, format="svg", metadata=dict.fromkeys(("Type", "Creator", "Date", "Format"))
-        )
-    return buf.getvalue()
-
-
-def _bars(
-    series: str, values: Mapping[str, Mapping[str, float | None]], subgroups: list[str]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions, heights and (2, n) CI distances of one series' non-null estimates."""
-    rows = []
-    for j, name in enumerate(subgroups):
-        est = values.get(name)
-        if est is None:
-            continue
-        if not set(est) >= CI_KEYS:
-            raise ValueError(f"{series}/{name}: needs mean, lo and hi, got {sorted(est)}")
-        m, lo, hi = (_float(est[k]) for k in ("mean", "lo", "hi"))
-        if not math.isnan(m):
-            rows.append((j, m, m - lo, hi - m))
-    table = np.array(rows, dtype=float).reshape(-1, 4)
-    # a bootstrap CI may exclude its own estimate; the whisker then stops at the bar's top
-    errs = np.maximum(table[:, 2:].T, 0.0)
-    return table[:, 0], table[:, 1], errs
-
-
-def _float(x: float | None) -> float:
-    return math.nan if x is None else float(x)

@@ -28,6 +28,7 @@ from synthgen.metrics.inputs import read_as_model
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 BATCH = 64
+STRESS_TITLE = "synthgen stress report"
 
 
 def load_scorer(spec: str, target: str | None) -> tuple[Scorer, str]:
@@ -281,7 +282,8 @@ def _largest(
 def stress_figures(
     found: dict[str, Any], pairs: dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]]
 ) -> list[Any]:
-    """Per shift: AUROC before/after by subgroup, and the largest-change pairs."""
+    """Per shift: AUROC before/after by subgroup (beside its subgroup table), and the
+    largest-change pairs (beside their table)."""
     from synthgen.metrics import report as html
 
     figures = []
@@ -292,12 +294,16 @@ def stress_figures(
             "edited": {g: v["auroc_edited"] for g, v in groups.items()},
         }
         title = f"AUROC before and after: {shift}"
-        figures.append(html.bar_chart_ci("shifts", title, series, "AUROC"))
+        chart = html.bar_chart_ci("shifts", title, series, "AUROC")
+        chart.subsection = shift
+        figures.append(chart)
         left, right, captions = pairs[shift]
         if captions:
             note = "Each pair: original (left) | edited (right); classifier score before → after."
             title = f"largest score changes: {shift}"
-            figures.append(html.pairs_figure("shifts", title, left, right, captions, note))
+            pair = html.pairs_figure("pairs", title, left, right, captions, note)
+            pair.subsection = shift
+            figures.append(pair)
     return figures
 
 
@@ -338,5 +344,5 @@ def stress_report(
         },
         "shifts": found,
     }
-    html.write_report(out, report, stress_figures(found, pairs))
+    html.write_report(out, report, stress_figures(found, pairs), STRESS_TITLE)
     return report
