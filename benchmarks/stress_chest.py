@@ -4,9 +4,10 @@ Classifier S learns nodules on data where site B marks 90 % of positives (`--sho
 classifier C learns them on clean data. The test pool is the shortcut data's test split.
 Acquisition edits move the pool's site-B positives to site A: a classifier that reads the site
 loses AUROC, one that reads the nodule should not. Forms measured:
-- `edit-site-S[-gG][-on-F]`: the whole image re-generated at site A by SDEdit at strength S
-  (several may be given; guidance G with --guidance, on fields F with --guide), a keep mask
-  holding every nodule pixel (which therefore keeps site B's contrast curve and noise);
+- `edit-site-S[-gG][-on-F][-null-N]`: the whole image re-generated at site A by SDEdit at
+  strength S (several may be given; guidance G with --guidance, on fields F with --guide; the
+  fields N of --null left to their null tokens), a keep mask holding every nodule pixel (which
+  therefore keeps site B's contrast curve and noise);
 - `edit-marker`: only the band of rows holding the sites' burned-in corner markers edited;
 - `edit-negatives[-gG]`: the reverse shortcut, site-A negatives moved to site B (no keep mask).
 Manifestation edits add a nodule inside the lungs of the pool's negatives: C should flip.
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--nodule-px", default=NODULE_PX, help="smallest nodule radius (px)")
     parser.add_argument("--guidance", type=float, help="acquisition edits' guidance [trained]")
     parser.add_argument("--guide", help="fields the acquisition edits guide on [all] (#21 lever)")
+    parser.add_argument("--null", help="fields the keep-nodule site edits leave null (#21 lever)")
     parser.add_argument("--out", type=Path, default=Path("bench-stress"))
     args = parser.parse_args()
     n, steps = (600, 150) if args.quick else (2000, 300)
@@ -148,11 +150,13 @@ def main() -> None:
     if args.guide is not None:
         tag += f"-on-{args.guide.replace(',', '+')}"
         guide += ("--guide", args.guide)
-    sdedit = [f"edit-site-{strength}{tag}" for strength in args.strength]
+    nulls = () if args.null is None else ("--null", args.null)
+    site_tag = tag if args.null is None else f"{tag}-null-{args.null.replace(',', '+')}"
+    sdedit = [f"edit-site-{strength}{site_tag}" for strength in args.strength]
     pairs = zip(sdedit, args.strength, strict=True)
     sites = [edit(generator, shortcut, args.out / folder, "--set", "site=A", "--where", "nodule=1",
                   "--where", "site=B", "--keep-mask", "nodule_mask", "--strength", str(strength),
-                  *guide) for folder, strength in pairs]  # fmt: skip
+                  *guide, *nulls) for folder, strength in pairs]  # fmt: skip
     band = f"box:0,0,{MARKER_ROWS},32"
     marker = edit(generator, shortcut, args.out / "edit-marker", "--set", "site=A",
                   "--where", "nodule=1", "--where", "site=B", "--edit-mask", band)  # fmt: skip

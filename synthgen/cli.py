@@ -173,9 +173,9 @@ Guide = Annotated[
 ]
 
 
-def guide_fields(guide: str | None) -> tuple[str, ...] | None:
-    """--guide FIELDS as a tuple of field names (None: guide on every field)."""
-    return None if guide is None else tuple(f.strip() for f in guide.split(","))
+def field_list(text: str | None) -> tuple[str, ...] | None:
+    """A comma-separated option (--guide, --null) as field names; None when not given."""
+    return None if text is None else tuple(f.strip() for f in text.split(","))
 
 
 @train_app.command(
@@ -381,7 +381,7 @@ def sample(
         sampler=None if sampler is None else sampler.value,
         steps=steps,
         guidance=guidance,
-        guide_fields=guide_fields(guide),
+        guide_fields=field_list(guide),
         batch_size=batch_size,
         bits=bits,
         size=size,
@@ -472,6 +472,13 @@ def edit(
         float | None, typer.Option(min=0.0, help="classifier-free guidance [default: trained]")
     ] = None,
     guide: Guide = None,
+    null: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated fields left to their null token, e.g. a finding a keep mask "
+            "holds, so the model is not asked to draw it a second time"
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="images per model call")] = 16,
     schema: Annotated[Path | None, typer.Option(help="schema [default: beside manifest]")] = None,
     no_watermark: Annotated[
@@ -515,7 +522,8 @@ def edit(
         sampler=None if sampler is None else sampler.value,
         steps=steps,
         guidance=guidance,
-        guide_fields=guide_fields(guide),
+        guide_fields=field_list(guide),
+        null_fields=field_list(null) or (),
         batch_size=batch_size,
         watermark=not no_watermark,
         resume=resume,

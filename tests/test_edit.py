@@ -128,25 +128,32 @@ def test_lower_strength_stays_closer_to_the_input(chest, tmp_path):
     assert gaps[0] < 0.5 * gaps[1]
 
 
-def test_guide_fields_reach_the_sampler_and_the_run_record(chest, tmp_path, monkeypatch):
-    """(The tiny model's conditioning has no effect yet, so the guided fields are followed to the
+def test_guide_and_null_fields_reach_the_sampler_and_the_run_record(chest, tmp_path, monkeypatch):
+    """(The tiny model's conditioning has no effect yet, so the fields are followed to the
     guidance call; which branch nulls what is tested with the sampler.)"""
     ck, manifest = chest
     seen = []
     real_draw = Generator._draw
 
     def spy(self, rows, noise, concat, sampler, steps, guidance, guide_fields, *rest):
-        seen.append((guidance, guide_fields))
+        seen.append((guidance, guide_fields, [dict(r) for r in rows]))
         return real_draw(self, rows, noise, concat, sampler, steps, guidance, guide_fields, *rest)
 
     monkeypatch.setattr(Generator, "_draw", spy)
     kw = dict(changes={"site": "A"}, where={"site": "B"}, limit=2, strength=0.7, watermark=False,
-              guidance=3.0)  # fmt: skip
+              guidance=3.0, keep_masks=("nodule_mask",))  # fmt: skip
     out = tmp_path / "site"
-    edit(ck, manifest, out, guide_fields=("site",), **kw)
-    assert seen and set(seen) == {(3.0, ("site",))}
-    assert json.loads((out / "run.json").read_text())["guide_fields"] == ["site"]
-    with pytest.raises(InputError, match="different guide_fields"):
+    table = edit(ck, manifest, out, guide_fields=("site",), null_fields=("nodule",), **kw)
+    assert seen and {(g, f) for g, f, _ in seen} == {(3.0, ("site",))}
+    rows = [r for _, _, batch in seen for r in batch]
+    assert [r["nodule"] for r in rows] == [None] * len(table)  # left to its null token
+    assert [r["site"] for r in rows] == ["A"] * len(table)
+    real = pd.read_csv(manifest, dtype=str, keep_default_na=False).set_index("id")
+    assert [str(r["sex"]) for r in rows] == list(real.loc[table["original_id"], "sex"])
+    assert list(table["nodule"]) == list(real.loc[table["original_id"], "nodule"])  # recorded
+    record = json.loads((out / "run.json").read_text())
+    assert (record["guide_fields"], record["null_fields"]) == (["site"], ["nodule"])
+    with pytest.raises(InputError, match="different guide_fields, null_fields"):
         edit(ck, manifest, out, resume=True, **kw)
 
 
@@ -252,6 +259,8 @@ def test_3d_edit_keeps_the_lesion_voxels(tmp_path, one_thread):
         (["--set", "site=A", "--where", "site=A"], "already has the --set values"),
         (["--set", "site=A", "--set", "nodule=1"], "name the shift with --shift"),
         (["--set", "site=A", "--guide", "site,colour"], "not fields of this model"),
+        (["--set", "site=A", "--null", "colour"], "not fields of this model"),
+        (["--set", "site=A", "--null", "site"], "--null site: it is changed by --set"),
     ],
 )
 def test_bad_requests_are_one_line(chest, tmp_path, args, message):

@@ -48,6 +48,7 @@ class EditOptions:
     steps: int | None = None
     guidance: float | None = None
     guide_fields: tuple[str, ...] | None = None  # None: guide on every field
+    null_fields: tuple[str, ...] = ()  # left to their null tokens: e.g. a finding a keep mask holds
     batch_size: int = 16
     watermark: bool = True
     resume: bool = False

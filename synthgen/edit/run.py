@@ -51,7 +51,7 @@ RUN_FILE = "run.json"
 IDENTITY = (
     "checkpoint_sha256", "manifest_fingerprint", "changes", "prompt", "shift", "edit_mask",
     "keep_masks", "strength", "seed", "rows", "sampler", "steps", "guidance", "guide_fields",
-    "watermark",
+    "null_fields", "watermark",
 )  # fmt: skip
 
 
@@ -90,6 +90,10 @@ def make_plan(gen: Generator, opts: EditOptions) -> Plan:
         )
     changes = check_changes(manifest, gen.specs, opts.changes)
     gen.model.encoder.null_drop(1, opts.guide_fields)  # unknown --guide fields fail here
+    gen.model.encoder.null_drop(1, opts.null_fields)  # and unknown --null fields
+    if set(opts.null_fields) & set(changes):
+        both = sorted(set(opts.null_fields) & set(changes))[0]
+        raise InputError(f"--null {both}: it is changed by --set, so it cannot be left null")
     shift = shift_type(manifest, changes, opts.shift)
     edit, keeps = Region(opts.edit_mask), [Region(k) for k in opts.keep_masks]
     for region in (edit, *keeps):
@@ -105,13 +109,16 @@ def _already(manifest: Manifest, row: int, changes: dict[str, str | float]) -> b
     return all(manifest.value(row, c) == v for c, v in changes.items())
 
 
-def model_row(gen: Generator, plan: Plan, row: int, prompt: str | None) -> dict[str, Any]:
-    """The model's conditions for an edited row: the original's, with the changes applied.
-    Free text describes the original, so it is replaced by `--prompt` or left null."""
+def model_row(gen: Generator, plan: Plan, row: int, opts: EditOptions) -> dict[str, Any]:
+    """The model's conditions for an edited row: the original's, with the changes applied and
+    `opts.null_fields` left to their null tokens. Free text describes the original, so it is
+    replaced by `--prompt` or left null."""
     values: dict[str, Any] = {}
     for spec in gen.specs:
         if spec.kind == "text":
-            values[spec.name] = prompt
+            values[spec.name] = opts.prompt
+        elif spec.name in opts.null_fields:
+            values[spec.name] = None
         elif spec.name in plan.changes:
             values[spec.name] = plan.changes[spec.name]
         elif spec.name in plan.manifest.schema.columns:
@@ -142,6 +149,7 @@ def _identity(gen: Generator, opts: EditOptions, plan: Plan, sha: str, rid: int 
         "steps": opts.steps or s.steps,
         "guidance": s.guidance if opts.guidance is None else opts.guidance,
         "guide_fields": None if opts.guide_fields is None else list(opts.guide_fields),
+        "null_fields": list(opts.null_fields),
         "watermark": None if rid is None else f"{rid:08x}",
     }
 
@@ -228,7 +236,7 @@ class Editor:
         for j in progress(todo, len(todo), "checking rows", show):
             self._source(j)
             row = self.plan.rows[j]
-            model_row(self.gen, self.plan, row, self.opts.prompt)
+            model_row(self.gen, self.plan, row, self.opts)
             self._conditions(row)
 
     def _source(self, j: int) -> tuple[Stored, np.ndarray]:
@@ -261,7 +269,7 @@ class Editor:
             sources.append(source)
             windows.append(window)
             regions.append(region)
-        rows = [model_row(self.gen, plan, plan.rows[j], self.opts.prompt) for j in batch]
+        rows = [model_row(self.gen, plan, plan.rows[j], self.opts) for j in batch]
         drawn = self.gen.edit(
             torch.stack(images),
             torch.stack(masks),
