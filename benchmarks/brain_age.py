@@ -19,16 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from quick_model import quick_model
+from quick_model import quick_brain_model
 
-from synthgen.config import PhantomConfig
 from synthgen.data.dataset import load_images
 from synthgen.data.io import write_png
 from synthgen.data.manifest import load_manifest
 from synthgen.engine.generator import image_grid, load_generator
 from synthgen.metrics.brain_probes import ventricle_volume
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ldm-brain3d-latent.yaml"
 COPIED = ("sex", "site", "lesion")
 
 
@@ -53,9 +51,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     if args.quick:
         args.n, args.steps = 12, 5
-        phantoms = PhantomConfig(kind="brain3d", n=80, size=16)
-        overrides = ["autoencoder=null", "train.batch_size=8", "val_images=8"]
-        args.checkpoint, args.real = quick_model(Path(tmp.name), phantoms, CONFIG, overrides)
+        args.checkpoint, args.real = quick_brain_model(Path(tmp.name))
     if args.checkpoint is None or args.real is None:
         parser.error("--checkpoint and --real are required (or --quick)")
     start = time.perf_counter()

@@ -27,3 +27,12 @@ def quick_model(
     cfg = load_config(DiffusionTrainConfig, config, [*quick, *overrides])
     train_diffusion(cfg, show_progress=False)
     return root / "run", manifest
+
+
+def quick_brain_model(root: Path) -> tuple[Path, Path]:
+    """A 16³ pixel-space brain3d model (no autoencoder) of configs/ldm-brain3d-latent.yaml on 80
+    phantoms, one minute; the run folder and the manifest."""
+    config = Path(__file__).resolve().parent.parent / "configs" / "ldm-brain3d-latent.yaml"
+    phantoms = PhantomConfig(kind="brain3d", n=80, size=16)
+    overrides = ["autoencoder=null", "train.batch_size=8", "val_images=8"]
+    return quick_model(root, phantoms, config, overrides)

@@ -18,11 +18,11 @@ does) and `truth-keep` (truth with the nodule's pixels put back from the origina
 perfect generator does under an exact keep mask). A `*_goal_met` line per form applies #7's
 goal (see `goal_met`).
 
-    python benchmarks/stress_chest.py --generator RUN     # a trained 32² inpainting model
-    python benchmarks/stress_chest.py --quick --generator RUN   # fewer images and steps
+    python benchmarks/stress_chest.py --generator RUN --nodule-px 0.75   # a trained 32² model
+    python benchmarks/stress_chest.py --quick     # 600 images, a 1-minute generator, < 3 min
 
-Without --generator a 32² pixel inpainting model is trained first with
-configs/inpaint-chest2d-pixel32.yaml (about 20 minutes on 2 cores).
+Without --generator a 32² pixel inpainting model is trained first on the clean set with
+configs/inpaint-chest2d-pixel32.yaml (about 10 minutes on 2 cores; one with --quick).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from synthgen.metrics.classifier import train_classifier
 from synthgen.metrics.inputs import load_real
 
 SYNTHGEN = (sys.executable, "-m", "synthgen")
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "inpaint-chest2d-pixel32.yaml"
 NODULE_PX = "1.5"  # the demo generator's data; smaller nodules make the shortcut matter more
 MARKER_ROWS = 5  # 32² markers are 3 px, one px in from the top edge: rows 1-3, plus a margin
 SHORTCUT_SEED, SHORTCUT = 0, 0.9  # the shortcut set, made by `phantoms` and re-drawn by `truth`
@@ -101,10 +102,11 @@ def truth(manifest: Path, n: int, nodule_px: str, out: Path, keep: bool = False)
     return out
 
 
-def edit(generator: Path, manifest: Path, out: Path, *args: str) -> Path:
+def edit(generator: Path, manifest: Path, out: Path, *args: str, fast: bool = False) -> Path:
     if not (out / "manifest.csv").is_file():
+        steps = ("--steps", "10") if fast else ()
         run("edit", "--checkpoint", str(generator), "--manifest", str(manifest), "--out", str(out),
-            "--split", "test", "--no-watermark", "--quiet", *args)  # fmt: skip
+            "--split", "test", "--no-watermark", "--quiet", *steps, *args)  # fmt: skip
     return out
 
 
@@ -117,7 +119,10 @@ def stress(spec: Path, manifest: Path, edits: list[Path], out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="600 images, 150 classifier steps")
+    parser.add_argument(
+        "--quick", action="store_true", help="600 images, 150 classifier steps, one strength, "
+        "10 edit steps"
+    )  # fmt: skip
     parser.add_argument("--generator", type=Path, help="a trained 32² inpainting run")
     parser.add_argument(
         "--strength",
@@ -133,6 +138,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-stress"))
     args = parser.parse_args()
     n, steps = (600, 150) if args.quick else (2000, 300)
+    if args.quick:
+        args.strength = args.strength[:1]
     started = time.monotonic()
     shortcut = phantoms(args.out / "shortcut", n, SHORTCUT_SEED, args.nodule_px,
                         "--shortcut", str(SHORTCUT))  # fmt: skip
@@ -141,8 +148,9 @@ def main() -> None:
     if generator is None:
         generator = args.out / "generator"
         if not (generator / "checkpoints").is_dir():
-            run("train", "inpaint", "--config", "configs/inpaint-chest2d-pixel32.yaml",
-                f"data.manifest={clean}", f"out={generator}")  # fmt: skip
+            budget = ["train.max_minutes=1", "train.checkpoint_every=100000"] if args.quick else []
+            run("train", "inpaint", "--config", str(CONFIG), f"data.manifest={clean}",
+                f"out={generator}", *budget)  # fmt: skip
     s = classifier(shortcut, args.out / "classifier-S", steps)
     c = classifier(clean, args.out / "classifier-C", steps)
     tag = "" if args.guidance is None else f"-g{args.guidance}"
@@ -156,17 +164,19 @@ def main() -> None:
     pairs = zip(sdedit, args.strength, strict=True)
     sites = [edit(generator, shortcut, args.out / folder, "--set", "site=A", "--where", "nodule=1",
                   "--where", "site=B", "--keep-mask", "nodule_mask", "--strength", str(strength),
-                  *guide, *nulls) for folder, strength in pairs]  # fmt: skip
+                  *guide, *nulls, fast=args.quick) for folder, strength in pairs]  # fmt: skip
     band = f"box:0,0,{MARKER_ROWS},32"
     marker = edit(generator, shortcut, args.out / "edit-marker", "--set", "site=A",
-                  "--where", "nodule=1", "--where", "site=B", "--edit-mask", band)  # fmt: skip
+                  "--where", "nodule=1", "--where", "site=B", "--edit-mask", band,
+                  fast=args.quick)  # fmt: skip
     add = edit(generator, shortcut, args.out / "edit-add", "--set", "nodule=1",
-               "--where", "nodule=0", "--edit-mask", "anatomy:right_lung,left_lung")  # fmt: skip
+               "--where", "nodule=0", "--edit-mask", "anatomy:right_lung,left_lung",
+               fast=args.quick)  # fmt: skip
     real = truth(shortcut, n, args.nodule_px, args.out / "truth")
     kept = truth(shortcut, n, args.nodule_px, args.out / "truth-keep", keep=True)
     negatives = edit(generator, shortcut, args.out / f"edit-negatives{tag}", "--set", "site=B",
                      "--where", "nodule=0", "--where", "site=A", "--edit-region", "all",
-                     "--strength", str(args.strength[0]), *guide)  # fmt: skip
+                     "--strength", str(args.strength[0]), *guide, fast=args.quick)  # fmt: skip
     edits = [real, kept, *sites, marker, negatives, add]
     found = {name: stress(spec, shortcut, edits, args.out / f"report-{name}")
              for name, spec in (("S", s), ("C", c))}  # fmt: skip
