@@ -51,6 +51,7 @@ def generated(real: Path, checkpoint: Path, out: Path, steps: int, seed: int) ->
     for age in np.linspace(lo, hi, len(train_rows)):
         source = rng.choice(train_rows)
         rows.append({"age": f"{age:.1f}", **{c: manifest.cell(source, c) for c in COPIED}})
+    out.parent.mkdir(parents=True, exist_ok=True)
     conditions = out.parent / f"{out.name}-conditions.csv"
     pd.DataFrame(rows).to_csv(conditions, index=False)
     subprocess.run([sys.executable, "-m", "synthgen", "sample", "--checkpoint", str(checkpoint),
