@@ -16,7 +16,7 @@ Besides the share of samples flagged, the share of training images with a flagge
 among N samples: the figure medical memorisation studies report (up to 42 % of CT, 20 % of MRI
 and 33 % of X-ray training images).
 
-    python benchmarks/memorization.py --quick     # 1-minute generators, 100 samples, < 3 min
+    python benchmarks/memorization.py --quick     # 30-second generators, 100 samples, < 3 min
     python benchmarks/memorization.py             # 20 / 10-minute generators, 500 samples
 """
 
@@ -88,7 +88,7 @@ def judge(name: str, real: Path, generator: Path, root: Path, n: int, steps: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1-minute generators, 100 samples")
+    parser.add_argument("--quick", action="store_true", help="30-second generators, 100 samples")
     parser.add_argument("--out", type=Path, default=Path("bench-memorization"))
     parser.add_argument("--overfit-minutes", type=float, default=20.0)
     parser.add_argument("--demo", type=Path, help="a demo-budget run to reuse (with --demo-real)")
@@ -96,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     if (args.demo is None) != (args.demo_real is None):
         parser.error("--demo and --demo-real go together")
-    minutes, demo_minutes = (1.0, 1.0) if args.quick else (args.overfit_minutes, 10.0)
+    minutes, demo_minutes = (0.5, 0.5) if args.quick else (args.overfit_minutes, 10.0)
     n, steps = (100, 5) if args.quick else (500, 25)
     root = args.out
     started = time.monotonic()
