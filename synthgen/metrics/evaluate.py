@@ -303,6 +303,7 @@ def _downstream(
     inputs: Inputs, opts: EvalOptions, parts: tuple[str, ...], probe: Any
 ) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
     from synthgen.metrics import report as html
+    from synthgen.metrics.labels import regime_label
 
     target = opts.target or _default_target(inputs.schema)
     uopts = utility.UtilityOptions(
@@ -320,7 +321,7 @@ def _downstream(
     found_u = utility.report(scores, summaries, uopts)
     charts = []
     series = {
-        r: {"all": e["auroc"], **{g: v["auroc"] for g, v in e["by_group"].items()}}
+        regime_label(r): {"all": e["auroc"], **{g: v["auroc"] for g, v in e["by_group"].items()}}
         for r, e in found_u["regimes"].items()
     }
     charts.append(html.bar_chart_ci("utility", f"AUROC for {target} by regime", series, "AUROC"))
@@ -331,7 +332,7 @@ def _downstream(
             fair["conditioning_fidelity"] = conditioning_fidelity(inputs, probe)
         found_f["fairness"] = fair
         for column in fair["regimes"][utility.REAL]["auroc_ci"]:
-            series = {r: e["auroc_ci"][column] for r, e in fair["regimes"].items()}
+            series = {regime_label(r): e["auroc_ci"][column] for r, e in fair["regimes"].items()}
             charts.append(html.bar_chart_ci("fairness", f"AUROC by {column}", series, "AUROC"))
     return ({"utility": found_u} if "utility" in parts else {}), found_f, charts
 

@@ -12,12 +12,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-REGIMES = {
-    "real": "real only",
-    "synthetic": "synthetic only",
-    "real+synthetic": "real + synthetic",
-    "real+synthetic balanced": "real + synthetic, balanced",
-    "synthetic then real": "synthetic, then fine-tuned on real",
+from synthgen.metrics import utility
+
+REGIMES = {  # utility's regime names, as a person reads them
+    utility.REAL: "real only",
+    utility.SYNTHETIC: "synthetic only",
+    utility.BOTH: "real + synthetic",
+    utility.BALANCED: "real + synthetic, balanced",
+    utility.PRETRAINED: "synthetic, then fine-tuned on real",
 }
 # keys whose children are utility regimes; and those whose grandchildren are
 REGIME_PARENTS = frozenset({"regimes", "auroc_difference_vs_real"})
