@@ -56,7 +56,7 @@ def generated(real: Path, checkpoint: Path, out: Path, steps: int, seed: int) ->
     pd.DataFrame(rows).to_csv(conditions, index=False)
     subprocess.run([sys.executable, "-m", "synthgen", "sample", "--checkpoint", str(checkpoint),
                     "--conditions", str(conditions), "--num-samples", str(len(rows)), "--steps",
-                    str(steps), "--no-watermark", "--quiet", "--out", str(out)],
+                    str(steps), "--no-watermark", "--out", str(out)],
                    check=True)  # fmt: skip
     return out
 

@@ -88,14 +88,14 @@ def generator_samples(out: Path, real: Path, generator: Path | None, n: int, qui
         steps = "5" if quick else "25"
         run("sample", "--checkpoint", str(generator), "--num-samples", str(n), "--match",
             str(real), "--balance", "site,nodule", "--steps", steps, "--batch-size", "100",
-            "--no-watermark", "--quiet", "--out", str(samples))  # fmt: skip
+            "--no-watermark", "--out", str(samples))  # fmt: skip
     return samples
 
 
 def evaluate(real: Path, synthetic: Path, out: Path, seeds: int, steps: int) -> dict:
     if not (out / "report.json").is_file():
         run("eval", "all", "--real", str(real), "--synthetic", str(synthetic), "--out", str(out),
-            "--balance", "site", "--seeds", str(seeds), "--steps", str(steps), "--quiet",
+            "--balance", "site", "--seeds", str(seeds), "--steps", str(steps),
             "--cache", str(out.parent / "cache"))  # fmt: skip
     return json.loads((out / "report.json").read_text())
 

@@ -58,11 +58,11 @@ def judge(name: str, real: Path, generator: Path, root: Path, n: int, steps: int
     samples, report = root / f"samples-{name}", root / f"report-{name}"
     if not (samples / "manifest.csv").is_file():
         run("sample", "--checkpoint", str(generator), "--num-samples", str(n), "--match",
-            str(real), "--steps", str(steps), "--size", "128", "--batch-size", "100", "--quiet",
+            str(real), "--steps", str(steps), "--size", "128", "--batch-size", "100",
             "--out", str(samples))  # fmt: skip
     if not (report / "report.json").is_file():
         run("eval", "memorization", "--real", str(real), "--synthetic", str(samples), "--out",
-            str(report), "--quiet", "--cache", str(root / "cache"))  # fmt: skip
+            str(report), "--cache", str(root / "cache"))  # fmt: skip
     found = json.loads((report / "report.json").read_text())["memorization"]
     release = root / f"release-{name}"
     shutil.rmtree(release, ignore_errors=True)
