@@ -9,7 +9,7 @@ all` in the same run, each against the same real data:
 - `generator`: `synthgen sample --match REAL --balance site,nodule` (the other fields drawn
   from the training rows of each cell) from an inpainting model trained on the real set's train
   split with configs/inpaint-chest2d-pixel32.yaml (30 minutes on 2 cores;
-  --generator RUN reuses one, --quick trains for one minute);
+  --generator RUN reuses one, --quick trains for 30 seconds);
 - `oracle`: fresh phantoms from the same rules without the shortcut, i.e. what a perfect
   site × nodule-conditioned generator gives. The gap between the two is the generator's
   shortfall.
@@ -20,7 +20,7 @@ site × nodule (goal: AUROC gain with a CI above zero on a minority site; the la
 between-site TPR gap should shrink); synthetic then real (pretrained on synthetic, fine-tuned
 on real: RoentGen-v2 reports +6.5 % for it against +2.7 % for mixing).
 
-    python benchmarks/eval_chest.py --quick        # 600 real, 1-min generator, 1 seed, < 3 min
+    python benchmarks/eval_chest.py --quick        # 600 real, 30-s generator, 1 seed, < 3 min
     python benchmarks/eval_chest.py                # 2,000 real, 30-min generator, 3 seeds
     python benchmarks/eval_chest.py --real M --generator RUN   # a trained generator on M
 """
@@ -75,10 +75,10 @@ def oracle_samples(out: Path, n: int, seed: int, nodule_px: str) -> Path:
 def generator_samples(out: Path, real: Path, generator: Path | None, n: int, quick: bool) -> Path:
     """`synthgen sample` balanced over site × nodule (other fields matched to `real`'s training
     rows) from `generator`, trained first on `real`
-    when not given (one minute with --quick, else the recipe's 30-minute budget)."""
+    when not given (30 seconds with --quick, else the recipe's 30-minute budget)."""
     if generator is None:
         generator = out / "run"
-        minutes = "1" if quick else "30"
+        minutes = "0.5" if quick else "30"
         if not (generator / "checkpoints").is_dir():
             run("train", "inpaint", "--config", str(CONFIG), f"data.manifest={real}",
                 f"out={generator}", "train.steps=1000000", f"train.max_minutes={minutes}",
@@ -140,7 +140,7 @@ def headline(source: str, report: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sets, 1-min generator")
+    parser.add_argument("--quick", action="store_true", help="small sets, 30-s generator")
     parser.add_argument("--out", type=Path, default=Path("bench-eval"))
     parser.add_argument("--real", type=Path, help="the real manifest the generator learned")
     parser.add_argument("--generator", type=Path, help="a trained run on --real")

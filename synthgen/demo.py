@@ -298,6 +298,8 @@ def run_stress(cfg: DemoStress, checkpoint: Path, out: Path, fresh: bool) -> str
     edits = {
         "edit-site": {"changes": {"site": "A"}, "where": {"nodule": "1", "site": "B"},
                       "keep_masks": ("nodule_mask",), "strength": cfg.strength},
+        "edit-negatives": {"changes": {"site": "B"}, "where": {"nodule": "0", "site": "A"},
+                           "strength": cfg.strength},
         "edit-add": {"changes": {"nodule": "1"}, "where": {"nodule": "0"},
                      "edit_mask": "anatomy:right_lung,left_lung"},
     }  # fmt: skip

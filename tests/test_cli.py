@@ -133,6 +133,7 @@ def test_demo_generates_checks_and_reuses(tmp_path):
     assert "chest2d-32 conditions read back: exactly one nodule in " in first.stdout
     assert "(imagefolder): verify OK, " in first.stdout  # the demo ends with release + verify
     assert "stress test (shortcut classifier): acquisition (edit-site):" in first.stdout
+    assert "acquisition (edit-negatives):" in first.stdout  # the shortcut's reverse
     assert "manifestation (edit-add):" in first.stdout
     made = tree_digest(tmp_path / "out")
     second = run("demo", "--out", "out", *overrides, cwd=tmp_path)
