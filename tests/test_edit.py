@@ -292,9 +292,9 @@ def test_sigkill_inside_an_edit_write_then_resume_gives_every_edit_once_with_the
     """Each kill lands inside a random edit's write (tests/killpoint.py), alternately after its
     temp file is written and before the rename, and just after the rename before its row."""
     ck, manifest = chest
-    n = 12
+    n = 6
     args = ["edit", "--checkpoint", str(ck), "--manifest", str(manifest), "--set", "age=80",
-            "--edit-region", "all", "--limit", str(n), "--strength", "0.8", "--steps", "8",
+            "--edit-region", "all", "--limit", str(n), "--strength", "0.8", "--steps", "4",
             "--batch-size", "1", "--quiet"]  # fmt: skip
     command = [sys.executable, "-m", "synthgen", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -139,7 +139,7 @@ def test_eval_3d_fidelity_and_memorization(tmp_path: Path) -> None:
     """brain3d volumes: NIfTI samples read back with their schema, both parts report."""
     real_dir, source = tmp_path / "real", tmp_path / "synthetic" / "source"
     for out, n, seed in ((real_dir, 60, 0), (source, 24, 1)):
-        args = ["--kind", "brain3d", "--n", str(n), "--size", "32", "--seed", str(seed)]
+        args = ["--kind", "brain3d", "--n", str(n), "--size", "16", "--seed", str(seed)]
         result = synthgen(None, "phantoms", *args, "--out", str(out))
         assert result.returncode == 0, result.stderr
     table = pd.read_csv(source / "manifest.csv", dtype=str, keep_default_na=False)
@@ -155,6 +155,6 @@ def test_eval_3d_fidelity_and_memorization(tmp_path: Path) -> None:
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         report = json.loads((out / "report.json").read_text())
-        assert report["meta"]["real"]["image_shape"] == [32, 32, 32]
+        assert report["meta"]["real"]["image_shape"] == [16, 16, 16]
         assert part in report
     assert report["memorization"]["n_synthetic"] == 24
