@@ -18,8 +18,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/synthgen demo --config configs/demo.yaml --out demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+test: $(STAMP)  # two workers, one per core; a module's tests stay on one (shared fixtures)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-kill: $(STAMP)  # the SIGKILL suite, slow cases included (not in CI)
 	$(BIN)/python -m pytest -q -m sigkill

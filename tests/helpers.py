@@ -12,6 +12,16 @@ import traceback
 from pathlib import Path
 
 
+def shipped_dicom(name: str) -> Path:
+    """A real DICOM file from pydicom's test data or the pydicom-data dev extra (download=False:
+    never fetch at test time)."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    assert path is not None, f"neither pydicom nor pydicom-data ships {name}"
+    return Path(path)
+
+
 def snapshot(root: Path) -> dict[str, str]:
     """Every path under `root` (hidden ones too): sha256 for files, '<dir>' for folders."""
     tree = {}

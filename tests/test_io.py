@@ -6,20 +6,13 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from helpers import shipped_dicom
 from nibabel.testing import data_path as nibabel_data
-from pydicom.data import get_testdata_file
 
 from synthgen.config import InputError
 from synthgen.data.intensity import from_model, to_model, window_for
 from synthgen.data.io import default_affine, max_voxels, read_image, write_nifti, write_png
 from synthgen.data.schema import IntensityPolicy
-
-
-def shipped_dicom(name: str) -> Path:
-    """A DICOM file from pydicom's own test data (download=False: never fetch at test time)."""
-    path = get_testdata_file(name, download=False)
-    assert path is not None, f"pydicom does not ship {name}"
-    return Path(path)
 
 
 def test_ct_small_values_are_pixel_array_times_slope_plus_intercept():

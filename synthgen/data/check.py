@@ -27,6 +27,7 @@ class CheckResult:
 
     n_rows: int
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not wrong: printed, exit 0
     shape: tuple[int, ...] | None = None
     spacing: tuple[float, ...] | None = None
     counts: dict[str, pd.DataFrame] = field(default_factory=dict)
@@ -41,7 +42,7 @@ def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResu
     mask_cols = [c for c in schema.with_role("mask") if manifest.has(c)]
     id_col = schema.id_column if schema.id_column and manifest.has(schema.id_column) else None
     duplicates = dict(manifest.duplicate_ids())
-    geometry: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {}
+    geometry: dict[int, tuple[tuple[int, ...], tuple[float, ...] | None]] = {}
     for row in progress(range(len(manifest)), len(manifest), "checking", show_progress):
         if id_col:
             rid = manifest.cell(row, id_col)
@@ -55,7 +56,14 @@ def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResu
         image = _collect(result.problems, _usable_image, manifest, row)
         if image is None:
             continue
-        geometry[row] = (image.array.shape, image.spacing)
+        geometry[row] = (image.array.shape, image.spacing if image.spacing_known else None)
+        if not image.spacing_known:
+            column = schema.image_column
+            where = manifest.where(row, column, manifest.cell(row, column))
+            result.notes.append(
+                f"{where}: pixel spacing unknown (no PixelSpacing, or 0; no ImagerPixelSpacing "
+                "for a radiograph): taken as 1 mm, so it cannot be resampled to a spacing"
+            )
         for column in mask_cols:
             _collect(result.problems, manifest.mask, row, column, image.array.shape)
     _check_geometry(manifest, geometry, result)
@@ -81,14 +89,16 @@ def _collect(problems: list[str], fn, *args):
 
 def _check_geometry(
     manifest: Manifest,
-    geometry: dict[int, tuple[tuple[int, ...], tuple[float, ...]]],
+    geometry: dict[int, tuple[tuple[int, ...], tuple[float, ...] | None]],
     result: CheckResult,
 ) -> None:
-    """Flag rows whose shape or spacing differs from the most common one."""
+    """Flag rows whose shape or spacing differs from the most common one (a row whose spacing
+    is unknown is compared by shape only)."""
     if not geometry:
         return
     result.shape = Counter(shape for shape, _ in geometry.values()).most_common(1)[0][0]
-    result.spacing = Counter(sp for _, sp in geometry.values()).most_common(1)[0][0]
+    known = Counter(sp for _, sp in geometry.values() if sp is not None).most_common(1)
+    result.spacing = known[0][0] if known else None
     column = manifest.schema.image_column
     for row, (shape, spacing) in geometry.items():
         where = manifest.where(row, column, manifest.cell(row, column))
@@ -96,7 +106,7 @@ def _check_geometry(
             result.problems.append(
                 f"{where}: shape {shape} differs from the dataset's {result.shape}"
             )
-        elif not np.allclose(spacing, result.spacing, rtol=1e-3):
+        elif spacing is not None and not np.allclose(spacing, result.spacing, rtol=1e-3):
             result.problems.append(
                 f"{where}: spacing {spacing} differs from the dataset's {result.spacing}"
             )
@@ -137,6 +147,8 @@ def print_summary(manifest: Manifest, result: CheckResult) -> None:
     )
     status = f"{len(result.problems)} problem(s)" if result.problems else "ok"
     console.print(f"{manifest.path}: {result.n_rows} rows, {geometry}: {status}")
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False)
     for label, frame in result.counts.items():
         table = Table(title=f"counts: {label} x covariates", title_justify="left")
         table.add_column("")

@@ -114,7 +114,7 @@ class ManifestDataset(Dataset):
         m, row = self.manifest, self.rows[index]
         schema = m.schema
         image = m.image(row)
-        window = window_for(image.array, schema.intensity)
+        window = window_for(image.array, schema.intensity, image.window)
         masks = {}
         for column in self.mask_columns:
             mask = m.mask(row, column, image.array.shape)

@@ -7,11 +7,16 @@ import numpy as np
 from synthgen.data.schema import IntensityPolicy
 
 
-def window_for(array: np.ndarray, policy: IntensityPolicy) -> tuple[float, float]:
-    """The (low, high) stored values that map to -1 and +1 for this image."""
+def window_for(
+    array: np.ndarray, policy: IntensityPolicy, voi: tuple[float, float] | None = None
+) -> tuple[float, float]:
+    """The (low, high) stored values that map to -1 and +1 for this image; `voi` is the
+    image's own DICOM window (`Image.window`), used by the `dicom` mode."""
     fixed = policy.window()
     if fixed is not None:
         return fixed
+    if policy.mode == "dicom" and voi is not None:
+        return voi
     low, high = (float(v) for v in np.percentile(array, policy.percentiles))
     if high <= low:  # a constant image: any non-empty window maps it to one value
         high = low + 1.0

@@ -46,6 +46,8 @@ class Image:
     array: np.ndarray
     spacing: tuple[float, ...]
     affine: np.ndarray | None = None
+    spacing_known: bool = True  # False: the file gave none (a DICOM without PixelSpacing)
+    window: tuple[float, float] | None = None  # a DICOM's own VOI window (intensity mode dicom)
 
     @property
     def spatial_dims(self) -> int:
@@ -189,10 +191,12 @@ def _read_nifti(path: Path) -> Image:
 
 
 def _read_dicom(path: Path) -> Image:
-    """Rows × Columns × NumberOfFrames is checked before `pixel_array` decodes anything; pixel
+    """Values as a viewer shows them (data/dicom.py: MONOCHROME1 inverted, modality LUT).
+    Rows × Columns × NumberOfFrames is checked before `pixel_array` decodes anything; pixel
     data over 16 MB stays on disk until then (`defer_size`)."""
     import pydicom
-    from pydicom.pixels import apply_modality_lut
+
+    from synthgen.data.dicom import displayed_values, pixel_spacing, voi_window
 
     ds = pydicom.dcmread(path, defer_size="16 MB")
     if "PixelData" not in ds:
@@ -202,13 +206,15 @@ def _read_dicom(path: Path) -> Image:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     plane = (int(ds.Rows), int(ds.Columns))
     require_voxels(path, plane if frames == 1 else (frames, *plane))
-    array = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
-    row_mm, col_mm = (float(v) for v in ds.get("PixelSpacing", (1.0, 1.0)))
+    array = displayed_values(ds)
+    spacing = pixel_spacing(ds)
+    row_mm, col_mm = spacing or (1.0, 1.0)
+    known, window = spacing is not None, voi_window(ds)
     if array.ndim == 2:
-        return Image(array=array, spacing=(row_mm, col_mm))
+        return Image(array, (row_mm, col_mm), spacing_known=known, window=window)
     slice_mm = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
     affine = np.diag([slice_mm, row_mm, col_mm, 1.0])
-    return Image(array=array, spacing=(slice_mm, row_mm, col_mm), affine=affine)
+    return Image(array, (slice_mm, row_mm, col_mm), affine, spacing_known=known, window=window)
 
 
 def _current_umask() -> int:

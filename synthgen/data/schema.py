@@ -83,9 +83,11 @@ class IntensityPolicy(StrictModel):
     `window`: the fixed interval [low, high] (or center/width, as DICOM viewers say) maps
     linearly to [-1, 1]; values outside are clipped. `percentile`: each image's own
     [p_low, p_high] percentiles map to [-1, 1]; the per-image window travels with the sample.
+    `dicom`: each DICOM file's own VOI window (what its viewer shows first; data/dicom.py),
+    percentiles for an image without one.
     """
 
-    mode: Literal["window", "percentile"] = "percentile"
+    mode: Literal["window", "percentile", "dicom"] = "percentile"
     low: float | None = None
     high: float | None = None
     center: float | None = None

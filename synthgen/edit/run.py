@@ -262,7 +262,7 @@ class Editor:
         sources, windows, regions, images, masks = [], [], [], [], []
         for j in batch:
             source, region = self._source(j)
-            window = window_for(source.decoded, self.policy)
+            window = window_for(source.decoded, self.policy, source.voi)
             x = torch.from_numpy(to_model(source.decoded, window))[None, None]
             images.append(resize(x, self.shape)[0])
             masks.append(to_model_mask(torch.from_numpy(region)[None, None].float(), self.shape)[0])

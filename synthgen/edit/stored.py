@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from synthgen.data.dicom import inversion, voi_window
 from synthgen.data.io import (
     ImageReadError,
     error_reason,
@@ -31,7 +32,8 @@ EDIT_TAG = "synthgen edit"
 @dataclass
 class Stored:
     """`stored` is the pixel array as the file holds it; `decoded` = slope * stored + intercept
-    is what `read_image` gives and what the intensity policy windows."""
+    (stored first turned to MONOCHROME2 as `invert` - stored for a MONOCHROME1 DICOM) is what
+    `read_image` gives and what the intensity policy windows."""
 
     path: Path
     kind: str
@@ -39,10 +41,20 @@ class Stored:
     slope: float = 1.0
     intercept: float = 0.0
     meta: Any = None  # the DICOM dataset, or the NIfTI affine
+    invert: int | None = None  # data/dicom.py's inversion constant of a MONOCHROME1 file
+
+    def _flip(self, values: Any) -> Any:  # an array or one window bound
+        return values if self.invert is None else self.invert - values
 
     @property
     def decoded(self) -> np.ndarray:
-        return (self.stored.astype(np.float64) * self.slope + self.intercept).astype(np.float32)
+        shown = self._flip(self.stored.astype(np.float64))
+        return (shown * self.slope + self.intercept).astype(np.float32)
+
+    @property
+    def voi(self) -> tuple[float, float] | None:
+        """A DICOM's own VOI window in decoded values (`read_image`'s `Image.window`)."""
+        return voi_window(self.meta) if self.kind == "dicom" else None
 
     @property
     def suffix(self) -> str:
@@ -50,7 +62,7 @@ class Stored:
 
     def to_stored(self, decoded: np.ndarray) -> np.ndarray:
         """Decoded values → the file's stored dtype (rounded and clipped for integers)."""
-        raw = (np.asarray(decoded, dtype=np.float64) - self.intercept) / self.slope
+        raw = self._flip((np.asarray(decoded, dtype=np.float64) - self.intercept) / self.slope)
         dtype = self.stored.dtype
         if dtype.kind in "ui":
             info = np.iinfo(dtype)
@@ -59,7 +71,7 @@ class Stored:
 
     def window_stored(self, window: tuple[float, float]) -> tuple[float, float]:
         """A decoded-value window in stored units (what the watermark's 8-bit view uses)."""
-        a, b = ((v - self.intercept) / self.slope for v in window)
+        a, b = (self._flip((v - self.intercept) / self.slope) for v in window)
         return (min(a, b), max(a, b))
 
     def encode(self, stored: np.ndarray, record: dict[str, Any]) -> bytes:
@@ -123,7 +135,7 @@ def _read_dicom(path: Path) -> Stored:
         raise ImageReadError(path, "colour DICOM; synthgen expects grayscale scans")
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    return Stored(path, "dicom", np.array(ds.pixel_array), slope, intercept, ds)
+    return Stored(path, "dicom", np.array(ds.pixel_array), slope, intercept, ds, inversion(ds))
 
 
 def _read_nifti(path: Path) -> Stored:

@@ -140,5 +140,6 @@ def read_as_model(path: Path, schema: Schema, shape: tuple[int, ...]) -> torch.T
         raise InputError(
             f"{path}: a {image.array.ndim}D image, but the real images are {len(shape)}D"
         )
-    x = torch.from_numpy(to_model(image.array, window_for(image.array, schema.intensity)))[None]
+    window = window_for(image.array, schema.intensity, image.window)
+    x = torch.from_numpy(to_model(image.array, window))[None]
     return resize(x[None], tuple(shape))[0].clamp(-1.0, 1.0)

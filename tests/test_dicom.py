@@ -1,0 +1,191 @@
+"""DICOM read as a radiology viewer shows it (#22): MONOCHROME1, pixel spacing, compressed
+transfer syntaxes. Real files only: pydicom's test data and the pydicom-data dev extra."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from helpers import shipped_dicom, synthgen
+
+from synthgen.data.intensity import window_for
+from synthgen.data.io import read_image
+from synthgen.data.schema import IntensityPolicy
+from synthgen.edit.stored import read_stored
+
+
+def other_monochrome(source: Path, out: Path) -> Path:
+    """`source` stored inverted under the other MONOCHROME interpretation: the same picture
+    for a viewer, the way a second vendor could have exported it."""
+    ds = pydicom.dcmread(source)
+    stored = ds.pixel_array
+    constant = -1 if int(ds.PixelRepresentation) else (1 << int(ds.BitsStored)) - 1
+    ds.PixelData = (constant - stored.astype(np.int64)).astype(stored.dtype).tobytes()
+    if "WindowCenter" in ds:  # the window a viewer opens it with, mirrored as the values:
+        # DICOM's LINEAR window sits at c - 0.5, so the same picture needs K + 1 - c
+        slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+        centers = ds.WindowCenter if ds["WindowCenter"].VM > 1 else [ds.WindowCenter]
+        mirrored = [slope * constant + 2 * intercept + 1 - float(c) for c in centers]
+        ds.WindowCenter = mirrored if len(mirrored) > 1 else mirrored[0]
+    flipped = {"MONOCHROME1": "MONOCHROME2", "MONOCHROME2": "MONOCHROME1"}
+    ds.PhotometricInterpretation = flipped[ds.PhotometricInterpretation]
+    ds.save_as(out)
+    return out
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "RG3_UNCI.dcm",  # a CR radiograph stored MONOCHROME1 (unsigned, 10 bits)
+        "CT_small.dcm",  # signed, with a rescale intercept
+        "MR_small.dcm",
+    ],
+)
+def test_monochrome1_reads_like_its_monochrome2_inversion(tmp_path, name):
+    source = shipped_dicom(name)
+    copy = other_monochrome(source, tmp_path / "inverted.dcm")
+    original, inverted = read_image(source), read_image(copy)
+    np.testing.assert_array_equal(original.array, inverted.array)
+    assert original.window == inverted.window  # and so is the window it opens with
+    ds = pydicom.dcmread(source)
+    if ds.PhotometricInterpretation == "MONOCHROME2":  # read as the file stores it
+        np.testing.assert_array_equal(
+            original.array, pydicom.pixels.apply_modality_lut(ds.pixel_array, ds)
+        )
+
+
+def test_the_editor_decodes_monochrome1_as_the_reader_and_stores_it_back(tmp_path):
+    path = other_monochrome(shipped_dicom("CT_small.dcm"), tmp_path / "m1.dcm")
+    stored = read_stored(path)
+    np.testing.assert_array_equal(stored.decoded, read_image(path).array)
+    np.testing.assert_array_equal(stored.to_stored(stored.decoded), stored.stored)
+    assert stored.voi is None  # CT_small has no window; RG3's is checked below
+    radiograph = read_stored(shipped_dicom("RG3_UNCI.dcm"))
+    assert radiograph.voi == read_image(shipped_dicom("RG3_UNCI.dcm")).window is not None
+    low, high = -100.0, 300.0  # a window in decoded values holds the same pixels in stored ones
+    a, b = stored.window_stored((low, high))
+    inside = (stored.decoded >= low) & (stored.decoded <= high)
+    np.testing.assert_array_equal(inside, (stored.stored >= a) & (stored.stored <= b))
+
+
+def with_tags(source: Path, out: Path, **tags: object) -> Path:
+    """A copy of `source` with tags set (None: removed)."""
+    ds = pydicom.dcmread(source)
+    for name, value in tags.items():
+        if value is None:
+            if name in ds:
+                delattr(ds, name)
+        else:
+            setattr(ds, name, value)
+    ds.save_as(out)
+    return out
+
+
+def test_pixel_spacing_of_zero_or_none_is_unknown_and_a_radiograph_falls_back(tmp_path):
+    zero = read_image(shipped_dicom("RG1_UNCI.dcm"))  # CR with PixelSpacing 0\0
+    missing = read_image(shipped_dicom("RG3_UNCI.dcm"))  # CR without PixelSpacing
+    assert not zero.spacing_known and not missing.spacing_known
+    imager = with_tags(shipped_dicom("RG3_UNCI.dcm"), tmp_path / "cr.dcm",
+                       ImagerPixelSpacing=[0.139, 0.143])  # fmt: skip
+    found = read_image(imager)
+    assert found.spacing_known and found.spacing == pytest.approx((0.139, 0.143))
+    ct = with_tags(shipped_dicom("CT_small.dcm"), tmp_path / "ct.dcm", PixelSpacing=None,
+                   ImagerPixelSpacing=[0.5, 0.5])  # fmt: skip
+    assert not read_image(ct).spacing_known  # a detector spacing means nothing for a CT
+    assert read_image(shipped_dicom("CT_small.dcm")).spacing == pytest.approx((0.661468,) * 2)
+
+
+def test_data_check_notes_an_unknown_spacing_and_compares_the_rest(tmp_path):
+    files = {
+        "a": with_tags(shipped_dicom("MR_small.dcm"), tmp_path / "a.dcm", PixelSpacing=None),
+        "b": with_tags(shipped_dicom("MR_small.dcm"), tmp_path / "b.dcm"),
+        "c": with_tags(
+            shipped_dicom("MR_small.dcm"), tmp_path / "c.dcm", PixelSpacing=[0.5, 0.5]
+        ),  # fmt: skip
+    }
+    rows = "".join(f"{k},{v}\n" for k, v in files.items())
+    (tmp_path / "manifest.csv").write_text("id,image\n" + rows)
+    (tmp_path / "schema.yaml").write_text("columns:\n  id: {role: id}\n  image: {role: image}\n")
+    result = synthgen(tmp_path, "data", "check", "manifest.csv", "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert "pixel spacing unknown" in result.stdout and "a.dcm" in result.stdout
+    problems = result.stderr.strip().splitlines()[:-1]  # the last line is the summary
+    assert len(problems) == 1 and "c.dcm" in problems[0] and "spacing" in problems[0], problems
+
+
+@pytest.mark.parametrize(
+    ("compressed", "plain"),
+    [
+        ("693_J2KR.dcm", "693_UNCR.dcm"),  # JPEG 2000 lossless: Pillow
+        ("693_J2KI.dcm", "693_UNCI.dcm"),  # JPEG 2000 lossy, its twin stored as decoded
+        ("MR_small_RLE.dcm", "MR_small.dcm"),  # RLE lossless: pydicom
+        ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"),  # JPEG-LS lossless: python-gdcm
+    ],
+)
+def test_lossless_compressed_files_read_as_their_uncompressed_twins(compressed, plain):
+    np.testing.assert_array_equal(
+        read_image(shipped_dicom(compressed)).array, read_image(shipped_dicom(plain)).array
+    )
+
+
+def test_jpeg_lossless_decodes_through_gdcm(tmp_path):
+    """No lossless-JPEG file ships with its uncompressed twin: a real MR slice is compressed
+    (process 14) by GDCM here, then read back exactly; a shipped one (NM) decodes too."""
+    import gdcm
+
+    source = shipped_dicom("MR_small.dcm")
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    writer.SetFileName(str(tmp_path / "ll.dcm"))
+    assert writer.Write()
+    syntax = pydicom.dcmread(tmp_path / "ll.dcm").file_meta.TransferSyntaxUID
+    assert syntax == pydicom.uid.JPEGLosslessSV1
+    np.testing.assert_array_equal(read_image(tmp_path / "ll.dcm").array, read_image(source).array)
+    shipped = read_image(shipped_dicom("JPEG-LL.dcm"))
+    assert shipped.array.shape == (1024, 256) and np.ptp(shipped.array) > 0
+
+
+def test_jpeg_baseline_decodes_close_to_its_source(tmp_path):
+    """JPEG baseline, made here with Pillow from a real 8-bit ultrasound frame (no grayscale
+    baseline file ships), decoded back through pydicom close to, not equal to, the frame."""
+    from PIL import Image as PILImage
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    source = shipped_dicom("JPGLosslessP14SV1_1s_1f_8b.dcm")
+    ds = pydicom.dcmread(source)
+    buffer = io.BytesIO()
+    PILImage.fromarray(ds.pixel_array).save(buffer, format="JPEG", quality=95)
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.save_as(tmp_path / "baseline.dcm")
+    lossy, exact = read_image(tmp_path / "baseline.dcm").array, read_image(source).array
+    assert lossy.shape == exact.shape and not np.array_equal(lossy, exact)
+    assert np.corrcoef(lossy.ravel(), exact.ravel())[0, 1] > 0.99
+
+
+def test_the_dicom_intensity_policy_uses_each_file_s_own_window():
+    policy = IntensityPolicy(mode="dicom")
+    ct = read_image(shipped_dicom("693_UNCI.dcm"))  # WindowCenter 40, WindowWidth 100 (HU)
+    assert ct.window == (-10.0, 89.0)  # DICOM's LINEAR: c - 0.5 ± (w - 1) / 2
+    assert window_for(ct.array, policy, ct.window) == ct.window
+    radiograph = read_image(shipped_dicom("RG3_UNCI.dcm"))  # MONOCHROME1, 10 bits: 550 / 1024
+    assert radiograph.window == (1023 - 1061.0, 1023 - 38.0)  # mirrored with the values
+    lut = read_image(shipped_dicom("vlut_04.dcm"))  # a VOI LUT Sequence, no centre/width
+    descriptor = pydicom.dcmread(shipped_dicom("vlut_04.dcm")).VOILUTSequence[0].LUTDescriptor
+    assert lut.window == (descriptor[1], descriptor[1] + descriptor[0] - 1)
+    plain = read_image(shipped_dicom("JPEG2000_UNC.dcm"))  # no window: percentiles, as before
+    assert plain.window is None
+    assert window_for(plain.array, policy, None) == window_for(plain.array, IntensityPolicy())
