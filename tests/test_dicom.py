@@ -3,14 +3,18 @@ transfer syntaxes. Real files only: pydicom's test data and the pydicom-data dev
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 from helpers import shipped_dicom, synthgen
+from nibabel.testing import data_path as nibabel_data
 
+from synthgen.config import InputError
 from synthgen.data.intensity import window_for
 from synthgen.data.io import read_image
 from synthgen.data.schema import IntensityPolicy
@@ -189,3 +193,85 @@ def test_the_dicom_intensity_policy_uses_each_file_s_own_window():
     plain = read_image(shipped_dicom("JPEG2000_UNC.dcm"))  # no window: percentiles, as before
     assert plain.window is None
     assert window_for(plain.array, policy, None) == window_for(plain.array, IntensityPolicy())
+
+
+def oblique_nifti(out: Path) -> Path:
+    """nibabel's real MR volume (int16; its affine LAS, determinant < 0) turned oblique: rotated
+    25° about x and 10° about z."""
+    img = nib.load(Path(nibabel_data) / "anatomical.nii")
+    a, b = np.radians(25), np.radians(10)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    rz = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
+    rotation = np.eye(4)
+    rotation[:3, :3] = rz @ rx
+    data = np.asarray(img.dataobj).astype(np.int16)
+    nib.save(nib.Nifti1Image(data, rotation @ img.affine), out)
+    return out
+
+
+def as_series(nifti: Path, folder: Path, seed: int) -> list[Path]:
+    """The volume as one DICOM slice per file along its first axis, under shuffled file names
+    (what a scanner's export folder holds), each slice in a copy of a real MR header: rows run
+    along the volume's second axis, columns along its third, positions in LPS."""
+    img = nib.load(nifti)
+    data, affine = np.asarray(img.dataobj).astype(np.int16), img.affine
+    to_lps = np.diag([-1.0, -1.0, 1.0])
+    row_dir, col_dir = to_lps @ affine[:3, 2], to_lps @ affine[:3, 1]
+    spacing = [np.linalg.norm(col_dir), np.linalg.norm(row_dir)]
+    cosines = [*(row_dir / spacing[1]), *(col_dir / spacing[0])]
+    template = pydicom.dcmread(shipped_dicom("MR_small.dcm"))
+    series = pydicom.uid.generate_uid()
+    names = np.random.default_rng(seed).permutation(data.shape[0])
+    folder.mkdir()
+    written = []
+    for s in range(data.shape[0]):
+        ds = copy.deepcopy(template)
+        ds.Rows, ds.Columns = data.shape[1:]
+        ds.PixelData = np.ascontiguousarray(data[s]).tobytes()
+        ds.ImageOrientationPatient = [round(float(v), 10) for v in cosines]
+        ds.ImagePositionPatient = [round(float(v), 6) for v in to_lps @ (affine @ [s, 0, 0, 1])[:3]]
+        ds.PixelSpacing = [round(float(v), 10) for v in spacing]
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = series, pydicom.uid.generate_uid()
+        ds.save_as(folder / f"IM{names[s]:04d}")
+        written.append(folder / f"IM{names[s]:04d}")
+    return written
+
+
+def test_a_series_folder_reads_as_the_nifti_it_came_from(tmp_path):
+    nifti = oblique_nifti(tmp_path / "mr.nii")
+    as_series(nifti, tmp_path / "series", seed=3)
+    volume, series = read_image(nifti), read_image(tmp_path / "series")
+    np.testing.assert_array_equal(series.array, volume.array)
+    np.testing.assert_allclose(series.affine, volume.affine, atol=1e-5)
+    np.testing.assert_allclose(series.spacing, volume.spacing, atol=1e-6)
+    (tmp_path / "manifest.csv").write_text("id,image\nmr1,series\nmr2,mr.nii\n")  # a folder cell
+    (tmp_path / "schema.yaml").write_text("columns:\n  id: {role: id}\n  image: {role: image}\n")
+    checked = synthgen(tmp_path, "data", "check", "manifest.csv", "--quiet")
+    assert checked.returncode == 0, checked.stderr
+    assert "2 rows, shape (33, 41, 25)" in checked.stdout
+
+
+def test_a_gap_or_a_second_series_in_the_folder_is_refused_naming_the_file(tmp_path):
+    nifti = oblique_nifti(tmp_path / "mr.nii")
+    gap = as_series(nifti, tmp_path / "gap", seed=4)
+    gap[10].unlink()  # slice 10 missing: slice 11 sits two steps from slice 9
+    with pytest.raises(InputError, match=rf"{gap[11].name}: 4 mm from {gap[9].name}"):
+        read_image(tmp_path / "gap")
+    mixed = as_series(nifti, tmp_path / "mixed", seed=5)
+    other = pydicom.dcmread(mixed[7])
+    other.SeriesInstanceUID = pydicom.uid.generate_uid()
+    other.save_as(mixed[7])
+    with pytest.raises(InputError, match=rf"{mixed[7].name}: SeriesInstanceUID differs"):
+        read_image(tmp_path / "mixed")
+
+
+def test_a_multiframe_volume_gets_its_affine_from_position_and_orientation():
+    path = shipped_dicom("rtdose.dcm")  # IOP identity, 15 frames 5 mm apart, 10 mm pixels
+    ds = pydicom.dcmread(path)
+    image = read_image(path)
+    origin = np.array([float(v) for v in ds.ImagePositionPatient])
+    expected = np.array(
+        [[0, 0, -10, -origin[0]], [0, -10, 0, -origin[1]], [5, 0, 0, origin[2]], [0, 0, 0, 1]]
+    )
+    np.testing.assert_allclose(image.affine, expected)
+    assert image.spacing == pytest.approx((5.0, 10.0, 10.0))

@@ -1,5 +1,7 @@
-"""DICOM pixel values and spacing as radiology viewers read them (#22), shared by the image
-reader (data/io.py) and the lossless editor (edit/stored.py) so the two never disagree.
+"""DICOM pixel values and geometry as radiology viewers read them (#22), shared by the image
+reader (data/io.py) and the lossless editor (edit/stored.py) so the two never disagree: values
+(MONOCHROME1, modality LUT, VOI window), spacing, and the RAS affine of multi-frame volumes and
+of series folders (one slice per file).
 
 Compressed transfer syntaxes decode through pydicom's pixel-data plugins: Pillow (JPEG
 baseline, JPEG 2000), python-gdcm (JPEG lossless, JPEG-LS) and pydicom itself (RLE).
@@ -8,9 +10,13 @@ baseline, JPEG 2000), python-gdcm (JPEG lossless, JPEG-LS) and pydicom itself (R
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from synthgen.data.io import Image
 
 PROJECTION_MODALITIES = frozenset({"CR", "DX", "DF", "MG", "RF", "RG", "XA", "IO", "PX"})
 """Projection radiography: PixelSpacing may be absent, and ImagerPixelSpacing (at the
@@ -100,3 +106,151 @@ def _first(value: Any) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+"""DICOM's patient coordinates (x to the patient's left, y to the back) to NIfTI's RAS."""
+
+
+def orientation(ds: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(row direction, column direction): the unit LPS vectors along which a slice's column
+    index and row index grow (ImageOrientationPatient, or an enhanced multi-frame file's
+    shared PlaneOrientationSequence); None when the file has none or a degenerate one."""
+    value = ds.get("ImageOrientationPatient")
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if value is None and shared and "PlaneOrientationSequence" in shared[0]:
+        value = shared[0].PlaneOrientationSequence[0].get("ImageOrientationPatient")
+    try:
+        cosines = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if cosines.shape != (6,):
+        return None
+    row, col = cosines[:3], cosines[3:]
+    norms = np.linalg.norm(row), np.linalg.norm(col)
+    if min(norms) < 1e-6 or abs(float(row @ col)) > 1e-3 * norms[0] * norms[1]:
+        return None
+    return row / norms[0], col / norms[1]
+
+
+def position(ds: Any) -> np.ndarray | None:
+    """ImagePositionPatient: the LPS centre of the first pixel, or None."""
+    try:
+        found = np.array([float(v) for v in ds.get("ImagePositionPatient")], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return found if found.shape == (3,) else None
+
+
+def volume_affine(
+    origin: np.ndarray,
+    step: np.ndarray,
+    directions: tuple[np.ndarray, np.ndarray],
+    spacing: tuple[float, float],
+) -> np.ndarray:
+    """The RAS affine of voxel (slice, row, column), NIfTI's convention: `step` is the LPS
+    vector from one slice to the next, `origin` the first slice's first pixel."""
+    row_dir, col_dir = directions
+    lps = np.column_stack([step, col_dir * spacing[0], row_dir * spacing[1], origin])
+    affine = np.eye(4)
+    affine[:3, :] = LPS_TO_RAS @ lps
+    return affine
+
+
+def multiframe_affine(ds: Any, frames: int, spacing: tuple[float, float]) -> np.ndarray | None:
+    """A multi-frame volume's affine from its geometry: per-frame PlanePositionSequence
+    (enhanced), else ImagePositionPatient plus GridFrameOffsetVector (RT dose) or
+    SpacingBetweenSlices along the normal; None when the file carries no orientation."""
+    directions = orientation(ds)
+    if directions is None:
+        return None
+    normal = np.cross(*directions)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if (
+        per_frame
+        and len(per_frame) == frames
+        and all("PlanePositionSequence" in f for f in per_frame)
+    ):
+        positions = [position(f.PlanePositionSequence[0]) for f in per_frame]
+        if any(p is None for p in positions):
+            return None
+        first = positions[0]
+        step = (positions[-1] - first) / (frames - 1) if frames > 1 else normal
+        return volume_affine(first, step, directions, spacing)
+    first = position(ds)
+    if first is None:
+        return None
+    offsets = ds.get("GridFrameOffsetVector")
+    if offsets is not None and len(offsets) == frames and frames > 1:
+        distance = (float(offsets[-1]) - float(offsets[0])) / (frames - 1)
+        first = first + float(offsets[0]) * normal
+    else:
+        distance = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
+    return volume_affine(first, distance * normal, directions, spacing)
+
+
+def read_series(folder: Path) -> Image:
+    """A folder of single-frame DICOM slices as one volume (slices, rows, columns): sorted by
+    ImagePositionPatient along the slice normal, the slice step from those positions, the
+    affine in RAS as NIfTI's. A mixed folder (another series, orientation, size or spacing), a
+    slice without a position, two slices at one position or a gap is refused, naming the file."""
+    import pydicom
+
+    from synthgen.data.io import Image, ImageReadError, error_reason, require_voxels
+
+    def refuse(path: Path, reason: str) -> ImageReadError:
+        return ImageReadError(folder, f"{path.name}: {reason}")
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ImageReadError(folder, "empty folder; expected the DICOM slices of one series")
+    headers = []
+    for path in files:
+        try:
+            headers.append(pydicom.dcmread(path, stop_before_pixels=True))
+        except Exception as e:  # pydicom raises many types for a file that is not DICOM
+            raise refuse(path, f"not a DICOM slice: {error_reason(e)}") from None
+    first, name = headers[0], files[0].name
+    directions, spacing = orientation(first), pixel_spacing(first)
+    for path, ds in zip(files, headers, strict=True):
+        if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+            raise refuse(path, "a multi-frame file in a series folder; give it its own cell")
+        for tag in ("SeriesInstanceUID", "Rows", "Columns"):
+            if ds.get(tag) != first.get(tag):
+                raise refuse(path, f"{tag} differs from {name}'s: one series per folder")
+        found = orientation(ds)
+        if found is None or position(ds) is None or directions is None:
+            raise refuse(path, "no ImageOrientationPatient/ImagePositionPatient to order it by")
+        if not all(np.allclose(a, b, atol=1e-4) for a, b in zip(found, directions, strict=True)):
+            raise refuse(path, f"orientation differs from {name}'s: one series per folder")
+        other = pixel_spacing(ds)
+        if (other is None) != (spacing is None) or (other and not np.allclose(other, spacing)):
+            raise refuse(path, f"pixel spacing differs from {name}'s: one series per folder")
+    assert directions is not None  # every file was checked above
+    require_voxels(folder, (len(files), int(first.Rows), int(first.Columns)))
+    normal = np.cross(*directions)
+    positions = np.stack([position(ds) for ds in headers])
+    order = np.argsort(positions @ normal, kind="stable")
+    if len(files) > 1:
+        steps = np.diff((positions @ normal)[order])
+        typical = float(np.median(steps))
+        for k, step in enumerate(steps):
+            earlier, later = files[order[k]].name, files[order[k + 1]]
+            if step < 1e-3:
+                raise refuse(later, f"at the same position as {earlier}")
+            if abs(step - typical) > 0.01 * typical + 1e-3:
+                raise refuse(later, f"{step:.4g} mm from {earlier} where the series' slices are "
+                                    f"{typical:.4g} mm apart: a gap or a mixed series")  # fmt: skip
+        vector = (positions[order[-1]] - positions[order[0]]) / (len(files) - 1)
+    else:
+        vector = normal * float(first.get("SliceThickness", 1.0) or 1.0)
+    slices = []
+    for index in order:
+        try:
+            slices.append(displayed_values(pydicom.dcmread(files[index])))
+        except Exception as e:  # decoders raise many types; all mean "this slice is unusable"
+            raise refuse(files[index], f"cannot decode: {error_reason(e)}") from None
+    row_mm, col_mm = spacing or (1.0, 1.0)
+    affine = volume_affine(positions[order[0]], vector, directions, (row_mm, col_mm))
+    return Image(np.stack(slices), (float(np.linalg.norm(vector)), row_mm, col_mm), affine,
+                 spacing_known=spacing is not None, window=voi_window(first))  # fmt: skip

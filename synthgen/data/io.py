@@ -103,6 +103,11 @@ def require_voxels(path: Path, shape: tuple[int, ...]) -> None:
 def read_image(path: Path) -> Image:
     """Decode any supported image; every failure is an InputError naming the file."""
     path = Path(path)
+    if path.is_dir():  # a DICOM series: one slice per file
+        from synthgen.data.dicom import read_series
+
+        max_voxels()
+        return read_series(path)
     if not path.is_file():
         raise ImageReadError(path, "file not found")
     reader = {"pillow": _read_pillow, "nifti": _read_nifti, "dicom": _read_dicom}[
@@ -196,7 +201,7 @@ def _read_dicom(path: Path) -> Image:
     data over 16 MB stays on disk until then (`defer_size`)."""
     import pydicom
 
-    from synthgen.data.dicom import displayed_values, pixel_spacing, voi_window
+    from synthgen.data.dicom import displayed_values, multiframe_affine, pixel_spacing, voi_window
 
     ds = pydicom.dcmread(path, defer_size="16 MB")
     if "PixelData" not in ds:
@@ -212,8 +217,11 @@ def _read_dicom(path: Path) -> Image:
     known, window = spacing is not None, voi_window(ds)
     if array.ndim == 2:
         return Image(array, (row_mm, col_mm), spacing_known=known, window=window)
-    slice_mm = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
-    affine = np.diag([slice_mm, row_mm, col_mm, 1.0])
+    affine = multiframe_affine(ds, array.shape[0], (row_mm, col_mm))
+    if affine is None:  # no orientation in the file: axis-aligned, the tags' spacings
+        slice_mm = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
+        affine = np.diag([slice_mm, row_mm, col_mm, 1.0])
+    slice_mm = float(np.linalg.norm(affine[:3, 0]))
     return Image(array, (slice_mm, row_mm, col_mm), affine, spacing_known=known, window=window)
 
 
