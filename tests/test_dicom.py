@@ -275,3 +275,23 @@ def test_a_multiframe_volume_gets_its_affine_from_position_and_orientation():
     )
     np.testing.assert_allclose(image.affine, expected)
     assert image.spacing == pytest.approx((5.0, 10.0, 10.0))
+
+
+def test_an_enhanced_multiframe_volume_takes_spacing_and_positions_from_its_functional_groups():
+    """eCT_Supplemental (enhanced CT): no top-level PixelSpacing or orientation; the shared
+    groups hold spacing and orientation, each frame its own position."""
+    path = shipped_dicom("eCT_Supplemental.dcm")
+    ds = pydicom.dcmread(path)
+    image = read_image(path)
+    first, last = (
+        np.array([float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient])
+        for f in ds.PerFrameFunctionalGroupsSequence
+    )
+    assert image.spacing_known
+    assert image.spacing == pytest.approx((np.linalg.norm(last - first), 0.388672, 0.388672))
+    to_ras = np.diag([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(image.affine[:3, 3], to_ras @ first)  # the first frame's corner
+    np.testing.assert_allclose(image.affine[:3, 0], to_ras @ (last - first))
+    # IOP (-1, 0, 0, 0, 1, 0): columns run to patient right (RAS +x), rows to anterior (RAS -y)
+    np.testing.assert_allclose(image.affine[:3, 2], [0.388672, 0, 0])
+    np.testing.assert_allclose(image.affine[:3, 1], [0, -0.388672, 0])

@@ -57,17 +57,33 @@ def pixel_spacing(ds: Any) -> tuple[float, float] | None:
     """(row, column) distance in mm between pixel centres: PixelSpacing, else ImagerPixelSpacing
     for a projection radiograph; None (unknown) when neither holds two positive numbers: a
     spacing of 0 or a missing tag is not 1 mm."""
-    names = ["PixelSpacing"]
+    measures = shared_item(ds, "PixelMeasuresSequence")  # an enhanced multi-frame file's
+    sources = [(ds, "PixelSpacing"), (measures, "PixelSpacing")]
     if str(ds.get("Modality", "")).strip().upper() in PROJECTION_MODALITIES:
-        names.append("ImagerPixelSpacing")
-    for name in names:
+        sources.append((ds, "ImagerPixelSpacing"))
+    for source, name in sources:
         try:
-            row, col = (float(v) for v in ds.get(name) or ())
+            row, col = (float(v) for v in (source.get(name) if source else None) or ())
         except (TypeError, ValueError):  # absent, one value, three values, or not numbers
             continue
         if row > 0 and col > 0 and math.isfinite(row) and math.isfinite(col):
             return (row, col)
     return None
+
+
+def shared_item(ds: Any, sequence: str) -> Any:
+    """The item of `sequence` in an enhanced multi-frame file's shared functional groups (what
+    every frame has in common: spacing, orientation), or None."""
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if not shared or sequence not in shared[0] or not shared[0][sequence].value:
+        return None
+    return shared[0][sequence].value[0]
+
+
+def slice_distance(ds: Any) -> float:
+    """The distance between slices a file states (SpacingBetweenSlices, else SliceThickness,
+    else 1 mm): only where positions cannot give it."""
+    return float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
 
 
 def voi_window(ds: Any) -> tuple[float, float] | None:
@@ -117,9 +133,9 @@ def orientation(ds: Any) -> tuple[np.ndarray, np.ndarray] | None:
     index and row index grow (ImageOrientationPatient, or an enhanced multi-frame file's
     shared PlaneOrientationSequence); None when the file has none or a degenerate one."""
     value = ds.get("ImageOrientationPatient")
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if value is None and shared and "PlaneOrientationSequence" in shared[0]:
-        value = shared[0].PlaneOrientationSequence[0].get("ImageOrientationPatient")
+    plane = shared_item(ds, "PlaneOrientationSequence")
+    if value is None and plane is not None:
+        value = plane.get("ImageOrientationPatient")
     try:
         cosines = np.array([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError):
@@ -185,7 +201,7 @@ def multiframe_affine(ds: Any, frames: int, spacing: tuple[float, float]) -> np.
         distance = (float(offsets[-1]) - float(offsets[0])) / (frames - 1)
         first = first + float(offsets[0]) * normal
     else:
-        distance = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
+        distance = slice_distance(ds)
     return volume_affine(first, distance * normal, directions, spacing)
 
 
@@ -243,7 +259,7 @@ def read_series(folder: Path) -> Image:
                                     f"{typical:.4g} mm apart: a gap or a mixed series")  # fmt: skip
         vector = (positions[order[-1]] - positions[order[0]]) / (len(files) - 1)
     else:
-        vector = normal * float(first.get("SliceThickness", 1.0) or 1.0)
+        vector = normal * slice_distance(first)
     slices = []
     for index in order:
         try:

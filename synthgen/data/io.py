@@ -201,7 +201,13 @@ def _read_dicom(path: Path) -> Image:
     data over 16 MB stays on disk until then (`defer_size`)."""
     import pydicom
 
-    from synthgen.data.dicom import displayed_values, multiframe_affine, pixel_spacing, voi_window
+    from synthgen.data.dicom import (
+        displayed_values,
+        multiframe_affine,
+        pixel_spacing,
+        slice_distance,
+        voi_window,
+    )
 
     ds = pydicom.dcmread(path, defer_size="16 MB")
     if "PixelData" not in ds:
@@ -219,8 +225,7 @@ def _read_dicom(path: Path) -> Image:
         return Image(array, (row_mm, col_mm), spacing_known=known, window=window)
     affine = multiframe_affine(ds, array.shape[0], (row_mm, col_mm))
     if affine is None:  # no orientation in the file: axis-aligned, the tags' spacings
-        slice_mm = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
-        affine = np.diag([slice_mm, row_mm, col_mm, 1.0])
+        affine = np.diag([slice_distance(ds), row_mm, col_mm, 1.0])
     slice_mm = float(np.linalg.norm(affine[:3, 0]))
     return Image(array, (slice_mm, row_mm, col_mm), affine, spacing_known=known, window=window)
 
