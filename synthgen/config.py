@@ -45,6 +45,64 @@ class PhantomConfig(StrictModel):
     write_clean: bool = False
 
 
+AXIS_PAIRS = ("LR", "PA", "IS")
+
+
+class PrepareConfig(StrictModel):
+    """How `synthgen data prepare` puts a dataset on one grid (see its --help)."""
+
+    size: int | None = Field(
+        None, ge=8, description="longest side in pixels, aspect kept, padded to a square/cube"
+    )
+    spacing: tuple[float, ...] | None = Field(
+        None, description="mm per axis (one value: every axis), resampled before any padding"
+    )
+    orientation: str | None = Field(None, description="axis codes of volumes, e.g. RAS")
+    crop_pad: tuple[int, ...] | None = Field(
+        None, description="final shape: centre crop or pad, after the resampling"
+    )
+    intensity: Literal["keep", "unit"] = Field(
+        "keep",
+        description="keep: values as read (physical units); unit: each image through the "
+        "schema's intensity policy to [0, 1]",
+    )
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is not None and (not 1 <= len(v) <= 3 or not all(0 < x < 1e4 for x in v)):
+            raise ValueError("give 1 to 3 spacings in mm, each above 0")
+        return v
+
+    @field_validator("crop_pad")
+    @classmethod
+    def _sides(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (len(v) not in (2, 3) or min(v) < 8):
+            raise ValueError("give 2 or 3 sides, each at least 8 pixels")
+        return v
+
+    @field_validator("orientation")
+    @classmethod
+    def _axis_codes(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.upper()
+        pairs = sorted(next((p for p in AXIS_PAIRS if c in p), c) for c in v)
+        if len(v) != 3 or pairs != sorted(AXIS_PAIRS):
+            raise ValueError("three axis codes, one of L/R, one of A/P, one of S/I (e.g. RAS)")
+        return v
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> PrepareConfig:
+        if self.size is not None and self.spacing is not None:
+            raise ValueError("--size and --spacing exclude each other: resize or resample")
+        if (self.size, self.spacing, self.orientation, self.crop_pad) == (None,) * 4 and (
+            self.intensity == "keep"
+        ):
+            raise ValueError("nothing to do: give --size, --spacing, --orientation or --crop-pad")
+        return self
+
+
 class DataConfig(StrictModel):
     """Where a stage reads its dataset, and which splits it trains and validates on."""
 

@@ -79,8 +79,10 @@ def tiny_diffusion(
     fields: tuple[str, ...],
     stage: str = "ldm",
     shortcut: float | None = None,
+    manifest: Path | None = None,
 ) -> Path:
-    """Train a 2-step diffusion model on 24 phantoms into root/run; return their manifest."""
+    """Train a 2-step diffusion model into root/run on `manifest` (default: 24 new phantoms);
+    return the manifest."""
     from synthgen.config import (
         ConditioningConfig,
         DataConfig,
@@ -93,8 +95,9 @@ def tiny_diffusion(
     from synthgen.data.phantoms import generate_phantoms
     from synthgen.engine.diffusion import train_diffusion
 
-    phantoms = PhantomConfig(kind=kind, n=24, size=size, shortcut=shortcut)
-    manifest = generate_phantoms(phantoms, root / "data", False)
+    if manifest is None:
+        phantoms = PhantomConfig(kind=kind, n=24, size=size, shortcut=shortcut)
+        manifest = generate_phantoms(phantoms, root / "data", False)
     unet = DenoiserConfig(
         channels=(8, 16), attention_levels=(False, True), norm_num_groups=8, num_head_channels=8
     )

@@ -116,8 +116,9 @@ def test_data_check_notes_an_unknown_spacing_and_compares_the_rest(tmp_path):
     result = synthgen(tmp_path, "data", "check", "manifest.csv", "--quiet")
     assert result.returncode == 2, result.stderr
     assert "pixel spacing unknown" in result.stdout and "a.dcm" in result.stdout
-    problems = result.stderr.strip().splitlines()[:-1]  # the last line is the summary
+    *problems, fix, summary = result.stderr.strip().splitlines()
     assert len(problems) == 1 and "c.dcm" in problems[0] and "spacing" in problems[0], problems
+    assert fix.endswith(f"--out {tmp_path}-prepared --size 64") and summary.startswith("error:")
 
 
 @pytest.mark.parametrize(
@@ -295,3 +296,9 @@ def test_an_enhanced_multiframe_volume_takes_spacing_and_positions_from_its_func
     # IOP (-1, 0, 0, 0, 1, 0): columns run to patient right (RAS +x), rows to anterior (RAS -y)
     np.testing.assert_allclose(image.affine[:3, 2], [0.388672, 0, 0])
     np.testing.assert_allclose(image.affine[:3, 1], [0, -0.388672, 0])
+    # its values in HU through the shared PixelValueTransformationSequence (slope 1, intercept
+    # -1024), which pydicom's modality LUT does not read; its window from the shared VOI group
+    np.testing.assert_array_equal(image.array, ds.pixel_array.astype(np.float32) - 1024.0)
+    voi = ds.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
+    center, width = float(voi.WindowCenter), float(voi.WindowWidth)
+    assert image.window == (center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from synthgen.config import InputError
+from synthgen.config import AXIS_PAIRS, InputError
 from synthgen.data.io import Image, max_voxels
 from synthgen.data.manifest import Manifest
 from synthgen.data.progress import progress
@@ -31,6 +31,16 @@ class CheckResult:
     shape: tuple[int, ...] | None = None
     spacing: tuple[float, ...] | None = None
     counts: dict[str, pd.DataFrame] = field(default_factory=dict)
+    fix: str | None = None  # the `data prepare` command that puts every image on one grid
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One row's geometry: shape, spacing (None when unknown) and, for volumes, axis codes."""
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...] | None
+    axcodes: str | None = None
 
 
 def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResult:
@@ -42,7 +52,7 @@ def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResu
     mask_cols = [c for c in schema.with_role("mask") if manifest.has(c)]
     id_col = schema.id_column if schema.id_column and manifest.has(schema.id_column) else None
     duplicates = dict(manifest.duplicate_ids())
-    geometry: dict[int, tuple[tuple[int, ...], tuple[float, ...] | None]] = {}
+    geometry: dict[int, Grid] = {}
     for row in progress(range(len(manifest)), len(manifest), "checking", show_progress):
         if id_col:
             rid = manifest.cell(row, id_col)
@@ -56,7 +66,7 @@ def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResu
         image = _collect(result.problems, _usable_image, manifest, row)
         if image is None:
             continue
-        geometry[row] = (image.array.shape, image.spacing if image.spacing_known else None)
+        geometry[row] = _grid(image)
         if not image.spacing_known:
             column = schema.image_column
             where = manifest.where(row, column, manifest.cell(row, column))
@@ -69,6 +79,15 @@ def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResu
     _check_geometry(manifest, geometry, result)
     result.counts = subgroup_counts(manifest)
     return result
+
+
+def _grid(image: Image) -> Grid:
+    codes = None
+    if image.affine is not None and image.array.ndim == 3:
+        import nibabel as nib
+
+        codes = "".join(nib.aff2axcodes(image.affine))
+    return Grid(image.array.shape, image.spacing if image.spacing_known else None, codes)
 
 
 def _usable_image(manifest: Manifest, row: int) -> Image:
@@ -87,29 +106,82 @@ def _collect(problems: list[str], fn, *args):
         return None
 
 
-def _check_geometry(
-    manifest: Manifest,
-    geometry: dict[int, tuple[tuple[int, ...], tuple[float, ...] | None]],
-    result: CheckResult,
-) -> None:
+def _check_geometry(manifest: Manifest, geometry: dict[int, Grid], result: CheckResult) -> None:
     """Flag rows whose shape or spacing differs from the most common one (a row whose spacing
-    is unknown is compared by shape only)."""
+    is unknown, or any row when the schema says `same_spacing: false`, by shape only), and
+    say which `data prepare` command fixes it."""
     if not geometry:
         return
-    result.shape = Counter(shape for shape, _ in geometry.values()).most_common(1)[0][0]
-    known = Counter(sp for _, sp in geometry.values() if sp is not None).most_common(1)
+    result.shape = Counter(g.shape for g in geometry.values()).most_common(1)[0][0]
+    known = Counter(g.spacing for g in geometry.values() if g.spacing is not None).most_common(1)
     result.spacing = known[0][0] if known else None
     column = manifest.schema.image_column
-    for row, (shape, spacing) in geometry.items():
+    compare_spacing = manifest.schema.same_spacing
+    found = False
+    for row, grid in geometry.items():
         where = manifest.where(row, column, manifest.cell(row, column))
-        if shape != result.shape:
+        if grid.shape != result.shape:
             result.problems.append(
-                f"{where}: shape {shape} differs from the dataset's {result.shape}"
+                f"{where}: shape {grid.shape} differs from the dataset's {result.shape}"
             )
-        elif spacing is not None and not np.allclose(spacing, result.spacing, rtol=1e-3):
+        elif compare_spacing and grid.spacing is not None and _differ(grid.spacing, result.spacing):
             result.problems.append(
-                f"{where}: spacing {spacing} differs from the dataset's {result.spacing}"
+                f"{where}: spacing {grid.spacing} differs from the dataset's {result.spacing}"
             )
+        else:
+            continue
+        found = True
+    if found:
+        result.fix = prepare_command(manifest, list(geometry.values()))
+
+
+def _differ(a: tuple[float, ...], b: tuple[float, ...] | None) -> bool:
+    return b is None or len(a) != len(b) or not np.allclose(a, b, rtol=1e-3)
+
+
+def prepare_command(manifest: Manifest, grids: list[Grid]) -> str | None:
+    """The `data prepare` command that puts these images on the dataset's own typical grid:
+    2D, the median longest side (aspect kept, padded square); 3D, RAS when orientations differ,
+    the most common spacing when spacings do, and the median shape that spacing gives. Sides
+    are rounded to multiples of 8, which every model's downsampling divides. None when 2D and
+    3D images are mixed (no one grid holds both)."""
+    dims = {len(g.shape) for g in grids}
+    if len(dims) != 1:
+        return None
+    out = manifest.root.parent / f"{manifest.root.name}-prepared"
+    command = f"synthgen data prepare {manifest.path} --out {out}"
+    if dims == {2}:
+        return f"{command} --size {_multiple_of_8(float(np.median([max(g.shape) for g in grids])))}"
+    if len({g.axcodes for g in grids if g.axcodes}) > 1:
+        grids = [_as_ras(g) for g in grids]
+        command += " --orientation RAS"
+    spacings = Counter(g.spacing for g in grids if g.spacing is not None)
+    target = spacings.most_common(1)[0][0] if spacings else None
+    if len(spacings) > 1 and target is not None:
+        command += f" --spacing {','.join(f'{s:g}' for s in target)}"
+    shapes = np.array(
+        [
+            [n * s / t for n, s, t in zip(g.shape, g.spacing, target, strict=True)]
+            if g.spacing is not None and target is not None
+            else g.shape
+            for g in grids
+        ]
+    )
+    sides = (_multiple_of_8(v) for v in np.median(shapes, axis=0))
+    return f"{command} --crop-pad {','.join(map(str, sides))}"
+
+
+def _multiple_of_8(side: float) -> int:
+    return max(8, int(round(side / 8)) * 8)
+
+
+def _as_ras(grid: Grid) -> Grid:
+    """The grid's shape and spacing with its axes reordered as `--orientation RAS` will."""
+    if grid.axcodes is None:
+        return grid
+    order = [next(k for k, c in enumerate(grid.axcodes) if c in pair) for pair in AXIS_PAIRS]
+    spacing = None if grid.spacing is None else tuple(grid.spacing[k] for k in order)
+    return Grid(tuple(grid.shape[k] for k in order), spacing, "RAS")
 
 
 def subgroup_counts(manifest: Manifest) -> dict[str, pd.DataFrame]:

@@ -49,8 +49,35 @@ def displayed_values(ds: Any) -> np.ndarray:
     (rescale slope/intercept or a LUT sequence), as a viewer does before its window."""
     from pydicom.pixels import apply_modality_lut
 
-    values = apply_modality_lut(as_monochrome2(ds.pixel_array, ds), ds)
-    return np.asarray(values, dtype=np.float32)
+    stored = as_monochrome2(ds.pixel_array, ds)
+    if "RescaleSlope" in ds or ds.get("ModalityLUTSequence"):
+        return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    values = stored.astype(np.float32)
+    rescales = frame_rescales(ds, values.shape[0] if values.ndim == 3 else 1)
+    if rescales is not None:  # pydicom applies top-level tags only
+        slopes, intercepts = (np.asarray(v, dtype=np.float32) for v in zip(*rescales, strict=True))
+        shape = (-1, 1, 1) if values.ndim == 3 else ()
+        values = values * slopes.reshape(shape) + intercepts.reshape(shape)
+    return values
+
+
+def frame_rescales(ds: Any, frames: int) -> list[tuple[float, float]] | None:
+    """(slope, intercept) per frame of an enhanced multi-frame file, from each frame's
+    PixelValueTransformationSequence or the shared one (an enhanced CT's HU); None when the
+    file states none."""
+    shared = shared_item(ds, "PixelValueTransformationSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    found = []
+    for k in range(frames):
+        item = shared
+        if k < len(per_frame) and per_frame[k].get("PixelValueTransformationSequence"):
+            item = per_frame[k].PixelValueTransformationSequence[0]
+        if item is None:
+            return None
+        found.append(
+            (float(item.get("RescaleSlope", 1.0) or 1.0), float(item.get("RescaleIntercept", 0.0)))
+        )
+    return found
 
 
 def pixel_spacing(ds: Any) -> tuple[float, float] | None:
@@ -92,7 +119,8 @@ def voi_window(ds: Any) -> tuple[float, float] | None:
     centre ± width / 2 for LINEAR_EXACT and, as its linear span, SIGMOID), else a VOI LUT
     Sequence's input range (its curve inside is not applied); None when the file has neither.
     For MONOCHROME1 the window is mirrored as the values are (exact for a linear rescale)."""
-    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    source = ds if "WindowCenter" in ds else shared_item(ds, "FrameVOILUTSequence") or ds
+    center, width = _first(source.get("WindowCenter")), _first(source.get("WindowWidth"))
     if center is not None and width is not None and width >= 1:
         if str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() == "LINEAR":
             low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import gzip
 import io
+import json
 import math
 import os
 import shutil
@@ -19,6 +20,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +49,8 @@ class Image:
     spacing: tuple[float, ...]
     affine: np.ndarray | None = None
     spacing_known: bool = True  # False: the file gave none (a DICOM without PixelSpacing)
-    window: tuple[float, float] | None = None  # a DICOM's own VOI window (intensity mode dicom)
+    # the file's own display window (intensity mode dicom): a DICOM's VOI, NIfTI's cal_min/max
+    window: tuple[float, float] | None = None
 
     @property
     def spatial_dims(self) -> int:
@@ -192,7 +195,10 @@ def _read_nifti(path: Path) -> Image:
     if array.ndim not in (2, 3):
         raise ImageReadError(path, f"expected a 2D or 3D NIfTI image, got shape {array.shape}")
     zooms = tuple(float(z) for z in img.header.get_zooms()[: array.ndim])
-    return Image(array=array, spacing=zooms, affine=np.asarray(img.affine, dtype=np.float64))
+    low, high = (float(img.header[k]) for k in ("cal_min", "cal_max"))
+    window = (low, high) if math.isfinite(low) and math.isfinite(high) and high > low else None
+    affine = np.asarray(img.affine, dtype=np.float64)
+    return Image(array=array, spacing=zooms, affine=affine, window=window)
 
 
 def _read_dicom(path: Path) -> Image:
@@ -317,6 +323,42 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class JsonlAppender:
+    """Appends one JSON object per line to `path`, flushed per line and synced on close: the
+    record of finished work in a resumable output folder. A torn last line left by a kill is
+    closed first so it cannot swallow the next record; `read_jsonl` skips it."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+        self._file = path.open("a", encoding="utf-8")
+        fsync_dir(path.parent)  # the file's name, when just created
+        if torn:
+            self._file.write("\n")
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps(row, default=str) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Every well-formed JSON object in `path`, one per line (torn or foreign lines skipped)."""
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            yield row
 
 
 def sweep_temporaries(folder: Path) -> list[Path]:

@@ -11,6 +11,7 @@ A schema is YAML (`schema.yaml` beside the manifest by default)::
       sex: {role: covariate, levels: [F, M]}
       age: {role: covariate, range: [20, 90]}
     intensity: {mode: window, low: 0, high: 255}
+    same_spacing: true          # false: compare shapes only (a set resized to one pixel grid)
 
 Levels are compared as strings, so `levels: [0, 1]` matches the CSV cells `0` and `1`.
 """
@@ -83,8 +84,9 @@ class IntensityPolicy(StrictModel):
     `window`: the fixed interval [low, high] (or center/width, as DICOM viewers say) maps
     linearly to [-1, 1]; values outside are clipped. `percentile`: each image's own
     [p_low, p_high] percentiles map to [-1, 1]; the per-image window travels with the sample.
-    `dicom`: each DICOM file's own VOI window (what its viewer shows first; data/dicom.py),
-    percentiles for an image without one.
+    `dicom`: each file's own display window (a DICOM's VOI window, what its viewer shows
+    first, data/dicom.py; a NIfTI's cal_min/cal_max, where `data prepare` keeps it), percentiles
+    for an image without one.
     """
 
     mode: Literal["window", "percentile", "dicom"] = "percentile"
@@ -119,10 +121,13 @@ class IntensityPolicy(StrictModel):
 
 
 class Schema(StrictModel):
-    """Column roles plus the intensity policy of a dataset."""
+    """Column roles plus the intensity policy of a dataset. `same_spacing: false` says the
+    images share a pixel grid but not a spacing (resized by `data prepare --size`, as 2D films
+    from several detectors are), so `data check` compares their shapes only."""
 
     columns: dict[str, ColumnSpec]
     intensity: IntensityPolicy = IntensityPolicy()
+    same_spacing: bool = True
 
     @model_validator(mode="after")
     def _one_of_each(self) -> Schema:

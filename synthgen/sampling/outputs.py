@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +21,13 @@ import torch
 from synthgen import watermark
 from synthgen.config import InputError
 from synthgen.data.intensity import from_model
-from synthgen.data.io import atomic_write_bytes, fsync_dir, nifti_bytes, png_bytes
+from synthgen.data.io import (
+    JsonlAppender,
+    atomic_write_bytes,
+    nifti_bytes,
+    png_bytes,
+    read_jsonl,
+)
 from synthgen.engine.space import resize
 from synthgen.provenance import Provenance
 
@@ -120,39 +124,19 @@ def write_sample(out: Path, relative: str, data: bytes, prov: Provenance) -> dic
     }
 
 
-class ShardWriter:
-    """Appends rows to this process's shard; a torn last line from a kill is closed first so
-    it cannot swallow the next row. Rows are flushed per row and synced on close (a power cut
-    before then loses rows, never files: their samples are redone on `--resume`)."""
+class ShardWriter(JsonlAppender):
+    """This process's shard of manifest rows (see `JsonlAppender`: a power cut before `close`
+    loses rows, never files: their samples are redone on `--resume`)."""
 
     def __init__(self, out: Path, rank: int) -> None:
-        path = out / SHARDS / f"rows-{rank:03d}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-        self._file = path.open("a", encoding="utf-8")
-        fsync_dir(path.parent)  # the shard's name, when just created
-        if torn:
-            self._file.write("\n")
-
-    def append(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row, default=str) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        super().__init__(out / SHARDS / f"rows-{rank:03d}.jsonl")
 
 
 def read_rows(out: Path) -> Iterator[dict[str, Any]]:
     """Every well-formed row in every shard (torn lines skipped)."""
     for path in sorted((out / SHARDS).glob("rows-*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "index" in row and "sha256" in row:
+        for row in read_jsonl(path):
+            if "index" in row and "sha256" in row:
                 yield row
 
 
