@@ -19,7 +19,7 @@ import pandas as pd
 import pydicom
 import pytest
 import yaml
-from helpers import shipped_dicom, snapshot, synthgen, synthgen_here, tiny_diffusion
+from helpers import shipped_dicom, snapshot, synthgen_here, tiny_diffusion
 from test_dicom import as_series, nibabel_data, oblique_nifti
 
 from synthgen.config import InputError, PrepareConfig, validate
@@ -70,7 +70,7 @@ def suggested(stderr: str) -> list[str]:
 def test_a_mixed_real_film_set_is_checked_prepared_trained_on_and_encoded(tmp_path):
     manifest = film_set(tmp_path / "export")
     before = snapshot(tmp_path / "export")
-    checked = synthgen(None, "data", "check", str(manifest), "--quiet")
+    checked = synthgen_here("data", "check", str(manifest), "--quiet")
     assert checked.returncode == 2
     for name in ("ct1", "ct2", "mr3", "nm1", "cr1", "cr2"):  # every size but the common 64²
         assert f"(id={name}), column image, file scans/{name}.dcm: shape" in checked.stderr
@@ -79,9 +79,9 @@ def test_a_mixed_real_film_set_is_checked_prepared_trained_on_and_encoded(tmp_pa
     out = tmp_path / "export-prepared"
     assert command == ["data", "prepare", str(manifest), "--out", str(out), "--size", "768"]
 
-    prepared = synthgen(None, *command, "--quiet")
+    prepared = synthgen_here(*command, "--quiet")
     assert prepared.returncode == 0, prepared.stderr
-    rechecked = synthgen(None, "data", "check", str(out / "manifest.csv"), "--quiet")
+    rechecked = synthgen_here("data", "check", str(out / "manifest.csv"), "--quiet")
     assert rechecked.returncode == 0, rechecked.stderr
     assert "8 rows, shape (768, 768)" in rechecked.stdout
     assert snapshot(tmp_path / "export") == before  # the source only read
@@ -113,10 +113,10 @@ def test_a_mixed_real_film_set_is_checked_prepared_trained_on_and_encoded(tmp_pa
             }
         )
     )
-    trained = synthgen(None, "train", "ae", "--config", str(config), "--quiet")
+    trained = synthgen_here("train", "ae", "--config", str(config), "--quiet")
     assert trained.returncode == 0, trained.stderr
     args = ["--checkpoint", str(tmp_path / "ae"), "--manifest", str(out / "manifest.csv")]
-    encoded = synthgen(None, "encode", *args, "--out", str(tmp_path / "cache"), "--quiet")
+    encoded = synthgen_here("encode", *args, "--out", str(tmp_path / "cache"), "--quiet")
     assert encoded.returncode == 0, encoded.stderr
     index = json.loads((tmp_path / "cache" / "index.json").read_text())
     assert index["latent_shape"] == [2, 384, 384]

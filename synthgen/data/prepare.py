@@ -14,6 +14,7 @@ The source folder is only read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -78,23 +79,26 @@ def prepare_dataset(
     result = PrepareResult(manifest=None)
     records: dict[int, dict[str, Any]] = {}
     log = JsonlAppender(out / LOG_FILE)
-    bar = Bar(len(manifest), "preparing", "img", show=show_progress)
     try:
-        for row, found in _results(manifest, cfg, out, done, workers):
-            if isinstance(found, str):
-                result.problems.append(found)
-            else:
-                records[row] = found
-                if found["key"] in done:
-                    result.reused += 1
-                else:
-                    log.append(found)
-                    done[found["key"]] = found
-                    result.written += 1
-            bar.update(len(records) + len(result.problems))
+        with _results(manifest, cfg, out, done, workers) as results:
+            bar = Bar(len(manifest), "preparing", "img", show=show_progress)
+            try:
+                for row, found in results:
+                    if isinstance(found, str):
+                        result.problems.append(found)
+                    else:
+                        records[row] = found
+                        if found["key"] in done:
+                            result.reused += 1
+                        else:
+                            log.append(found)
+                            done[found["key"]] = found
+                            result.written += 1
+                    bar.update(len(records) + len(result.problems))
+            finally:
+                bar.close()
     finally:
         log.close()
-        bar.close()
     if result.problems:
         if made and not records:
             shutil.rmtree(out, ignore_errors=True)
@@ -156,34 +160,37 @@ def _init_worker(*state: Any) -> None:
     torch.set_num_threads(1)
 
 
+@contextlib.contextmanager
 def _results(
     manifest: Manifest,
     cfg: PrepareConfig,
     out: Path,
     done: dict[str, dict[str, Any]],
     workers: int,
-) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """(row, record or problem line) for every row, in the order they finish."""
+) -> Iterator[Iterator[tuple[int, dict[str, Any] | str]]]:
+    """(row, record or problem line) for every row, in the order they finish. With several
+    workers, every process is forked on entering, before the caller starts any thread (a
+    progress bar) that a child could inherit mid-lock; MONAI is imported first, once (seconds
+    of start-up each worker would otherwise repeat)."""
     state = (manifest, cfg, out, done)
     rows = range(len(manifest))
     if workers == 1:
         _init(*state)
-        yield from map(_prepare_row, rows)
+        yield map(_prepare_row, rows)
         return
-    # fork: the manifest and the done-list reach the workers without pickling; the parent has
-    # run no torch op that could leave a thread pool to copy
-    context = multiprocessing.get_context("fork")
+    import monai.data  # noqa: F401
+    import monai.transforms  # noqa: F401
+
+    context = multiprocessing.get_context("fork")  # every worker starts at the first submit
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=state
     ) as pool:
         futures = [pool.submit(_prepare_row, row) for row in rows]
         try:
-            for future in as_completed(futures):
-                yield future.result()
-        except BaseException:
+            yield (future.result() for future in as_completed(futures))
+        finally:
             for future in futures:
                 future.cancel()
-            raise
 
 
 def _prepare_row(row: int) -> tuple[int, dict[str, Any] | str]:
