@@ -350,9 +350,14 @@ def regrid(
         mode, padding = ("nearest", "zeros") if nearest else ("bilinear", "border")
         chain.append((Spacing(pixdim, mode=mode, padding_mode=padding), {"pixdim": pixdim}))
     if cfg.size:
-        linear = "bilinear" if dims == 2 else "trilinear"
-        mode = "nearest-exact" if nearest else linear
-        resize = Resize(cfg.size, size_mode="longest", mode=mode, anti_aliasing=not nearest)
+        # shrinking: each new pixel the mean of the ones it covers (area: anti-aliased, and 20×
+        # faster than Resize's Gaussian on a film); enlarging: linear
+        mode = "bilinear" if dims == 2 else "trilinear"
+        if nearest:
+            mode = "nearest-exact"
+        elif cfg.size <= max(array.shape):  # --size excludes --spacing; orientation permutes
+            mode = "area"
+        resize = Resize(cfg.size, size_mode="longest", mode=mode)
         chain.append((resize, {"spatial_size": cfg.size, "size_mode": "longest", "mode": mode}))
         square = ResizeWithPadOrCrop((cfg.size,) * dims, value=pad_value)
         chain.append((square, {"spatial_size": [cfg.size] * dims, "value": pad_value}))
