@@ -41,6 +41,7 @@ class Grid:
     shape: tuple[int, ...]
     spacing: tuple[float, ...] | None
     axcodes: str | None = None
+    small: bool = False  # a side under MIN_SIDE: reported as that, not compared
 
 
 def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResult:
@@ -63,10 +64,14 @@ def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResu
                 result.problems.append(f"{manifest.where(row, id_col)}: duplicate id (row {first})")
         for column in value_cols:
             _collect(result.problems, manifest.value, row, column)
-        image = _collect(result.problems, _usable_image, manifest, row)
+        image = _collect(result.problems, manifest.image, row)
         if image is None:
             continue
-        geometry[row] = _grid(image)
+        found = len(result.problems)
+        _collect(result.problems, manifest.require_sides, row, image.array.shape)
+        geometry[row] = _grid(image, small=len(result.problems) > found)
+        if geometry[row].small:  # said once; `data prepare` can fix it, so it counts for the fix
+            continue
         if not image.spacing_known:
             column = schema.image_column
             where = manifest.where(row, column, manifest.cell(row, column))
@@ -81,20 +86,14 @@ def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResu
     return result
 
 
-def _grid(image: Image) -> Grid:
+def _grid(image: Image, small: bool) -> Grid:
     codes = None
     if image.affine is not None and image.array.ndim == 3:
         import nibabel as nib
 
         codes = "".join(nib.aff2axcodes(image.affine))
-    return Grid(image.array.shape, image.spacing if image.spacing_known else None, codes)
-
-
-def _usable_image(manifest: Manifest, row: int) -> Image:
-    """The row's image, refused when it is smaller than any model takes."""
-    image = manifest.image(row)
-    manifest.require_sides(row, image.array.shape)
-    return image
+    spacing = image.spacing if image.spacing_known else None
+    return Grid(image.array.shape, spacing, codes, small)
 
 
 def _collect(problems: list[str], fn, *args):
@@ -112,13 +111,18 @@ def _check_geometry(manifest: Manifest, geometry: dict[int, Grid], result: Check
     say which `data prepare` command fixes it."""
     if not geometry:
         return
-    result.shape = Counter(g.shape for g in geometry.values()).most_common(1)[0][0]
+    usable = [g.shape for g in geometry.values() if not g.small] or [
+        g.shape for g in geometry.values()
+    ]
+    result.shape = Counter(usable).most_common(1)[0][0]
     known = Counter(g.spacing for g in geometry.values() if g.spacing is not None).most_common(1)
     result.spacing = known[0][0] if known else None
     column = manifest.schema.image_column
     compare_spacing = manifest.schema.same_spacing
-    found = False
+    found = False  # a row too small alone is more often a mistake than a grid to fix
     for row, grid in geometry.items():
+        if grid.small:
+            continue
         where = manifest.where(row, column, manifest.cell(row, column))
         if grid.shape != result.shape:
             result.problems.append(

@@ -39,7 +39,7 @@ from synthgen.data.io import (
     read_jsonl,
     sweep_temporaries,
 )
-from synthgen.data.manifest import Manifest
+from synthgen.data.manifest import MIN_SIDE, Manifest
 from synthgen.data.progress import Bar
 from synthgen.data.schema import IntensityPolicy, dump_schema
 
@@ -267,7 +267,6 @@ def _write_row(
     """Read the row, regrid its image (and masks, nearest-neighbour) and write them."""
     image = manifest.image(row)
     shape = image.array.shape
-    manifest.require_sides(row, shape)
     column = manifest.schema.image_column
     where = manifest.where(row, column, manifest.cell(row, column))
     _require_fit(cfg, len(shape), image.spacing_known, where)
@@ -275,6 +274,11 @@ def _write_row(
     affine = image.affine if image.affine is not None else default_affine(image.spacing, shape)
     steps: list[dict[str, Any]] = []
     array, new_affine = regrid(image.array, affine, cfg, float(image.array.min()), steps)
+    if min(array.shape) < MIN_SIDE:
+        raise InputError(
+            f"{where}: prepared to {'×'.join(map(str, array.shape))}; no synthgen model takes "
+            f"sides under {MIN_SIDE} pixels (give --size or --crop-pad)"
+        )
     window = image.window
     if cfg.intensity == "unit":
         low, high = window_for(image.array, manifest.schema.intensity, image.window)
