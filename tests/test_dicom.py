@@ -161,22 +161,35 @@ def test_jpeg_lossless_decodes_through_gdcm(tmp_path):
     assert shipped.array.shape == (1024, 256) and np.ptp(shipped.array) > 0
 
 
-def test_jpeg_baseline_decodes_close_to_its_source(tmp_path):
-    """JPEG baseline, made here with Pillow from a real 8-bit ultrasound frame (no grayscale
-    baseline file ships), decoded back through pydicom close to, not equal to, the frame."""
+def jpeg_baseline(source: Path, out: Path) -> Path:
+    """A real DICOM file stored again as JPEG baseline (8 bit, Pillow, quality 95): no
+    grayscale baseline file ships. Wider stored values are scaled to 8 bits first."""
     from PIL import Image as PILImage
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit
 
-    source = shipped_dicom("JPGLosslessP14SV1_1s_1f_8b.dcm")
     ds = pydicom.dcmread(source)
+    pixels = ds.pixel_array
+    if pixels.dtype != np.uint8:
+        pixels = np.rint(255 * (pixels - pixels.min()) / np.ptp(pixels)).astype(np.uint8)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        for tag in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+            ds.pop(tag, None)
     buffer = io.BytesIO()
-    PILImage.fromarray(ds.pixel_array).save(buffer, format="JPEG", quality=95)
+    PILImage.fromarray(pixels).save(buffer, format="JPEG", quality=95)
     ds.PixelData = encapsulate([buffer.getvalue()])
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds.save_as(tmp_path / "baseline.dcm")
-    lossy, exact = read_image(tmp_path / "baseline.dcm").array, read_image(source).array
+    ds.save_as(out)
+    return out
+
+
+def test_jpeg_baseline_decodes_close_to_its_source(tmp_path):
+    """JPEG baseline, made here from a real 8-bit ultrasound frame, decoded back through
+    pydicom close to, not equal to, the frame."""
+    source = shipped_dicom("JPGLosslessP14SV1_1s_1f_8b.dcm")
+    baseline = jpeg_baseline(source, tmp_path / "baseline.dcm")
+    lossy, exact = read_image(baseline).array, read_image(source).array
     assert lossy.shape == exact.shape and not np.array_equal(lossy, exact)
     assert np.corrcoef(lossy.ravel(), exact.ravel())[0, 1] > 0.99
 

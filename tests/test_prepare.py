@@ -20,7 +20,7 @@ import pydicom
 import pytest
 import yaml
 from helpers import shipped_dicom, snapshot, synthgen_here, tiny_diffusion
-from test_dicom import as_series, nibabel_data, oblique_nifti
+from test_dicom import as_series, jpeg_baseline, nibabel_data, oblique_nifti
 
 from synthgen.config import InputError, PrepareConfig, validate
 from synthgen.data.io import read_image
@@ -31,7 +31,7 @@ FILMS = {  # id: (pydicom or pydicom-data file, what it stands for)
     "ct1": "CT_small.dcm",  # CT 128², uncompressed
     "ct2": "693_J2KI.dcm",  # CT 512², JPEG 2000
     "mr1": "MR_small_RLE.dcm",  # MR 64², RLE
-    "mr2": "MR_small_jp2klossless.dcm",  # MR 64², JPEG 2000 lossless
+    "mr2": "MR_small.dcm",  # MR 64², stored again here as JPEG baseline (film_set)
     "mr3": "MR2_J2KI.dcm",  # MR 1024², JPEG 2000
     "nm1": "JPEG-LL.dcm",  # NM 1024×256, JPEG lossless
     "cr1": "RG1_J2KI.dcm",  # CR 1955×1841, MONOCHROME1, JPEG 2000, spacing unknown
@@ -46,12 +46,15 @@ SCHEMA_2D = """columns:
 
 
 def film_set(root: Path) -> Path:
-    """A hospital-style export of real 2D DICOM files: four modalities, five storages, sizes
+    """A hospital-style export of real 2D DICOM files: four modalities, six storages, sizes
     from 64² to 1955×1841, two MONOCHROME1 radiographs without a spacing."""
     (root / "scans").mkdir(parents=True)
     rows = ["id,image,modality,split"]
     for k, (name, source) in enumerate(FILMS.items()):
-        shutil.copy(shipped_dicom(source), root / "scans" / f"{name}.dcm")
+        if name == "mr2":
+            jpeg_baseline(shipped_dicom(source), root / "scans" / f"{name}.dcm")
+        else:
+            shutil.copy(shipped_dicom(source), root / "scans" / f"{name}.dcm")
         split = "val" if k % 4 == 3 else "train"
         rows.append(f"{name},scans/{name}.dcm,{name[:2].upper()},{split}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
