@@ -77,7 +77,7 @@ def check_manifest(manifest: Manifest, show_progress: bool = False) -> CheckResu
             where = manifest.where(row, column, manifest.cell(row, column))
             result.notes.append(
                 f"{where}: pixel spacing unknown (no PixelSpacing, or 0; no ImagerPixelSpacing "
-                "for a radiograph): taken as 1 mm, so it cannot be resampled to a spacing"
+                "for a radiograph): taken as 1 mm; data prepare --size resizes it, --spacing cannot"
             )
         for column in mask_cols:
             _collect(result.problems, manifest.mask, row, column, image.array.shape)
