@@ -14,7 +14,7 @@ from synthgen.models.conditioning import (
     build_tokenizer,
     encode_values,
     field_specs,
-    mask_channels,
+    mask_labels,
     tokenize,
 )
 
@@ -55,7 +55,7 @@ def test_fields_are_typed_by_the_schema_and_default_to_labels_and_covariates():
     text = field_specs(SCHEMA, ConditioningConfig(fields=("report",)))
     assert text == [FieldSpec("report", "text")]
     assert FieldSpec.from_json(specs[2].to_json()) == specs[2]
-    assert mask_channels(SCHEMA, ConditioningConfig(mask="seg")) == 2
+    assert mask_labels(SCHEMA, ConditioningConfig(mask="seg")) == {1: "lung", 2: "heart"}
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_bad_fields_are_errors_naming_them(cfg, message):
     config = ConditioningConfig(**cfg)
     with pytest.raises(InputError, match=message):
         field_specs(SCHEMA, config)
-        mask_channels(SCHEMA, config)
+        mask_labels(SCHEMA, config)
 
 
 def test_absent_and_dropped_fields_become_exactly_their_null_token():

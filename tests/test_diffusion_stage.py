@@ -21,6 +21,7 @@ from synthgen.config import (
     TrainConfig,
 )
 from synthgen.data.phantoms import generate_phantoms
+from synthgen.diffusion.layout import ChannelLayout
 from synthgen.engine.autoencoder import train_autoencoder
 from synthgen.engine.checkpoint import Checkpoint
 from synthgen.engine.diffusion import grid_cells, train_diffusion
@@ -237,8 +238,50 @@ def test_region_weights_cover_exactly_the_named_mask_label(chest, tmp_path):
 
     manifest = load_manifest(chest)
     cfg = config(chest, tmp_path / "run", diffusion={"region_weights": {"anatomy:heart": 5.0}})
-    data = load_split(manifest, "train", cfg, [], PixelSpace((32, 32), None), None, limit=6)
+    space, layout = PixelSpace((32, 32), None), ChannelLayout(False, 1)
+    data = load_split(manifest, "train", cfg, [], space, layout, None, limit=6)
     ds = ManifestDataset(manifest, split="train")
     heart = torch.stack([(ds[i]["masks"]["anatomy"] == 3).float() for i in range(6)])
     assert torch.equal(data.weights, 1.0 + 5.0 * heart)
     assert heart.sum() > 0
+
+
+def test_a_mask_of_eleven_labels_gives_the_same_channels_in_training_and_sampling(chest, tmp_path):
+    """Training reads the labels as the schema's integers, sampling as the checkpoint's JSON
+    strings; both go through one ChannelLayout, so label 10 is the tenth channel in both (a
+    string sort put it second)."""
+    import shutil
+
+    import pandas as pd
+    import yaml
+
+    from synthgen.data.io import write_png
+    from synthgen.data.manifest import load_manifest
+    from synthgen.engine.diffusion import load_split
+    from synthgen.engine.generator import load_generator
+    from synthgen.sampling.run import cond_masks
+
+    root = tmp_path / "data"
+    shutil.copytree(chest.parent, root)
+    table = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+    rng = np.random.default_rng(4)
+    for k, row_id in enumerate(table["id"]):  # 11 horizontal bands, each row its own widths
+        edges = np.sort(rng.choice(np.arange(1, 32), 10, replace=False))
+        bands = (np.searchsorted(edges, np.arange(32), side="right") + 1).astype(np.uint8)
+        write_png(root / "masks" / f"bands-{row_id}.png", np.repeat(bands[:, None], 32, axis=1))
+        table.loc[k, "bands"] = f"masks/bands-{row_id}.png"
+    table.to_csv(root / "manifest.csv", index=False)
+    schema = yaml.safe_load((root / "schema.yaml").read_text())
+    schema["columns"]["bands"] = {"role": "mask", "labels": {i: f"band{i}" for i in range(1, 12)}}
+    (root / "schema.yaml").write_text(yaml.safe_dump(schema))
+    cond = ConditioningConfig(fields=("nodule",), mask="bands", token_dim=16)
+    train_diffusion(config(root / "manifest.csv", tmp_path / "run", conditioning=cond), False)
+    gen = load_generator(tmp_path / "run")
+    assert gen.layout.labels == tuple(range(1, 12))
+    manifest = load_manifest(root / "manifest.csv")
+    val = load_split(manifest, "val", gen.cfg, gen.specs, gen.space, gen.layout, gen.tokenizer)
+    rows = [{"bands": str(root / table.set_index("id").loc[i, "bands"])} for i in val.ids]
+    sampled = cond_masks(gen, rows)
+    assert torch.equal(sampled, val.cond_mask)
+    band = torch.from_numpy(np.asarray(Image.open(rows[0]["bands"])).astype(np.int64))
+    assert torch.equal(sampled[0, 9], (band == 10).float())  # channel 10 is label 10

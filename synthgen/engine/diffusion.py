@@ -25,6 +25,7 @@ from synthgen.data.io import write_png
 from synthgen.data.manifest import Manifest, load_manifest
 from synthgen.data.masks import draw_masks
 from synthgen.data.progress import progress
+from synthgen.diffusion.layout import ChannelLayout
 from synthgen.diffusion.objectives import diffusion_loss, scheduler_record
 from synthgen.engine.checkpoint import Checkpoint
 from synthgen.engine.generator import KIND as GENERATOR_KIND
@@ -33,7 +34,6 @@ from synthgen.engine.generator import (
     build_stack,
     generate,
     image_grid,
-    plain_concat,
 )
 from synthgen.engine.space import LatentSpace, PixelSpace, to_model_mask
 from synthgen.engine.trainer import Optimize, Trainer, check_resumable, previous_run
@@ -44,7 +44,7 @@ from synthgen.models.conditioning import (
     build_tokenizer,
     encode_values,
     field_specs,
-    mask_channels,
+    mask_labels,
     tokenize,
 )
 from synthgen.models.denoiser import ConditionalDenoiser
@@ -103,6 +103,7 @@ def load_split(
     cfg: DiffusionTrainConfig,
     specs: list[FieldSpec],
     space: Space,
+    layout: ChannelLayout,
     tokenizer: Any | None,
     limit: int | None = None,
     show: bool = False,
@@ -135,10 +136,8 @@ def load_split(
         pixels = space.encode(torch.stack([item["image"] for item in items]))
     cond_mask = None
     if cfg.conditioning.mask:
-        labels = manifest.schema.columns[cfg.conditioning.mask].labels or {}
         maps = torch.stack([item["masks"][cfg.conditioning.mask] for item in items])
-        onehot = torch.cat([(maps == k).float() for k in sorted(labels)], dim=1)
-        cond_mask = torch.nn.functional.interpolate(onehot, size=space.shape, mode="area")
+        cond_mask = layout.label_maps(maps, space.shape)
     shapes = None
     if shape_columns:
         spatial = items[0]["masks"][shape_columns[0]].shape[1:]
@@ -174,6 +173,7 @@ class DiffusionTask:
         cache: Any | None,
         tokenizer: Any | None,
         scheduler: Any,
+        layout: ChannelLayout,
     ) -> None:
         self.cfg = cfg
         self.modules: dict[str, nn.Module] = {"model": model}
@@ -181,6 +181,7 @@ class DiffusionTask:
         self.train, self.val, self.cache = train, val, cache
         self.tokenizer = tokenizer
         self.scheduler = scheduler
+        self.layout = layout
 
     def x0(self, data: SplitData, rows: torch.Tensor, generator: Any = None) -> torch.Tensor:
         if data.pixels is not None:
@@ -191,16 +192,14 @@ class DiffusionTask:
         self, data: SplitData, rows: torch.Tensor, x0: torch.Tensor, generator: Any = None
     ) -> torch.Tensor | None:
         """The conditioning channels for these rows (random training masks when inpainting)."""
-        parts = []
-        if self.cfg.stage == "inpaint":
+        m = None
+        if self.layout.inpaint:
             shapes = None if data.shapes is None else data.shapes[rows]
             image_shape = self.space.image_shape
             masks = draw_masks(len(rows), image_shape, self.cfg.inpaint, shapes, generator)
             m = to_model_mask(masks, tuple(x0.shape[2:])).to(x0)
-            parts += [m, x0 * (1.0 - m)]
-        if data.cond_mask is not None:
-            parts.append(data.cond_mask[rows].to(x0))
-        return torch.cat(parts, dim=1) if parts else None
+        maps = None if data.cond_mask is None else data.cond_mask[rows].to(x0)
+        return self.layout.assemble(len(rows), tuple(x0.shape[2:]), m, x0, maps)
 
     def training_step(self, batch: Any, step: int, optimize: Optimize) -> dict[str, float]:
         (rows,) = batch
@@ -259,7 +258,7 @@ class DiffusionTask:
             s.sampler,
             s.steps,
             s.guidance,
-            concat=plain_concat(n, self.space, self.cfg.stage == "inpaint", cond_mask),
+            concat=self.layout.assemble(n, self.space.shape, label_maps=cond_mask),
         )
         images = self.space.decode(x).float().cpu()
         return image_grid(images, per)
@@ -320,7 +319,7 @@ def train_diffusion(
         check_resumable(previous, cfg, manifest.fingerprint())
     schema = manifest.schema
     specs = field_specs(schema, cfg.conditioning)
-    k_mask = mask_channels(schema, cfg.conditioning)
+    labels = mask_labels(schema, cfg.conditioning)
     train_rows = ManifestDataset(manifest, split=cfg.data.train_split, masks=False)
     first = train_rows[0]
     affine = manifest.image(train_rows.rows[0]).affine  # what sampled volumes are written with
@@ -330,7 +329,7 @@ def train_diffusion(
         specs,
         tuple(first["image"].shape[1:]),
         _reports_tokenizer(cfg, manifest, specs),
-        k_mask,
+        labels,
     )
     space, tokenizer = stack.space, stack.tokenizer
     if cfg.pretrained is None:  # then cfg.denoiser built the UNet, which halves between levels
@@ -338,7 +337,9 @@ def train_diffusion(
         image_shape = tuple(first["image"].shape[1:])
         manifest.require_sides(train_rows.rows[0], image_shape, "denoiser", factor, space.shape)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    load = dict(cfg=cfg, specs=specs, space=space, tokenizer=tokenizer, show=show_progress)
+    layout = stack.layout
+    load = dict(cfg=cfg, specs=specs, space=space, layout=layout, tokenizer=tokenizer)
+    load["show"] = show_progress
     train = load_split(manifest, cfg.data.train_split, **load)  # type: ignore[arg-type]
     val = load_split(manifest, cfg.data.val_split, limit=cfg.val_images, **load)  # type: ignore[arg-type]
     cache = None
@@ -348,8 +349,9 @@ def train_diffusion(
             _latent_rows(cache, train.ids),
             _latent_rows(cache, val.ids),
         )
-    task = DiffusionTask(cfg, stack.model, space, train, val, cache, tokenizer, stack.scheduler)
-    extra = stack.concat_channels
+    task = DiffusionTask(
+        cfg, stack.model, space, train, val, cache, tokenizer, stack.scheduler, layout
+    )
     meta = {
         "data_fingerprint": manifest.fingerprint(),
         "spatial_dims": len(space.shape),
@@ -357,8 +359,8 @@ def train_diffusion(
         "affine": None if affine is None else affine.tolist(),
         "schema": schema.model_dump(mode="json", exclude_defaults=True),
         "train_images": len(train),
-        "concat_channels": extra,
-        "mask_channels": k_mask,
+        "concat_channels": layout.channels,
+        "mask_channels": len(layout.labels),
         "scheduler": scheduler_record(task.scheduler),
         "fields": [s.to_json() for s in specs],
         "space": space.record(),

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from synthgen.config import DiffusionTrainConfig, InputError, load_config
+from synthgen.diffusion.layout import ChannelLayout, Labels
 from synthgen.diffusion.objectives import make_train_scheduler
 from synthgen.diffusion.sampling import make_sampler, partial_start, sample
 from synthgen.engine.checkpoint import Checkpoint, load_into, open_checkpoint
@@ -43,11 +44,6 @@ KIND = "diffusion"
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def concat_channels(cfg: DiffusionTrainConfig, channels: int, cond_mask: int) -> int:
-    """Conditioning channels on the denoiser input: mask + masked image (inpaint), seg map."""
-    return cond_mask + (1 + channels if cfg.stage == "inpaint" else 0)
-
-
 @dataclass
 class Stack:
     """A diffusion stage's pieces: denoiser (with its condition encoder), the space it runs
@@ -57,7 +53,7 @@ class Stack:
     space: Space
     tokenizer: Any | None
     scheduler: Any
-    concat_channels: int
+    layout: ChannelLayout
 
 
 def build_stack(
@@ -65,7 +61,7 @@ def build_stack(
     specs: list[FieldSpec],
     image_shape: tuple[int, ...],
     tokenizer: Any | None,
-    mask_channels: int,
+    mask_labels: Labels | None,
 ) -> Stack:
     """Build the untrained stack from config (the caller seeds the RNG). A pretrained Stable
     Diffusion folder supplies the UNet (widened for conditioning channels), the VAE, the text
@@ -101,7 +97,8 @@ def build_stack(
         tokenizer = text_module
     vocab = tokenizer.get_vocab_size() if has_text and text_module is None else None
     encoder = ConditionEncoder(specs, conditioning, vocab, text_module)
-    extra = concat_channels(cfg, space.channels, mask_channels)
+    layout = ChannelLayout.build(cfg.stage == "inpaint", space.channels, mask_labels)
+    extra = layout.channels
     if sd_unet is not None:
         from synthgen.models.stable_diffusion import SDDenoiser, expand_unet_inputs
 
@@ -110,7 +107,7 @@ def build_stack(
     else:
         model = build_denoiser(cfg.denoiser, encoder, len(space.shape), space.channels, extra)
     scheduler = make_train_scheduler(cfg.diffusion, pretrained_schedule)
-    return Stack(model, space, tokenizer, scheduler, extra)
+    return Stack(model, space, tokenizer, scheduler, layout)
 
 
 def generate(
@@ -152,19 +149,6 @@ def generate(
     return torch.cat(out)
 
 
-def plain_concat(
-    n: int, space: Space, inpaint: bool, cond_mask: torch.Tensor | None
-) -> torch.Tensor | None:
-    """Conditioning channels for generation from scratch: an all-ones mask and an empty
-    masked image (inpainting models), then any conditioning mask."""
-    parts = []
-    if inpaint:
-        parts += [torch.ones((n, 1, *space.shape)), torch.zeros((n, space.channels, *space.shape))]
-    if cond_mask is not None:
-        parts.append(cond_mask)
-    return torch.cat(parts, dim=1) if parts else None
-
-
 def require_finite(images: torch.Tensor, checkpoint: Path) -> torch.Tensor:
     """`images` unchanged, or an InputError when any holds NaN/inf: a diverged checkpoint's
     output would be written as flat images that pass every later check (sample and edit both
@@ -202,6 +186,7 @@ class Generator:
     cfg: DiffusionTrainConfig
     checkpoint: Checkpoint
     tokenizer: Any | None
+    layout: ChannelLayout
 
     @property
     def specs(self) -> list[FieldSpec]:
@@ -250,11 +235,10 @@ class Generator:
         )
         return require_finite(self.space.decode(x).float().cpu(), self.checkpoint.path)
 
-    def _cond_mask(self, cond_mask: torch.Tensor | None) -> list[torch.Tensor]:
+    def _cond_mask(self, cond_mask: torch.Tensor | None) -> None:
         if (self.cfg.conditioning.mask is None) != (cond_mask is None):
             need = "needs" if cond_mask is None else "takes no"
             raise InputError(f"this model {need} a conditioning mask (conditioning.mask)")
-        return [] if cond_mask is None else [cond_mask]
 
     def _known(
         self, images: torch.Tensor, masks: torch.Tensor, cond_mask: torch.Tensor | None
@@ -264,11 +248,9 @@ class Generator:
         if images.shape != masks.shape:
             raise InputError(f"images {tuple(images.shape)} and masks {tuple(masks.shape)} differ")
         known = self.space.encode(images).float().cpu()
-        extra = self._cond_mask(cond_mask)
-        if not self.inpainting:
-            return known, plain_concat(len(images), self.space, False, cond_mask)
-        m = to_model_mask(masks.float(), self.space.shape)
-        return known, torch.cat([m, known * (1.0 - m), *extra], dim=1)
+        self._cond_mask(cond_mask)
+        m = to_model_mask(masks.float(), self.space.shape) if self.inpainting else None
+        return known, self.layout.assemble(len(images), self.space.shape, m, known, cond_mask)
 
     def generate(
         self,
@@ -283,7 +265,7 @@ class Generator:
         """Images (N, 1, *image) in [-1, 1] for `rows`, one per row of unit `noise`;
         `cond_mask` is the one-hot map at model resolution for mask-conditioned models."""
         self._cond_mask(cond_mask)
-        concat = plain_concat(len(rows), self.space, self.inpainting, cond_mask)
+        concat = self.layout.assemble(len(rows), self.space.shape, label_maps=cond_mask)
         return self._draw(rows, noise, concat, sampler, steps, guidance, guide_fields)
 
     def inpaint(
@@ -342,12 +324,12 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> Generator:
     specs = [FieldSpec.from_json(f) for f in meta["fields"]]
     tokenizer_file = checkpoint.path / TOKENIZER_FILE
     tokenizer = load_tokenizer(tokenizer_file.read_text()) if tokenizer_file.is_file() else None
-    stack = build_stack(
-        cfg, specs, tuple(meta["image_shape"]), tokenizer, int(meta.get("mask_channels", 0))
-    )
+    mask = cfg.conditioning.mask
+    labels = meta["schema"]["columns"][mask].get("labels") if mask else None
+    stack = build_stack(cfg, specs, tuple(meta["image_shape"]), tokenizer, labels)
     model, space = stack.model, stack.space
     load_into(model, checkpoint, "model", ema=True)
     model.eval().requires_grad_(False).to(device)
     if not isinstance(space, PixelSpace):
         space.to(torch.device(device))
-    return Generator(model, space, cfg, checkpoint, stack.tokenizer)
+    return Generator(model, space, cfg, checkpoint, stack.tokenizer, stack.layout)

@@ -81,14 +81,14 @@ def field_specs(schema: Schema, cfg: ConditioningConfig) -> list[FieldSpec]:
     return specs
 
 
-def mask_channels(schema: Schema, cfg: ConditioningConfig) -> int:
-    """Input channels a conditioning mask adds: one per label of that mask column."""
+def mask_labels(schema: Schema, cfg: ConditioningConfig) -> dict[int, str]:
+    """The labels of the conditioning mask column (one input channel each; none without one)."""
     if cfg.mask is None:
-        return 0
+        return {}
     column = schema.columns.get(cfg.mask)
     if column is None or column.role != "mask":
         raise InputError(f"conditioning.mask: {cfg.mask!r} is not a mask column of the schema")
-    return len(column.labels or {})
+    return dict(column.labels or {})
 
 
 # --- text -------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from synthgen.data.progress import Bar
 from synthgen.data.schema import IntensityPolicy
 from synthgen.engine.checkpoint import checkpoint_hash, versions
 from synthgen.engine.generator import Generator, load_generator
-from synthgen.engine.space import resize
 from synthgen.provenance import Provenance
 from synthgen.sampling.conditions import ConditionSource, Row
 from synthgen.sampling.outputs import (
@@ -123,14 +122,12 @@ def cond_masks(gen: Generator, rows: Sequence[Row]) -> torch.Tensor | None:
     column = gen.cfg.conditioning.mask
     if column is None:
         return None
-    labels = sorted(gen.checkpoint.meta["schema"]["columns"][column].get("labels", {}))
     maps = []
     for row in rows:
         if not row.get(column):
             raise InputError(f"this model is conditioned on a {column!r} mask: give its path")
         array = torch.from_numpy(read_image(Path(row[column])).array)[None, None]
-        onehot = torch.cat([(array == int(k)).float() for k in labels], dim=1)
-        maps.append(resize(onehot, tuple(gen.space.shape))[0])
+        maps.append(gen.layout.label_maps(array, tuple(gen.space.shape))[0])
     return torch.stack(maps)
 
 
