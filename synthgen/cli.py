@@ -333,8 +333,8 @@ def _train_diffusion(
 
 @train_app.command(
     "ldm",
-    epilog="Example: synthgen train ldm --config configs/ldm-chest2d-pixel32.yaml "
-    "data.manifest=data/chest/manifest.csv out=runs/ldm-chest",
+    epilog="Example: synthgen train ldm --config configs/ldm-chest2d-latent64.yaml "
+    "data.manifest=data/chest/manifest.csv autoencoder=runs/ae-chest out=runs/ldm-chest",
 )
 def train_ldm(
     config: RunConfig, overrides: Overrides = None, resume: Resume = False, quiet: Quiet = False
