@@ -17,7 +17,8 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from synthgen.config import SAMPLERS, InputError
+from synthgen.config import SAMPLERS
+from synthgen.errors import InputError
 
 app = typer.Typer(
     help="Synthetic medical images people can trust: phantoms, data checks, training, sampling, "

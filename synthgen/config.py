@@ -13,9 +13,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class InputError(Exception):
-    """Bad user input. The CLI prints its message as one line on stderr and exits with code 2."""
+from synthgen.errors import InputError
 
 
 class StrictModel(BaseModel):

@@ -30,7 +30,6 @@ from synthgen.config import (
     DemoStress,
     DiffusionStage,
     DiffusionTrainConfig,
-    InputError,
     dump_config,
 )
 from synthgen.data.check import check_manifest, print_summary
@@ -38,6 +37,7 @@ from synthgen.data.dataset import split_rows
 from synthgen.data.intensity import to_model, window_for
 from synthgen.data.manifest import Manifest, load_manifest
 from synthgen.data.phantoms import generate_phantoms
+from synthgen.errors import InputError
 from synthgen.metrics.utility import PRETRAINED
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ import numpy as np
 import pywt
 from imwatermark.dwtDctSvd import EmbedDwtDctSvd
 
-from synthgen.config import InputError
+from synthgen.errors import InputError
 
 PAYLOAD_BITS = 48
 TAG_BITS, ID_BITS = 16, 32

@@ -12,7 +12,6 @@ from synthgen.config import (
     AETrainConfig,
     AutoencoderConfig,
     DataConfig,
-    InputError,
     PhantomConfig,
     TrainConfig,
 )
@@ -22,6 +21,7 @@ from synthgen.data.phantoms import generate_phantoms
 from synthgen.engine.autoencoder import grid, load_autoencoder, train_autoencoder
 from synthgen.engine.checkpoint import checkpoint_hash
 from synthgen.engine.encode import encode_manifest
+from synthgen.errors import InputError
 from synthgen.models.autoencoder import build_autoencoder, kl_loss
 
 TINY = AutoencoderConfig(channels=(8, 16), latent_channels=2, norm_num_groups=8)

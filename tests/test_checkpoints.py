@@ -20,7 +20,6 @@ import yaml
 from helpers import synthgen_here, tiny_diffusion
 from torch import nn
 
-from synthgen.config import InputError
 from synthgen.data.io import atomic_write_bytes, published, sweep_temporaries
 from synthgen.engine.checkpoint import (
     Checkpoint,
@@ -30,6 +29,7 @@ from synthgen.engine.checkpoint import (
     save_checkpoint,
     sweep_leftovers,
 )
+from synthgen.errors import InputError
 from synthgen.sampling.outputs import ShardWriter
 
 # ----------------------------------------------------------------------------- toy runs

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from synthgen.config import ConditioningConfig, InputError
+from synthgen.config import ConditioningConfig
 from synthgen.data.schema import Schema
+from synthgen.errors import InputError
 from synthgen.models.conditioning import (
     ConditionEncoder,
     FieldSpec,

@@ -11,12 +11,12 @@ from synthgen.config import (
     DemoConfig,
     DiffusionStage,
     DiffusionTrainConfig,
-    InputError,
     PhantomConfig,
     apply_overrides,
     dump_config,
     load_config,
 )
+from synthgen.errors import InputError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 

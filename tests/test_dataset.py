@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from synthgen.config import InputError
 from synthgen.data.check import subgroup_counts
 from synthgen.data.dataset import ManifestDataset
 from synthgen.data.io import write_nifti, write_png
 from synthgen.data.manifest import load_manifest
+from synthgen.errors import InputError
 
 SCHEMA_2D = """
 columns:

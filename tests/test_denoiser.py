@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from synthgen.config import ConditioningConfig, DenoiserConfig, InputError
+from synthgen.config import ConditioningConfig, DenoiserConfig
 from synthgen.data.schema import Schema
+from synthgen.errors import InputError
 from synthgen.models.conditioning import ConditionEncoder, field_specs
 from synthgen.models.denoiser import build_denoiser
 

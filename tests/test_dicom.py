@@ -14,11 +14,11 @@ import pytest
 from helpers import shipped_dicom, synthgen
 from nibabel.testing import data_path as nibabel_data
 
-from synthgen.config import InputError
 from synthgen.data.intensity import window_for
 from synthgen.data.io import read_image
 from synthgen.data.schema import IntensityPolicy
 from synthgen.edit.stored import read_stored
+from synthgen.errors import InputError
 
 
 def other_monochrome(source: Path, out: Path) -> Path:

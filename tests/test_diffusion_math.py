@@ -4,7 +4,7 @@ has zero loss under every objective, and every sampler carries pure noise to tha
 import pytest
 import torch
 
-from synthgen.config import DiffusionConfig, InputError
+from synthgen.config import DiffusionConfig
 from synthgen.diffusion.objectives import (
     assemble,
     diffusion_loss,
@@ -13,6 +13,7 @@ from synthgen.diffusion.objectives import (
     snr_weight,
 )
 from synthgen.diffusion.sampling import make_sampler, own_generators, sample
+from synthgen.errors import InputError
 from synthgen.models.conditioning import Conditioning
 
 OBJECTIVES = ["epsilon", "v", "rflow"]

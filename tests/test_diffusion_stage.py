@@ -15,7 +15,6 @@ from synthgen.config import (
     DataConfig,
     DenoiserConfig,
     DiffusionTrainConfig,
-    InputError,
     PhantomConfig,
     SamplingConfig,
     TrainConfig,
@@ -25,6 +24,7 @@ from synthgen.diffusion.layout import ChannelLayout
 from synthgen.engine.autoencoder import train_autoencoder
 from synthgen.engine.checkpoint import Checkpoint
 from synthgen.engine.diffusion import grid_cells, train_diffusion
+from synthgen.errors import InputError
 from synthgen.models.conditioning import FieldSpec
 
 TINY_UNET = DenoiserConfig(

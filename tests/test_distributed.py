@@ -22,12 +22,13 @@ import torch
 import yaml
 from helpers import snapshot
 
-from synthgen.config import AETrainConfig, InputError, PhantomConfig
+from synthgen.config import AETrainConfig, PhantomConfig
 from synthgen.data.dataset import split_rows
 from synthgen.data.manifest import load_manifest
 from synthgen.data.phantoms import generate_phantoms
 from synthgen.engine.autoencoder import load_autoencoder, train_autoencoder
 from synthgen.engine.checkpoint import list_checkpoints, load_state
+from synthgen.errors import InputError
 
 BATCH = 4
 STEPS = 6

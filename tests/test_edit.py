@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler
 from helpers import snapshot, synthgen_here, tiny_diffusion
 from killpoint import check_window, kill_at
 
-from synthgen.config import DiffusionConfig, InputError
+from synthgen.config import DiffusionConfig
 from synthgen.data.io import read_image
 from synthgen.data.manifest import load_manifest
 from synthgen.diffusion.objectives import make_train_scheduler, scheduler_record
@@ -29,6 +29,7 @@ from synthgen.edit.plan import EditOptions
 from synthgen.edit.run import run_edit
 from synthgen.edit.stored import read_stored
 from synthgen.engine.generator import Generator, load_generator
+from synthgen.errors import InputError
 from synthgen.models.conditioning import Conditioning
 from synthgen.sampling.outputs import sha256
 

@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from synthgen.config import AETrainConfig, InputError, PhantomConfig, TrainConfig, load_config
+from synthgen.config import AETrainConfig, PhantomConfig, TrainConfig, load_config
 from synthgen.data.dataset import split_rows
 from synthgen.data.manifest import load_manifest
 from synthgen.data.phantoms import generate_phantoms
@@ -47,6 +47,7 @@ from synthgen.engine.trainer import (
     TrainingDiverged,
     previous_run,
 )
+from synthgen.errors import InputError
 
 BATCH = 4
 

@@ -13,9 +13,10 @@ from helpers import synthgen
 from PIL import Image
 
 from synthgen import watermark
-from synthgen.config import ClassifierConfig, InputError, TrainConfig
+from synthgen.config import ClassifierConfig, TrainConfig
 from synthgen.data.io import write_png
 from synthgen.data.manifest import load_manifest
+from synthgen.errors import InputError
 from synthgen.metrics import classifier
 from synthgen.metrics.inputs import load_real, load_synthetic, read_as_model
 from synthgen.provenance import Provenance

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from synthgen.config import InputError
 from synthgen.data.phantoms import brain3d, chest2d
+from synthgen.errors import InputError
 from synthgen.metrics import fidelity as fm
 from synthgen.metrics.features import (
     INCEPTION_WEIGHTS,

@@ -9,10 +9,10 @@ import pytest
 from helpers import shipped_dicom
 from nibabel.testing import data_path as nibabel_data
 
-from synthgen.config import InputError
 from synthgen.data.intensity import from_model, to_model, window_for
 from synthgen.data.io import default_affine, max_voxels, read_image, write_nifti, write_png
 from synthgen.data.schema import IntensityPolicy
+from synthgen.errors import InputError
 
 
 def test_ct_small_values_are_pixel_array_times_slope_plus_intercept():

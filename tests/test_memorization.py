@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from synthgen.config import InputError
 from synthgen.data.phantoms import brain3d, chest2d
+from synthgen.errors import InputError
 from synthgen.metrics import memorization as mem
 
 NOISE_SD = 0.05  # added to noised copies in [-1, 1] units, without clipping

@@ -22,10 +22,11 @@ import yaml
 from helpers import shipped_dicom, snapshot, synthgen_here, tiny_diffusion
 from test_dicom import as_series, jpeg_baseline, nibabel_data, oblique_nifti
 
-from synthgen.config import InputError, PrepareConfig, validate
+from synthgen.config import PrepareConfig, validate
 from synthgen.data.io import read_image
 from synthgen.data.manifest import load_manifest
 from synthgen.data.prepare import LOG_FILE, prepare_dataset
+from synthgen.errors import InputError
 
 FILMS = {  # id: (pydicom or pydicom-data file, what it stands for)
     "ct1": "CT_small.dcm",  # CT 128², uncompressed

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthgen.config import InputError
+from synthgen.errors import InputError
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from synthgen.config import InputError
+from synthgen.errors import InputError
 from synthgen.metrics import evaluate
 from synthgen.metrics import figures as fg
 from synthgen.metrics import labels as lb

@@ -21,10 +21,8 @@ from killpoint import check_window, kill_at
 from PIL import Image
 
 from synthgen import watermark
-from synthgen.config import (
-    InputError,
-)
 from synthgen.engine.generator import load_generator
+from synthgen.errors import InputError
 from synthgen.provenance import read_png_provenance
 from synthgen.sampling.conditions import Balanced, condition_source
 from synthgen.sampling.outputs import sha256

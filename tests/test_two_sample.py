@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from synthgen.config import ClassifierConfig, InputError, TrainConfig
+from synthgen.config import ClassifierConfig, TrainConfig
+from synthgen.errors import InputError
 from synthgen.metrics.two_sample import two_sample_auroc
 
 FAST = ClassifierConfig(

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from synthgen.config import AXIS_PAIRS, InputError
+from synthgen.config import AXIS_PAIRS
 from synthgen.data.io import Image, max_voxels
 from synthgen.data.manifest import Manifest
 from synthgen.data.progress import progress
+from synthgen.errors import InputError
 
 VALUE_ROLES = ("label", "covariate", "split")
 EMPTY = "(empty)"

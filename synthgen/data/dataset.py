@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from synthgen.config import InputError
 from synthgen.data.intensity import to_model, window_for
 from synthgen.data.manifest import Manifest
 from synthgen.data.schema import normalise_covariate
+from synthgen.errors import InputError
 
 Sample = dict[str, Any]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from synthgen.config import InputError
+from synthgen.errors import InputError
 
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from synthgen.config import InputError
 from synthgen.data.io import prepare_out_folder
+from synthgen.errors import InputError
 
 SHARD_ROWS = 4096
 INDEX = "index.json"

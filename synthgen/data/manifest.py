@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from synthgen.config import InputError
 from synthgen.data.io import Image, ImageReadError, read_image
 from synthgen.data.schema import Schema, dump_schema, load_schema, parse_value
+from synthgen.errors import InputError
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 MIN_SIDE = 8

@@ -12,7 +12,8 @@ import math
 import torch
 from torch.nn import functional as F
 
-from synthgen.config import InpaintConfig, InputError
+from synthgen.config import InpaintConfig
+from synthgen.errors import InputError
 
 BOX_FRACTION = (0.15, 0.5)  # box side as a fraction of the image side
 STROKE_POINTS = (4, 10)

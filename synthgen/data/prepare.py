@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from synthgen.config import InputError, PrepareConfig
+from synthgen.config import PrepareConfig
 from synthgen.data.intensity import to_model, window_for
 from synthgen.data.io import (
     JsonlAppender,
@@ -42,6 +42,7 @@ from synthgen.data.io import (
 from synthgen.data.manifest import MIN_SIDE, Manifest
 from synthgen.data.progress import Bar
 from synthgen.data.schema import IntensityPolicy, dump_schema
+from synthgen.errors import InputError
 
 PREPARE_FILE = "prepare.json"
 PROVENANCE_FILE = "provenance.jsonl"

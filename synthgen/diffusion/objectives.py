@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from synthgen.config import DiffusionConfig, InputError
+from synthgen.config import DiffusionConfig
+from synthgen.errors import InputError
 from synthgen.models.conditioning import Conditioning
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

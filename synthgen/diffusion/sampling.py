@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from synthgen.config import SAMPLERS, InputError
+from synthgen.config import SAMPLERS
 from synthgen.diffusion.objectives import Denoise, assemble
+from synthgen.errors import InputError
 from synthgen.models.conditioning import Conditioning
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from synthgen.config import InputError
 from synthgen.data.manifest import Manifest
+from synthgen.errors import InputError
 from synthgen.models.conditioning import FieldSpec
 
 SHIFTS = ("acquisition", "manifestation", "population")

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from synthgen import watermark
-from synthgen.config import InputError
 from synthgen.data.intensity import from_model, to_model, window_for
 from synthgen.data.io import ImageReadError, atomic_write_bytes, sweep_temporaries
 from synthgen.data.manifest import Manifest, load_manifest
@@ -44,6 +43,7 @@ from synthgen.edit.stored import Stored, read_stored
 from synthgen.engine.checkpoint import checkpoint_hash, versions
 from synthgen.engine.generator import Generator, load_generator
 from synthgen.engine.space import resize, to_model_mask
+from synthgen.errors import InputError
 from synthgen.sampling.outputs import ShardWriter, complete_rows, removed_if_nothing_recorded
 from synthgen.sampling.run import cond_masks, merge_manifest, process_state, sample_noise
 

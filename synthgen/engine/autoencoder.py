@@ -16,12 +16,13 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from synthgen.config import AETrainConfig, InputError, dump_config, load_config
+from synthgen.config import AETrainConfig, dump_config, load_config
 from synthgen.data.dataset import load_images, split_rows
 from synthgen.data.io import write_png
 from synthgen.data.manifest import load_manifest
 from synthgen.engine.checkpoint import Checkpoint, load_into, open_checkpoint
 from synthgen.engine.trainer import Optimize, Trainer, check_resumable, previous_run
+from synthgen.errors import InputError
 from synthgen.models.autoencoder import (
     build_autoencoder,
     build_discriminator,

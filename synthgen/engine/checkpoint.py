@@ -30,8 +30,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from synthgen.config import InputError
 from synthgen.data.io import fsync_dir, fsync_tree, sweep_temporaries
+from synthgen.errors import InputError
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step-"

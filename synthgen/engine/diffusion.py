@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from synthgen.config import DiffusionTrainConfig, InputError, dump_config
+from synthgen.config import DiffusionTrainConfig, dump_config
 from synthgen.data.dataset import ManifestDataset
 from synthgen.data.io import write_png
 from synthgen.data.manifest import Manifest, load_manifest
@@ -37,6 +37,7 @@ from synthgen.engine.generator import (
 )
 from synthgen.engine.space import LatentSpace, PixelSpace, to_model_mask
 from synthgen.engine.trainer import Optimize, Trainer, check_resumable, previous_run
+from synthgen.errors import InputError
 from synthgen.models.conditioning import (
     Conditioning,
     FieldSpec,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthgen.config import DiffusionTrainConfig, InputError, load_config
+from synthgen.config import DiffusionTrainConfig, load_config
 from synthgen.diffusion.layout import ChannelLayout, Labels
 from synthgen.diffusion.objectives import make_train_scheduler
 from synthgen.diffusion.sampling import make_sampler, partial_start, sample
@@ -29,6 +29,7 @@ from synthgen.engine.space import (
     resize,
     to_model_mask,
 )
+from synthgen.errors import InputError
 from synthgen.models.conditioning import (
     ConditionEncoder,
     Conditioning,

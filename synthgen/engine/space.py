@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from synthgen.config import InputError
+from synthgen.errors import InputError
 
 
 def resize(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from synthgen.config import InputError, TrainConfig, load_config
+from synthgen.config import TrainConfig, load_config
 from synthgen.data.progress import Bar
 from synthgen.engine.checkpoint import (
     Checkpoint,
@@ -40,6 +40,7 @@ from synthgen.engine.checkpoint import (
     sweep_leftovers,
     versions,
 )
+from synthgen.errors import InputError
 
 Optimize = Callable[[str, torch.Tensor], None]
 PACE_STEPS = 20  # fewest steps timed before a time-limited cosine schedule fixes its end

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from synthgen.config import ClassifierConfig, InputError, dump_config, load_config
+from synthgen.config import ClassifierConfig, dump_config, load_config
 from synthgen.data.schema import Schema, normalise_covariate, parse_value
 from synthgen.engine.checkpoint import load_into, open_checkpoint
 from synthgen.engine.trainer import Optimize, Trainer
+from synthgen.errors import InputError
 
 KIND = "classifier"
 

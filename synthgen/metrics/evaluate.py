@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from synthgen.config import ClassifierConfig, InputError, dump_config
+from synthgen.config import ClassifierConfig, dump_config
 from synthgen.data.manifest import Manifest, load_manifest
 from synthgen.data.schema import Schema
 from synthgen.engine.checkpoint import list_checkpoints, versions
+from synthgen.errors import InputError
 from synthgen.metrics import classifier, fairness, utility
 from synthgen.metrics.inputs import EvalSet, load_real, load_synthetic
 

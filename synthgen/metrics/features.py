@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from synthgen.config import InputError
 from synthgen.data.progress import progress
 from synthgen.engine.checkpoint import UNSAFE_SUFFIXES
+from synthgen.errors import InputError
 
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_HELP = (

@@ -27,8 +27,8 @@ from torchmetrics.functional.image import multiscale_structural_similarity_index
 from torchmetrics.image.fid import FrechetInceptionDistance, _compute_fid
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from synthgen.config import InputError
 from synthgen.data.progress import progress
+from synthgen.errors import InputError
 from synthgen.metrics.features import FeatureExtractor
 
 PRDC_K = 5  # as CheXGenBench

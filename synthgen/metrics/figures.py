@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from synthgen.config import InputError
 from synthgen.data.io import png_bytes
+from synthgen.errors import InputError
 
 if TYPE_CHECKING:
     import pandas as pd

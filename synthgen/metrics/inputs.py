@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from synthgen.config import InputError
 from synthgen.data.dataset import load_images, split_rows
 from synthgen.data.intensity import to_model, window_for
 from synthgen.data.io import ImageReadError, read_image
@@ -26,6 +25,7 @@ from synthgen.data.manifest import Manifest
 from synthgen.data.progress import progress
 from synthgen.data.schema import ColumnSpec, Schema, parse_value
 from synthgen.engine.space import resize
+from synthgen.errors import InputError
 
 SYNTHETIC_MANIFEST = "manifest.csv"
 

@@ -42,8 +42,8 @@ import pywt
 import torch
 import torch.nn.functional as F
 
-from synthgen.config import InputError
 from synthgen.data.progress import Bar
+from synthgen.errors import InputError
 
 SHORTLIST = 16  # candidates per query; on 2,000 64² phantoms copies rank their source first
 COARSE_VALUES = 256  # the shortlist compares crops block-averaged down to at most this many values

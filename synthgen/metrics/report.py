@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from synthgen.config import InputError
 from synthgen.data.io import atomic_write_bytes
+from synthgen.errors import InputError
 from synthgen.metrics import sections as sec
 from synthgen.metrics import verdict as vd
 from synthgen.metrics.figures import (

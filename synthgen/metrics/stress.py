@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from synthgen.config import InputError
 from synthgen.data.manifest import Manifest
 from synthgen.data.progress import progress
+from synthgen.errors import InputError
 from synthgen.metrics import stats
 from synthgen.metrics.fairness import subgroup_columns
 from synthgen.metrics.inputs import read_as_model

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from synthgen.config import ClassifierConfig, InputError
+from synthgen.config import ClassifierConfig
 from synthgen.data.schema import Schema
+from synthgen.errors import InputError
 from synthgen.metrics import stats
 from synthgen.metrics.classifier import (
     MultiHead,

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from synthgen.config import AELossConfig, AutoencoderConfig, InputError
+from synthgen.config import AELossConfig, AutoencoderConfig
+from synthgen.errors import InputError
 
 
 def build_autoencoder(cfg: AutoencoderConfig, spatial_dims: int) -> nn.Module:

@@ -16,8 +16,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from synthgen.config import ConditioningConfig, InputError
+from synthgen.config import ConditioningConfig
 from synthgen.data.schema import Schema
+from synthgen.errors import InputError
 
 FieldKind = Literal["categorical", "continuous", "text"]
 Values = dict[str, torch.Tensor]

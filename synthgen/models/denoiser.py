@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from synthgen.config import DenoiserConfig, InputError
+from synthgen.config import DenoiserConfig
+from synthgen.errors import InputError
 from synthgen.models.conditioning import ConditionEncoder
 
 

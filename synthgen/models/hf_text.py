@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from synthgen.config import InputError
+from synthgen.errors import InputError
 
 
 def _describe(error: Exception) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from synthgen.config import InputError
+from synthgen.errors import InputError
 from synthgen.models.hf_text import HFTextEncoder
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from synthgen.config import InputError
 from synthgen.data.io import prepare_out_folder, published
 from synthgen.data.progress import Bar
+from synthgen.errors import InputError
 from synthgen.release import formats
 from synthgen.release.card import card_markdown, card_record
 from synthgen.release.gates import Gate, checked_images, image_gates, memorization_gate

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from synthgen.config import InputError
+from synthgen.errors import InputError
 
 MANIFEST = "manifest.csv"
 RUN_FILE = "run.json"

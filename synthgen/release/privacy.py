@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthgen.config import InputError
 from synthgen.data.manifest import Manifest, load_manifest
 from synthgen.data.progress import Bar
+from synthgen.errors import InputError
 
 MIN_ID = 4  # characters, for ids and file names
 MIN_TEXT = 6  # characters, for text and free cells (role text or ignore)

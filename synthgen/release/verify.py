@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from synthgen.config import InputError
 from synthgen.data.progress import Bar
+from synthgen.errors import InputError
 from synthgen.release.build import METADATA, RECORD, SUMS, file_sha256, release_files
 from synthgen.release.gates import ImageCheck, check_image, in_parallel
 

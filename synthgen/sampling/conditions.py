@@ -23,9 +23,9 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 
-from synthgen.config import InputError
 from synthgen.data.dataset import split_rows
 from synthgen.data.manifest import Manifest
+from synthgen.errors import InputError
 from synthgen.models.conditioning import FieldSpec
 
 Row = dict[str, Any]

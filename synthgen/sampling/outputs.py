@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from synthgen import watermark
-from synthgen.config import InputError
 from synthgen.data.intensity import from_model
 from synthgen.data.io import (
     JsonlAppender,
@@ -29,6 +28,7 @@ from synthgen.data.io import (
     read_jsonl,
 )
 from synthgen.engine.space import resize
+from synthgen.errors import InputError
 from synthgen.provenance import Provenance
 
 SHARDS = "shards"

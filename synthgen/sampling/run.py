@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from synthgen import watermark
-from synthgen.config import InputError
 from synthgen.data.io import atomic_write_bytes, default_affine, read_image, sweep_temporaries
 from synthgen.data.progress import Bar
 from synthgen.data.schema import IntensityPolicy
 from synthgen.engine.checkpoint import checkpoint_hash, versions
 from synthgen.engine.generator import Generator, load_generator
+from synthgen.errors import InputError
 from synthgen.provenance import Provenance
 from synthgen.sampling.conditions import ConditionSource, Row
 from synthgen.sampling.outputs import (

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthgen import watermark
-from synthgen.config import InputError
+from synthgen.errors import InputError
 from synthgen.sampling.outputs import sha256
 
 

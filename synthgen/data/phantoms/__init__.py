@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 
 from synthgen import __version__
-from synthgen.config import InputError, PhantomConfig, dump_config
+from synthgen.config import PhantomConfig, dump_config
 from synthgen.data.io import prepare_out_folder, published, write_nifti, write_png
 from synthgen.data.phantoms.common import Phantom
 from synthgen.data.progress import progress
 from synthgen.data.schema import IntensityPolicy, Schema, dump_schema
+from synthgen.errors import InputError
 
 SPLIT_FRACTIONS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
 
