@@ -62,13 +62,19 @@ def test_autoencoder_none_has_nothing_to_train(tmp_path):
         train_autoencoder(cfg)
 
 
-def test_grid_puts_originals_over_reconstructions_and_takes_middle_slices():
+def test_grid_puts_originals_over_reconstructions_in_the_report_s_axial_plane():
+    """Volumes (x, y, z) show their central z plane as the report's figures do: rows from
+    anterior (y high) to posterior, the patient's right (x high) on the left."""
+    from synthgen.metrics.figures import _display_uint8
+
     originals = -torch.ones(3, 1, 4, 6, 5)
-    originals[:, :, 2] = 1.0  # only the middle slice is bright
+    originals[..., 2] = 0.5  # only the middle axial plane is lit
+    originals[:, :, 0, 0, 2] = 1.0  # left-posterior corner of that plane
     recons = torch.zeros(3, 1, 4, 6, 5)
     image = grid(originals, recons)
-    assert image.shape == (12, 15) and image.dtype == np.uint8
-    assert (image[:6] == 255).all() and (image[6:] == 128).all()
+    assert image.shape == (2 * 6, 3 * 4) and image.dtype == np.uint8
+    assert image[5, 3] == 255 and (image[:6] >= 191).all() and (image[6:] == 128).all()
+    np.testing.assert_array_equal(image[:6, :4], _display_uint8(originals)[0])
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from torch.utils.data import TensorDataset
 
 from synthgen.config import AETrainConfig, dump_config, load_config
 from synthgen.data.dataset import load_images, split_rows
+from synthgen.data.display import display_planes, to_uint8
 from synthgen.data.io import write_png
 from synthgen.data.manifest import load_manifest
 from synthgen.engine.checkpoint import Checkpoint, load_into, open_checkpoint
@@ -134,16 +135,10 @@ def reconstruct(model: nn.Module, images: torch.Tensor, batch_size: int = 64) ->
 
 
 def grid(originals: torch.Tensor, recons: torch.Tensor) -> np.ndarray:
-    """8-bit image: originals on top, reconstructions below (middle slice of 3D volumes)."""
-
-    def row(batch: torch.Tensor) -> np.ndarray:
-        images = batch[:, 0]
-        if images.dim() == 4:
-            images = images[:, images.shape[1] // 2]
-        return torch.cat(list(images), dim=1).numpy()
-
-    both = np.nan_to_num(np.concatenate([row(originals), row(recons)], axis=0), nan=-1.0)
-    return np.round((np.clip(both, -1, 1) + 1) * 127.5).astype(np.uint8)
+    """8-bit image: originals on top, reconstructions below (data/display.py: a volume's
+    central axial plane)."""
+    rows = [np.concatenate(list(display_planes(batch)), axis=1) for batch in (originals, recons)]
+    return to_uint8(np.concatenate(rows, axis=0))
 
 
 def train_autoencoder(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from synthgen.config import DiffusionTrainConfig, load_config
+from synthgen.data.display import display_planes, to_uint8
 from synthgen.diffusion.layout import ChannelLayout, Labels
 from synthgen.diffusion.objectives import make_train_scheduler
 from synthgen.diffusion.sampling import make_sampler, partial_start, sample
@@ -165,17 +166,15 @@ def require_finite(images: torch.Tensor, checkpoint: Path) -> torch.Tensor:
 
 
 def image_grid(images: torch.Tensor, per_row: int) -> np.ndarray:
-    """(N, 1, *spatial) in [-1, 1] → 8-bit mosaic, `per_row` images per row (3D: middle slice)."""
-    frames = images[:, 0]
-    if frames.dim() == 4:
-        frames = frames[:, frames.shape[1] // 2]
+    """(N, 1, *spatial) in [-1, 1] → 8-bit mosaic, `per_row` images per row (data/display.py:
+    a volume's central axial plane)."""
+    frames = torch.from_numpy(np.ascontiguousarray(display_planes(images)))
     rows = [torch.cat(list(frames[i : i + per_row]), dim=1) for i in range(0, len(frames), per_row)]
     if rows and rows[-1].shape != rows[0].shape:
         pad = torch.full_like(rows[0], -1.0)
         pad[:, : rows[-1].shape[1]] = rows[-1]
         rows[-1] = pad
-    mosaic = torch.cat(rows, dim=0).numpy()
-    return np.round((np.clip(mosaic, -1, 1) + 1) * 127.5).astype(np.uint8)
+    return to_uint8(torch.cat(rows, dim=0).numpy())
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from synthgen.data.display import display_planes, to_uint8
 from synthgen.data.io import png_bytes
 from synthgen.errors import InputError
 
@@ -178,12 +179,7 @@ def _display_uint8(images: torch.Tensor) -> np.ndarray:
         raise ValueError(
             f"images must be (N, 1, H, W) or (N, 1, D, H, W), got {tuple(images.shape)}"
         )
-    x = images.detach().to("cpu").float().numpy()[:, 0]
-    if x.ndim == 4:
-        # central z plane of (x, y, z) volumes, rows anterior->posterior, columns right->left
-        x = np.flip(x[..., x.shape[-1] // 2].transpose(0, 2, 1), axis=(1, 2))
-    x = np.nan_to_num(x, nan=-1.0)  # a diverged sample shows as background, not a crash
-    return np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    return to_uint8(display_planes(images))
 
 
 def _grid(tiles: np.ndarray, labels: Sequence[str] | None, ncol: int) -> PILImage.Image:
