@@ -266,14 +266,20 @@ def published(tmp: Path, out: Path) -> Iterator[None]:
     any error remove it, so readers never see a half-built `out`."""
     try:
         yield
-        fsync_tree(tmp)
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Rename the finished folder `tmp` to `out` (an empty `out` is replaced), its contents on
+    disk before its name is."""
+    fsync_tree(tmp)
+    if out.is_dir():
+        out.rmdir()
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
 
 
 def fsync_dir(path: Path) -> None:

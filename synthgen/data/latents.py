@@ -10,7 +10,6 @@ checkpoint or changed data is refused: a stale cache would silently train on the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from synthgen.data.io import prepare_out_folder
+from synthgen.data.io import prepare_out_folder, publish
 from synthgen.errors import InputError
 
 SHARD_ROWS = 4096
@@ -80,9 +79,7 @@ class CacheWriter:
         try:
             self._flush()
             (self.tmp / INDEX).write_text(json.dumps(self.index, indent=1))
-            if self.out.is_dir():
-                self.out.rmdir()
-            os.replace(self.tmp, self.out)
+            publish(self.tmp, self.out)
         except BaseException:
             self.abort()
             raise

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,12 +19,13 @@ from typing import Any
 import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor, nn
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 from torchmetrics.image.fid import FrechetInceptionDistance, _compute_fid
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from synthgen.data.io import atomic_write_bytes
 from synthgen.data.progress import progress
 from synthgen.errors import InputError
 from synthgen.metrics.features import FeatureExtractor
@@ -262,17 +261,9 @@ def _read_cache(path: Path, real_key: str, extractor_name: str, n: int) -> Tenso
 
 
 def _write_cache(path: Path, features: Tensor, real_key: str, extractor_name: str) -> None:
-    """Write atomically (temp file + rename), so a crash never leaves half an entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Written atomically, so a crash never leaves half an entry."""
     meta = {"real_key": real_key, "extractor": extractor_name, "n": str(features.shape[0])}
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({"features": features.contiguous()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, save({"features": features.contiguous()}, metadata=meta))
 
 
 def reference_features(
