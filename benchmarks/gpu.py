@@ -157,14 +157,14 @@ def sampling_rows(checkpoint: str, device: str, n: int, steps: int) -> list[tupl
     from diffusers import DDIMPipeline, DDIMScheduler
 
     from synthgen.diffusion.sampling import make_sampler
-    from synthgen.engine.generator import load_generator, plain_concat
+    from synthgen.engine.generator import load_generator
 
     gen = load_generator(checkpoint, device=device)
     rows = [{} for _ in range(n)]
     noise = torch.randn(n, gen.space.channels, *gen.space.shape)
     guidance = gen.cfg.sampling.guidance
     ours = timed(lambda: gen.generate(rows, noise, sampler="ddim", steps=steps), device, 3)
-    concat = plain_concat(n, gen.space, gen.inpainting, None)
+    concat = gen.layout.assemble(n, gen.space.shape)
     adapter = PipelineUNet(gen, rows, None if concat is None else concat.to(device), guidance)
     record = gen.checkpoint.meta["scheduler"]
     scheduler = DDIMScheduler.from_config(make_sampler(record, "ddim", steps).config)

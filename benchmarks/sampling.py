@@ -12,6 +12,7 @@ output keeps it near 1.
 
     python benchmarks/sampling.py --checkpoint RUN [--steps 25] [--size 128]
     python benchmarks/sampling.py --quick     # trains a tiny model for a few steps first
+    python benchmarks/sampling.py --tiny      # the test suite's smoke run (RSS at N = 2, 20)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from quick_model import quick_model
 from synthgen.config import PhantomConfig
 from synthgen.engine.generator import load_generator
 from synthgen.sampling.conditions import Balanced
-from synthgen.sampling.run import SampleOptions, run_sampling, sample_noise
+from synthgen.sampling.run import SampleOptions, run_sampling
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "inpaint-chest2d-pixel32.yaml"
 PEAK_RSS = """
@@ -49,7 +50,7 @@ def bare_loop(gen, rows, seed: int, steps: int, batch: int) -> float:
     start = time.perf_counter()
     for b in range(0, len(rows), batch):
         part = list(range(b, min(b + batch, len(rows))))
-        gen.generate([rows[i] for i in part], sample_noise(gen, seed, part), steps=steps)
+        gen.generate([rows[i] for i in part], gen.seeded_noise(seed, part), steps=steps)
     return time.perf_counter() - start
 
 
@@ -83,20 +84,29 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--size", type=int, default=128, help="export size (watermark needs room)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads [2; --tiny 1]")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run for the test suite: seconds, figures meaningless",
+    )
     args = parser.parse_args()
+    args.threads = args.threads or (1 if args.tiny else 2)
     torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
     root = Path(tmp.name)
-    if args.quick:
-        args.n, args.steps, args.rounds = 64, 10, 2
-        phantoms = PhantomConfig(kind="chest2d", n=80, size=32, min_nodule_px=1.5)
+    rss_n = (2, 20) if args.tiny else (200, 2000)  # the two sizes whose peak RSS is compared
+    if args.quick or args.tiny:
+        args.n, args.steps, args.rounds = (4, 1, 1) if args.tiny else (64, 10, 2)
+        args.batch_size = 2 if args.tiny else args.batch_size  # --tiny: two batches a round
+        phantoms = PhantomConfig(kind="chest2d", n=40 if args.tiny else 80, size=32,
+                                 min_nodule_px=1.5)  # fmt: skip
         args.checkpoint, _ = quick_model(
-            root, phantoms, CONFIG, ["train.steps=5", "train.batch_size=16"]
+            root, phantoms, CONFIG, ["train.steps=5", "train.batch_size=16"], args.tiny
         )
     if args.checkpoint is None:
-        parser.error("--checkpoint is required (or --quick)")
+        parser.error("--checkpoint is required (or --quick, --tiny)")
     gen = load_generator(args.checkpoint)
     rows = [Balanced(gen.specs, ["sex", "nodule"]).row(i) for i in range(args.n)]
     bare, full = [], []
@@ -114,9 +124,9 @@ def main() -> None:
     )
     print(f"bare sampling loop: {bare_rate:.1f} img/s (best of {args.rounds})")
     print(f"synthgen sample end to end: {full_rate:.1f} img/s (watermarked PNG, manifest)")
-    small = peak_rss(args.checkpoint, root / "rss200", 200, args.size)
-    large = peak_rss(args.checkpoint, root / "rss2000", 2000, args.size)
-    print(f"peak RSS: N=200 {small / 1024:.0f} MiB, N=2000 {large / 1024:.0f} MiB")
+    small = peak_rss(args.checkpoint, root / f"rss{rss_n[0]}", rss_n[0], args.size)
+    large = peak_rss(args.checkpoint, root / f"rss{rss_n[1]}", rss_n[1], args.size)
+    print(f"peak RSS: N={rss_n[0]} {small / 1024:.0f} MiB, N={rss_n[1]} {large / 1024:.0f} MiB")
     print(f"sampling_ratio: {full_rate / bare_rate:.3f}")
     print(f"rss_ratio: {large / small:.3f}")
     tmp.cleanup()

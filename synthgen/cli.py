@@ -465,9 +465,9 @@ def sample(
     Files and manifests hold no real path, id or text: a mask condition is recorded as its
     label shares and a keyed hash, a --match row and its text as keyed hashes (--keep-text).
     """
-    from synthgen.engine.generator import load_generator
+    from synthgen.engine.generator import load_generator, process_state
     from synthgen.sampling.conditions import condition_source
-    from synthgen.sampling.run import SampleOptions, process_state, run_sampling
+    from synthgen.sampling.run import SampleOptions, run_sampling
 
     if bits not in (8, 16):
         raise InputError(f"--bits must be 8 or 16, got {bits}")

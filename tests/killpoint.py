@@ -132,7 +132,7 @@ def kill_at(
 def check_window(point: str, detail: dict[str, str], out: Path) -> None:
     """Prove a sample/edit kill landed inside the write: its temp file written and not renamed,
     or renamed and not yet in any manifest shard."""
-    from synthgen.sampling.outputs import read_rows
+    from synthgen.data.runs import read_rows
 
     src, dst = Path(detail["src"]), Path(detail["dst"])
     recorded = {row["file"] for row in read_rows(out)}

@@ -21,6 +21,7 @@ from helpers import synthgen_here, tiny_diffusion
 from torch import nn
 
 from synthgen.data.io import atomic_write_bytes, published, sweep_temporaries
+from synthgen.data.runs import ShardWriter
 from synthgen.engine.checkpoint import (
     Checkpoint,
     list_checkpoints,
@@ -30,7 +31,6 @@ from synthgen.engine.checkpoint import (
     sweep_leftovers,
 )
 from synthgen.errors import InputError
-from synthgen.sampling.outputs import ShardWriter
 
 # ----------------------------------------------------------------------------- toy runs
 

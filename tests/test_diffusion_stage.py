@@ -259,7 +259,6 @@ def test_a_mask_of_eleven_labels_gives_the_same_channels_in_training_and_samplin
     from synthgen.data.manifest import load_manifest
     from synthgen.engine.diffusion import load_split
     from synthgen.engine.generator import load_generator
-    from synthgen.sampling.run import cond_masks
 
     root = tmp_path / "data"
     shutil.copytree(chest.parent, root)
@@ -281,7 +280,7 @@ def test_a_mask_of_eleven_labels_gives_the_same_channels_in_training_and_samplin
     manifest = load_manifest(root / "manifest.csv")
     val = load_split(manifest, "val", gen.cfg, gen.specs, gen.space, gen.layout, gen.tokenizer)
     rows = [{"bands": str(root / table.set_index("id").loc[i, "bands"])} for i in val.ids]
-    sampled = cond_masks(gen, rows)
+    sampled = gen.label_maps(rows)
     assert torch.equal(sampled, val.cond_mask)
     band = torch.from_numpy(np.asarray(Image.open(rows[0]["bands"])).astype(np.int64))
     assert torch.equal(sampled[0, 9], (band == 10).float())  # channel 10 is label 10

@@ -23,6 +23,7 @@ from killpoint import check_window, kill_at
 from synthgen.config import DiffusionConfig
 from synthgen.data.io import read_image
 from synthgen.data.manifest import load_manifest
+from synthgen.data.runs import sha256
 from synthgen.diffusion.objectives import make_train_scheduler, scheduler_record
 from synthgen.diffusion.sampling import make_sampler, partial_start, sample
 from synthgen.edit.plan import EditOptions
@@ -31,7 +32,6 @@ from synthgen.edit.stored import read_stored
 from synthgen.engine.generator import Generator, load_generator
 from synthgen.errors import InputError
 from synthgen.models.conditioning import Conditioning
-from synthgen.sampling.outputs import sha256
 
 
 def tiny(root: Path, kind: str, size: int, stage: str, fields: tuple[str, ...]) -> Path:

@@ -21,11 +21,11 @@ from killpoint import check_window, kill_at
 from PIL import Image
 
 from synthgen import watermark
+from synthgen.data.runs import sha256
 from synthgen.engine.generator import load_generator
 from synthgen.errors import InputError
 from synthgen.provenance import read_png_provenance
 from synthgen.sampling.conditions import Balanced, condition_source
-from synthgen.sampling.outputs import sha256
 from synthgen.sampling.run import SampleOptions, run_sampling
 
 EXPORT = 128  # the 32 px phantoms are exported larger so they can carry the watermark

@@ -15,7 +15,6 @@ killed run resumes where it stopped (`--resume`) and gives the same bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +30,14 @@ from synthgen.data.intensity import from_model, to_model, window_for
 from synthgen.data.io import ImageReadError, atomic_write_bytes, sweep_temporaries
 from synthgen.data.manifest import Manifest, load_manifest
 from synthgen.data.progress import Bar, progress
+from synthgen.data.runs import (
+    ShardWriter,
+    complete_rows,
+    merge_manifest,
+    removed_if_nothing_recorded,
+    start_run,
+    write_run,
+)
 from synthgen.data.schema import IntensityPolicy
 from synthgen.edit.plan import (
     EditOptions,
@@ -41,13 +48,10 @@ from synthgen.edit.plan import (
 )
 from synthgen.edit.stored import Stored, read_stored
 from synthgen.engine.checkpoint import checkpoint_hash, versions
-from synthgen.engine.generator import Generator, load_generator
+from synthgen.engine.generator import Generator, load_generator, process_state
 from synthgen.engine.space import resize, to_model_mask
 from synthgen.errors import InputError
-from synthgen.sampling.outputs import ShardWriter, complete_rows, removed_if_nothing_recorded
-from synthgen.sampling.run import cond_masks, merge_manifest, process_state, sample_noise
 
-RUN_FILE = "run.json"
 IDENTITY = (
     "checkpoint_sha256", "manifest_fingerprint", "changes", "prompt", "shift", "edit_mask",
     "keep_masks", "strength", "seed", "rows", "sampler", "steps", "guidance", "guide_fields",
@@ -154,21 +158,6 @@ def _identity(gen: Generator, opts: EditOptions, plan: Plan, sha: str, rid: int 
     }
 
 
-def _start(out: Path, record: dict[str, Any], resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file")
-    path = out / RUN_FILE
-    if path.is_file():
-        if not resume:
-            raise InputError(f"{out} already holds an edit run: pass --resume or a new --out")
-        old = json.loads(path.read_text())
-        changed = [k for k in IDENTITY if old.get(k) != json.loads(json.dumps(record[k]))]
-        if changed:
-            raise InputError(f"{out}: --resume with different {', '.join(changed)} (new --out)")
-    elif out.is_dir() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty: choose a new --out")
-
-
 def run_edit(opts: EditOptions, show: bool = True, gen: Generator | None = None) -> EditSummary:
     """Edit the selected rows of `opts.manifest` into `opts.out`."""
     if opts.batch_size < 1:
@@ -182,7 +171,7 @@ def run_edit(opts: EditOptions, show: bool = True, gen: Generator | None = None)
         rid = watermark.release_id_from(f"edit:{sha}:{opts.seed}:{plan.manifest.fingerprint()}")
     record = _identity(gen, opts, plan, sha, rid)
     out = Path(opts.out)
-    _start(out, record, opts.resume)
+    start_run(out, record, IDENTITY, "an edit run", opts.resume)
     n = len(plan.rows)
     done = complete_rows(out, n) if out.is_dir() else set()
     todo = [j for j in range(n) if j not in done]
@@ -274,13 +263,13 @@ class Editor:
             torch.stack(images),
             torch.stack(masks),
             rows,
-            sample_noise(self.gen, self.opts.seed, batch),
+            self.gen.seeded_noise(self.opts.seed, batch),
             strength=self.opts.strength,
             sampler=self.opts.sampler,
             steps=self.opts.steps,
             guidance=self.opts.guidance,
             guide_fields=self.opts.guide_fields,
-            cond_mask=cond_masks(self.gen, rows),
+            cond_mask=self.gen.label_maps(rows),
         )
         return [
             self._write(j, source, window, region, image, out)
@@ -416,4 +405,4 @@ def _write_run(
     }
     if seconds is not None:
         body |= {"seconds": round(seconds, 2), "edited_this_run": edited, "skipped": skipped}
-    atomic_write_bytes(out / RUN_FILE, json.dumps(body, indent=2, default=str).encode())
+    write_run(out, body)

@@ -18,6 +18,7 @@ import torch
 
 from synthgen.config import DiffusionTrainConfig, load_config
 from synthgen.data.display import display_planes, to_uint8
+from synthgen.data.io import read_image
 from synthgen.diffusion.layout import ChannelLayout, Labels
 from synthgen.diffusion.objectives import make_train_scheduler
 from synthgen.diffusion.sampling import make_sampler, partial_start, sample
@@ -205,6 +206,29 @@ class Generator:
     def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn((n, self.space.channels, *self.space.shape), generator=generator)
 
+    def seeded_noise(self, run_seed: int, indices: Sequence[int]) -> torch.Tensor:
+        """Item i's starting noise from its own generator (`sample_seed`): an image depends on
+        its seed and conditions, not on the batch it is drawn in."""
+        shape = (self.space.channels, *self.space.shape)
+        seeds = (sample_seed(run_seed, i) for i in indices)
+        return torch.stack(
+            [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        )
+
+    def label_maps(self, rows: Sequence[Mapping[str, Any]]) -> torch.Tensor | None:
+        """The conditioning mask of each row (a file path in the mask column) as the layout's
+        label maps on the model's grid; None for a model without `conditioning.mask`."""
+        column = self.cfg.conditioning.mask
+        if column is None:
+            return None
+        maps = []
+        for row in rows:
+            if not row.get(column):
+                raise InputError(f"this model is conditioned on a {column!r} mask: give its path")
+            array = torch.from_numpy(read_image(Path(row[column])).array)[None, None]
+            maps.append(self.layout.label_maps(array, tuple(self.space.shape))[0])
+        return torch.stack(maps)
+
     def _draw(
         self,
         rows: Sequence[Mapping[str, Any]],
@@ -314,6 +338,19 @@ class Generator:
         return self._draw(
             rows, noise, concat, sampler, steps, guidance, guide_fields, init, strength
         )
+
+
+def sample_seed(run_seed: int, i: int) -> int:
+    """Sample i's generator seed: a hash of (run seed, i), so neighbouring runs never share."""
+    return int(np.random.SeedSequence([run_seed, i]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def process_state() -> Any:
+    """accelerate's view of this process. Without a GPU, CPU must be asked for explicitly,
+    or the processes torchrun starts do not join one group (as in the trainer)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def load_generator(path: Path, device: str | torch.device = "cpu") -> Generator:

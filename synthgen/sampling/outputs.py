@@ -1,16 +1,9 @@
-"""Turning one generated image into a finished file, and the manifest shards that list them.
-
-A sample is complete when its file is on disk (written atomically) AND its row, carrying the
-file's sha256, is in a shard. Rows are appended after the file, one JSON line each, so a kill
-leaves at worst a file without a row or a torn last line; both are redone on `--resume`.
-"""
+"""Turning one generated image into a finished file and its manifest row (the run folder
+that holds them: data/runs.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,26 +14,18 @@ import torch
 from synthgen import watermark
 from synthgen.data.intensity import from_model
 from synthgen.data.io import (
-    JsonlAppender,
     atomic_write_bytes,
     nifti_bytes,
     png_bytes,
-    read_jsonl,
 )
 from synthgen.engine.space import resize
 from synthgen.errors import InputError
 from synthgen.provenance import Provenance
 
-SHARDS = "shards"
-
 
 def image_file(i: int, spatial_dims: int) -> str:
     """Sample i's path inside the output folder: 1,000 files per sub-folder."""
     return f"images/{i // 1000:04d}/{i:08d}.{'png' if spatial_dims == 2 else 'nii.gz'}"
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -122,45 +107,3 @@ def write_sample(out: Path, relative: str, data: bytes, prov: Provenance) -> dic
         "sha256": hashlib.sha256(data).hexdigest(),
         "watermark": payload,
     }
-
-
-class ShardWriter(JsonlAppender):
-    """This process's shard of manifest rows (see `JsonlAppender`: a power cut before `close`
-    loses rows, never files: their samples are redone on `--resume`)."""
-
-    def __init__(self, out: Path, rank: int) -> None:
-        super().__init__(out / SHARDS / f"rows-{rank:03d}.jsonl")
-
-
-def read_rows(out: Path) -> Iterator[dict[str, Any]]:
-    """Every well-formed row in every shard (torn lines skipped)."""
-    for path in sorted((out / SHARDS).glob("rows-*.jsonl")):
-        for row in read_jsonl(path):
-            if "index" in row and "sha256" in row:
-                yield row
-
-
-def complete_rows(out: Path, n: int) -> dict[int, dict[str, Any]]:
-    """Rows i < n whose file exists with the recorded checksum: the samples not to redo."""
-    done: dict[int, dict[str, Any]] = {}
-    for row in read_rows(out):
-        i = int(row["index"])
-        if i >= n or i in done:
-            continue
-        path = out / row["file"]
-        if path.is_file() and sha256(path) == row["sha256"]:
-            done[i] = row
-    return done
-
-
-@contextlib.contextmanager
-def removed_if_nothing_recorded(out: Path, made: bool) -> Iterator[None]:
-    """A run that created `out` (`made`) and stops on bad input (a diverged checkpoint, a bad
-    mask) before any sample is recorded leaves no folder behind; one that recorded samples
-    keeps them for `--resume`."""
-    try:
-        yield
-    except InputError:
-        if made and not any(read_rows(out)):
-            shutil.rmtree(out, ignore_errors=True)
-        raise

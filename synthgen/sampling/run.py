@@ -9,10 +9,8 @@ threads, a bounded number of images behind it, so memory stays flat for any N.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,25 +21,24 @@ import numpy as np
 import torch
 
 from synthgen import watermark
-from synthgen.data.io import atomic_write_bytes, default_affine, read_image, sweep_temporaries
+from synthgen.data.io import default_affine, sweep_temporaries
 from synthgen.data.progress import Bar
+from synthgen.data.runs import (
+    ShardWriter,
+    complete_rows,
+    merge_manifest,
+    removed_if_nothing_recorded,
+    start_run,
+    write_run,
+)
 from synthgen.data.schema import IntensityPolicy
 from synthgen.engine.checkpoint import checkpoint_hash, versions
-from synthgen.engine.generator import Generator, load_generator
+from synthgen.engine.generator import Generator, load_generator, process_state, sample_seed
 from synthgen.errors import InputError
 from synthgen.provenance import Provenance
 from synthgen.sampling.conditions import ConditionSource, Row
-from synthgen.sampling.outputs import (
-    Exporter,
-    ShardWriter,
-    complete_rows,
-    image_file,
-    read_rows,
-    removed_if_nothing_recorded,
-    write_sample,
-)
+from synthgen.sampling.outputs import Exporter, image_file, write_sample
 
-RUN_FILE = "run.json"
 # run.json keys that must match for --resume to continue a run (n may grow).
 IDENTITY = (
     "checkpoint_sha256",
@@ -85,19 +82,6 @@ class SampleSummary:
     release_id: int | None
 
 
-def sample_seed(run_seed: int, i: int) -> int:
-    """Sample i's generator seed: a hash of (run seed, i), so neighbouring runs never share."""
-    return int(np.random.SeedSequence([run_seed, i]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def process_state() -> Any:
-    """accelerate's view of this process. Without a GPU, CPU must be asked for explicitly,
-    or the processes torchrun starts do not join one group (as in the trainer)."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
 def batches(n: int, process: int, processes: int, size: int) -> list[list[int]]:
     """This process's ids (i ≡ process mod processes) in fixed blocks of `size`. A resume
     recomputes whole blocks (writing only the missing samples), so each sample is computed in
@@ -105,30 +89,6 @@ def batches(n: int, process: int, processes: int, size: int) -> list[list[int]]:
     differently for different batch compositions."""
     mine = list(range(process, n, processes))
     return [mine[b : b + size] for b in range(0, len(mine), size)]
-
-
-def sample_noise(gen: Generator, run_seed: int, indices: Sequence[int]) -> torch.Tensor:
-    shape = (gen.space.channels, *gen.space.shape)
-    return torch.stack(
-        [
-            torch.randn(shape, generator=torch.Generator().manual_seed(sample_seed(run_seed, i)))
-            for i in indices
-        ]
-    )
-
-
-def cond_masks(gen: Generator, rows: Sequence[Row]) -> torch.Tensor | None:
-    """One-hot label maps at model resolution, for mask-conditioned models."""
-    column = gen.cfg.conditioning.mask
-    if column is None:
-        return None
-    maps = []
-    for row in rows:
-        if not row.get(column):
-            raise InputError(f"this model is conditioned on a {column!r} mask: give its path")
-        array = torch.from_numpy(read_image(Path(row[column])).array)[None, None]
-        maps.append(gen.layout.label_maps(array, tuple(gen.space.shape))[0])
-    return torch.stack(maps)
 
 
 def exporter_for(gen: Generator, opts: SampleOptions, release_id: int | None) -> Exporter:
@@ -169,24 +129,6 @@ def _identity(
     }
 
 
-def _start_run(out: Path, record: dict[str, Any], resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: --out is a file, not a folder")
-    path = out / RUN_FILE
-    if path.is_file():
-        if not resume:
-            raise InputError(f"{out} already holds a sample run: pass --resume or a new --out")
-        old = json.loads(path.read_text())
-        changed = [k for k in IDENTITY if old.get(k) != record[k]]
-        if changed:
-            raise InputError(
-                f"{out}: --resume with different {', '.join(changed)} than the run there "
-                "(choose a new --out)"
-            )
-    elif out.is_dir() and any(out.iterdir()) and not resume:
-        raise InputError(f"{out} is not empty: choose a new --out")
-
-
 def run_sampling(
     opts: SampleOptions, source: ConditionSource, show: bool = True, gen: Generator | None = None
 ) -> SampleSummary:
@@ -205,7 +147,7 @@ def run_sampling(
     exporter = exporter_for(gen, opts, release_id)
     record = _identity(gen, opts, source, sha, release_id)
     out = Path(opts.out)
-    _start_run(out, record, opts.resume)  # read-only: every process refuses alike
+    start_run(out, record, IDENTITY, "a sample run", opts.resume)
     made = not out.exists() and state.num_processes == 1  # several: a peer may be writing
     out.mkdir(parents=True, exist_ok=True)
     if state.is_main_process:
@@ -241,12 +183,12 @@ def run_sampling(
                     rows = [source.row(i) for i in batch]
                     images = gen.generate(
                         rows,
-                        sample_noise(gen, opts.seed, batch),
+                        gen.seeded_noise(opts.seed, batch),
                         sampler=opts.sampler,
                         steps=opts.steps,
                         guidance=opts.guidance,
                         guide_fields=opts.guide_fields,
-                        cond_mask=cond_masks(gen, rows),
+                        cond_mask=gen.label_maps(rows),
                     )
                     for i, image in zip(batch, images, strict=True):
                         if i not in done:
@@ -310,23 +252,6 @@ class Writer:
         self.bar.close()
 
 
-def merge_manifest(out: Path, n: int) -> None:
-    """Rebuild manifest.csv and .parquet from the shards: one row per sample, by index."""
-    import pandas as pd
-
-    best: dict[int, dict[str, Any]] = {}
-    for row in read_rows(out):
-        i = int(row["index"])
-        if i < n:
-            best[i] = row
-    missing = [i for i in range(n) if i not in best]
-    if missing:
-        raise RuntimeError(f"{len(missing)} samples have no manifest row (first: {missing[0]})")
-    table = pd.DataFrame([best[i] for i in range(n)])
-    atomic_write_bytes(out / "manifest.csv", table.to_csv(index=False).encode())
-    atomic_write_bytes(out / "manifest.parquet", table.to_parquet(index=False))
-
-
 def _write_run(
     out: Path,
     record: dict[str, Any],
@@ -349,4 +274,4 @@ def _write_run(
     }
     if seconds is not None:
         body |= {"seconds": round(seconds, 2), "generated_this_run": generated}
-    atomic_write_bytes(out / RUN_FILE, json.dumps(body, indent=2, default=str).encode())
+    write_run(out, body)
