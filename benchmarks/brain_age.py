@@ -7,6 +7,7 @@ same measurement on real held-out phantoms (the reference, measured in the same 
 
     python benchmarks/brain_age.py --checkpoint RUN --real data/brain3d/manifest.csv
     python benchmarks/brain_age.py --quick     # trains a tiny 1-minute pixel-space model first
+    python benchmarks/brain_age.py --tiny      # two training steps: the test suite's smoke run
 """
 
 from __future__ import annotations
@@ -43,17 +44,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads [2; --tiny 1]")
     parser.add_argument("--out", type=Path, help="write a grid of middle slices here")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run for the test suite: seconds, figures meaningless",
+    )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or (1 if args.tiny else 2))
     tmp = tempfile.TemporaryDirectory()
-    if args.quick:
+    if args.tiny:
+        args.n, args.steps = 3, 1
+        args.checkpoint, args.real = quick_brain_model(Path(tmp.name), tiny=True)
+    elif args.quick:
         args.n, args.steps = 12, 5
         args.checkpoint, args.real = quick_brain_model(Path(tmp.name))
     if args.checkpoint is None or args.real is None:
-        parser.error("--checkpoint and --real are required (or --quick)")
+        parser.error("--checkpoint and --real are required (or --quick, --tiny)")
     start = time.perf_counter()
     manifest = load_manifest(args.real)
     test, test_ids = load_images(manifest, "test")

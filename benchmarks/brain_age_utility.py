@@ -12,6 +12,7 @@ measured in the same run, is the reference.
 
     python benchmarks/brain_age_utility.py --checkpoint RUN --real M   # a trained brain3d model
     python benchmarks/brain_age_utility.py --quick     # a 1-minute 16³ pixel model, < 3 min
+    python benchmarks/brain_age_utility.py --tiny --out DIR    # the test suite's smoke run
 """
 
 from __future__ import annotations
@@ -75,13 +76,21 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=25)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run for the test suite: seconds, figures meaningless",
+    )
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory()
-    if args.quick:
+    if args.tiny:
+        args.seeds, args.steps, args.sample_steps, args.bootstrap = 1, 2, 1, 20
+        args.checkpoint, args.real = quick_brain_model(Path(tmp.name), tiny=True)
+    elif args.quick:
         args.seeds, args.steps, args.sample_steps, args.bootstrap = 1, 60, 5, 200
         args.checkpoint, args.real = quick_brain_model(Path(tmp.name))
     if args.checkpoint is None or args.real is None:
-        parser.error("--checkpoint and --real are required (or --quick)")
+        parser.error("--checkpoint and --real are required (or --quick, --tiny)")
     started = time.perf_counter()
     manifest = load_manifest(args.real)
     lo, hi = manifest.schema.columns["age"].range  # type: ignore[misc]

@@ -13,6 +13,7 @@ for inpainting models: edits of nodule-free real images asked for a nodule insid
 
     python benchmarks/conditioning.py --checkpoint RUN --real data/chest32/manifest.csv
     python benchmarks/conditioning.py --quick        # trains a 1-minute model first
+    python benchmarks/conditioning.py --tiny         # two training steps: the suite's smoke run
 """
 
 from __future__ import annotations
@@ -157,20 +158,27 @@ def main() -> None:
     parser.add_argument("--sampler", default=None, help="default: the model's own")
     parser.add_argument("--inpaint", type=int, default=100, help="images to edit (0 = skip)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads [2; --tiny 1]")
     parser.add_argument("--out", type=Path, help="write sample and edit grids (PNG) here")
     parser.add_argument("--quick", action="store_true", help="train a 1-minute model, few samples")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run for the test suite: seconds, figures meaningless",
+    )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or (1 if args.tiny else 2))
     tmp = tempfile.TemporaryDirectory()
-    if args.quick:
-        args.per_cell, args.inpaint, args.steps = 16, 16, 10
-        phantoms = PhantomConfig(kind="chest2d", n=400, size=32, min_nodule_px=1.5, seed=args.seed)
+    if args.quick or args.tiny:
+        # --tiny: every (nodule, sex) cell still among the training rows, 2 training steps
+        args.per_cell, args.inpaint, args.steps = (2, 4, 1) if args.tiny else (16, 16, 10)
+        n = 80 if args.tiny else 400
+        phantoms = PhantomConfig(kind="chest2d", n=n, size=32, min_nodule_px=1.5, seed=args.seed)
         args.checkpoint, args.real = quick_model(
-            Path(tmp.name), phantoms, CONFIG, ["val_images=16"]
+            Path(tmp.name), phantoms, CONFIG, ["val_images=16"], tiny=args.tiny
         )
     if args.checkpoint is None or args.real is None:
-        parser.error("--checkpoint and --real are required (or --quick)")
+        parser.error("--checkpoint and --real are required (or --quick, --tiny)")
     start = time.perf_counter()
     manifest = load_manifest(args.real)
     train_images, train_rows = real_split(manifest, "train")

@@ -21,6 +21,7 @@ between-site TPR gap should shrink); synthetic then real (pretrained on syntheti
 on real: RoentGen-v2 reports +6.5 % for it against +2.7 % for mixing).
 
     python benchmarks/eval_chest.py --quick        # 600 real, 30-s generator, 1 seed, < 3 min
+    python benchmarks/eval_chest.py --tiny --out DIR   # the test suite's smoke run
     python benchmarks/eval_chest.py                # 2,000 real, 30-min generator, 3 seeds
     python benchmarks/eval_chest.py --real M --generator RUN   # a trained generator on M
 """
@@ -35,6 +36,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from quick_model import TINY
 
 SYNTHGEN = (sys.executable, "-m", "synthgen")
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "inpaint-chest2d-pixel32.yaml"
@@ -72,31 +74,37 @@ def oracle_samples(out: Path, n: int, seed: int, nodule_px: str) -> Path:
     return out
 
 
-def generator_samples(out: Path, real: Path, generator: Path | None, n: int, quick: bool) -> Path:
+def generator_samples(
+    out: Path, real: Path, generator: Path | None, n: int, quick: bool, tiny: bool = False
+) -> Path:
     """`synthgen sample` balanced over site × nodule (other fields matched to `real`'s training
     rows) from `generator`, trained first on `real`
-    when not given (30 seconds with --quick, else the recipe's 30-minute budget)."""
+    when not given (30 seconds with --quick, two steps with --tiny, else the recipe's
+    30-minute budget)."""
     if generator is None:
         generator = out / "run"
         minutes = "0.5" if quick else "30"
         if not (generator / "checkpoints").is_dir():
             run("train", "inpaint", "--config", str(CONFIG), f"data.manifest={real}",
                 f"out={generator}", "train.steps=1000000", f"train.max_minutes={minutes}",
-                "train.checkpoint_every=100000", "val_images=16")  # fmt: skip
+                "train.checkpoint_every=100000", "val_images=16",
+                *(TINY if tiny else []))  # fmt: skip
     samples = out / "samples"
     if not (samples / "manifest.csv").is_file():
-        steps = "5" if quick else "25"
+        steps = "1" if tiny else "5" if quick else "25"
         run("sample", "--checkpoint", str(generator), "--num-samples", str(n), "--match",
             str(real), "--balance", "site,nodule", "--steps", steps, "--batch-size", "100",
             "--no-watermark", "--out", str(samples))  # fmt: skip
     return samples
 
 
-def evaluate(real: Path, synthetic: Path, out: Path, seeds: int, steps: int) -> dict:
+def evaluate(
+    real: Path, synthetic: Path, out: Path, seeds: int, steps: int, bootstrap: int = 1000
+) -> dict:
     if not (out / "report.json").is_file():
         run("eval", "all", "--real", str(real), "--synthetic", str(synthetic), "--out", str(out),
             "--balance", "site", "--seeds", str(seeds), "--steps", str(steps),
-            "--cache", str(out.parent / "cache"))  # fmt: skip
+            "--bootstrap", str(bootstrap), "--cache", str(out.parent / "cache"))  # fmt: skip
     return json.loads((out / "report.json").read_text())
 
 
@@ -130,9 +138,13 @@ def headline(source: str, report: dict) -> list[str]:
     gaps, gap_diff = fair["tpr_gap"]["site"], fair["tpr_gap_difference_vs_real"]["site"]
     lines.append(f"site_tpr_gap_real_only: {_fmt(gaps['real'])}")
     for name, regime in REGIMES.items():
-        shrink = -100 * gap_diff[regime]["mean"] / max(gaps["real"]["mean"], 1e-9)
+        change, real_gap = gap_diff[regime]["mean"], gaps["real"]["mean"]
+        # a gap is None where a site has no held-out positives (small sets, e.g. --tiny)
+        shrink = (
+            "n/a" if None in (change, real_gap) else f"{-100 * change / max(real_gap, 1e-9):.0f}"
+        )
         lines.append(f"site_tpr_gap_{name}_minus_real: {_fmt(gap_diff[regime])} "
-                     f"({shrink:.0f} % smaller)")  # fmt: skip
+                     f"({shrink} % smaller)")  # fmt: skip
     flagged = report["memorization"].get("fraction_flagged")
     lines.append(f"memorization_flagged: {flagged}")
     return [f"{source}_{line}" for line in lines]
@@ -141,6 +153,11 @@ def headline(source: str, report: dict) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sets, 30-s generator")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run for the test suite: seconds, figures meaningless",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-eval"))
     parser.add_argument("--real", type=Path, help="the real manifest the generator learned")
     parser.add_argument("--generator", type=Path, help="a trained run on --real")
@@ -150,19 +167,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.generator is not None and args.real is None:
         parser.error("--generator needs the --real manifest it was trained on")
-    n, seeds, steps = (600, 1, 100) if args.quick else (2000, 3, 300)
+    sizes = {"tiny": (200, 1, 2, 20), "quick": (600, 1, 100, 1000), "full": (2000, 3, 300, 1000)}
+    n, seeds, steps, bootstrap = sizes["tiny" if args.tiny else "quick" if args.quick else "full"]
     real = args.real or phantoms(args.out / "real", n, 0, "--min-nodule-px", args.nodule_px,
                                  "--shortcut", "0.9", "--hidden-stratum", "0.1")  # fmt: skip
     started = time.monotonic()
     sources = {
         "generator": generator_samples(
-            args.out / "generator", real, args.generator, n, args.quick
+            args.out / "generator", real, args.generator, n, args.quick, args.tiny
         ),  # fmt: skip
         "oracle": oracle_samples(args.out / "oracle", n, 1, args.nodule_px),
     }
     lines = []
     for source, samples in sources.items():
-        report = evaluate(real, samples, args.out / f"report-{source}", seeds, steps)
+        report = evaluate(real, samples, args.out / f"report-{source}", seeds, steps, bootstrap)
         lines += headline(source, report)
     print()
     print(f"seconds: {time.monotonic() - started:.0f}")

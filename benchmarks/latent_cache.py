@@ -22,7 +22,7 @@ On a CPU, torch runs one thread unless `--threads` says otherwise: on this small
 OpenMP threads slow down some 25x as soon as another process holds a core, while one thread
 degrades gently. Both sides of each ratio always run on the same threads.
 
-    python benchmarks/latent_cache.py [--quick] [--threads N]
+    python benchmarks/latent_cache.py [--quick | --tiny] [--threads N]
 """
 
 from __future__ import annotations
@@ -70,9 +70,15 @@ class Setup:
     cases: int
     ae_steps: int
     rounds: int
+    skip_steps: int = SKIP_STEPS
+    size: int = SIZE
 
 
-SETUPS = {"quick": Setup(cases=256, ae_steps=30, rounds=2), "full": Setup(2000, 150, 3)}
+SETUPS = {
+    "tiny": Setup(cases=32, ae_steps=3, rounds=1, skip_steps=1, size=32),  # 1 batch an epoch
+    "quick": Setup(cases=256, ae_steps=30, rounds=2),
+    "full": Setup(2000, 150, 3),
+}
 
 
 @dataclass
@@ -138,9 +144,12 @@ class InterleavedTask(AutoencoderTask):
     """`AutoencoderTask` that runs one `BareLoop` step just before each of its own steps and
     records when its own step starts, so both sides see the same machine load."""
 
-    def __init__(self, cfg: AETrainConfig, val: torch.Tensor, train: torch.Tensor) -> None:
+    def __init__(
+        self, cfg: AETrainConfig, val: torch.Tensor, train: torch.Tensor, skip: int
+    ) -> None:
         torch.manual_seed(cfg.train.seed)
         super().__init__(cfg, 2, val, train)
+        self.skip = skip
         self.bare = BareLoop(cfg, train)
         self.bare_seconds: list[float] = []
         self.stamps: list[float] = []
@@ -153,30 +162,42 @@ class InterleavedTask(AutoencoderTask):
     def timings(self) -> tuple[Timing, Timing]:
         """Synthgen and bare time over the steady steps; the final checkpoint is excluded.
 
-        From the start of synthgen step SKIP_STEPS to that of the last one lie synthgen's
-        steps SKIP_STEPS.. (with the trainer's own per-step work) and the bare steps after
-        them; the bare steps' own time is subtracted.
+        From the start of synthgen step `skip` (SKIP_STEPS but with --tiny) to that of the
+        last one lie synthgen's steps `skip`.. (with the trainer's own per-step work) and the
+        bare steps after them; the bare steps' own time is subtracted.
         """
-        steps = len(self.stamps) - 1 - SKIP_STEPS
-        bare = sum(self.bare_seconds[SKIP_STEPS + 1 :])
-        synthgen = self.stamps[-1] - self.stamps[SKIP_STEPS] - bare
+        steps = len(self.stamps) - 1 - self.skip
+        bare = sum(self.bare_seconds[self.skip + 1 :])
+        synthgen = self.stamps[-1] - self.stamps[self.skip] - bare
         return Timing("synthgen Trainer.fit", synthgen, steps), Timing("bare loop", bare, steps)
 
 
 def train_steps(
-    manifest: Path, run: Path, steps: int, train: torch.Tensor, val: torch.Tensor
+    manifest: Manifest, run: Path, setup: Setup, train: torch.Tensor, val: torch.Tensor
 ) -> tuple[Timing, Timing, Checkpoint]:
-    """`Trainer.fit` + `AutoencoderTask` as `train_autoencoder` runs them, for `steps` steps,
-    interleaved step by step with the bare loop; returns both timings and the checkpoint."""
+    """`Trainer.fit` + `AutoencoderTask` as `train_autoencoder` runs them, for `setup.ae_steps`
+    steps, interleaved step by step with the bare loop; returns both timings and the
+    checkpoint."""
     stage = demo_stage()
-    train_cfg = TrainConfig(**{**stage.train.model_dump(), "steps": steps, "max_minutes": None})
+    train_cfg = TrainConfig(
+        **{**stage.train.model_dump(), "steps": setup.ae_steps, "max_minutes": None}
+    )
     cfg = AETrainConfig(
         **{**stage.model_dump(), "train": train_cfg},
-        data=DataConfig(manifest=manifest),
+        data=DataConfig(manifest=manifest.path),
         out=run,
     )
-    task = InterleavedTask(cfg, val, train)
-    trainer = Trainer(cfg.train, run, dump_config(cfg), {"spatial_dims": 2}, show_progress=False)
+    task = InterleavedTask(cfg, val, train, setup.skip_steps)
+    # the meta `train_autoencoder` writes: what its readers (encode_manifest's image_shape, ...)
+    # find in a checkpoint of the product
+    meta = {
+        "data_fingerprint": manifest.fingerprint(),
+        "spatial_dims": train.dim() - 2,
+        "image_shape": list(train.shape[2:]),
+        "schema": manifest.schema.model_dump(mode="json", exclude_defaults=True),
+        "train_images": len(train),
+    }
+    trainer = Trainer(cfg.train, run, dump_config(cfg), meta, show_progress=False)
     checkpoint = trainer.fit(task, TensorDataset(train))
     return *task.timings(), checkpoint
 
@@ -265,19 +286,24 @@ def best(timings: list[Timing]) -> Timing:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer cases, steps and rounds")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run for the test suite: seconds, figures meaningless",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    setup = SETUPS["quick" if args.quick else "full"]
+    setup = SETUPS["tiny" if args.tiny else "quick" if args.quick else "full"]
     stage = demo_stage()
     batch = stage.train.batch_size
     print(
-        f"config: chest2d {SIZE}x{SIZE}, {setup.cases} cases, batch {batch}, device {device()}, "
-        f"torch threads {torch.get_num_threads()}\n"
+        f"config: chest2d {setup.size}x{setup.size}, {setup.cases} cases, batch {batch}, "
+        f"device {device()}, torch threads {torch.get_num_threads()}\n"
         f"  autoencoder (demo chest2d): channels {stage.autoencoder.channels}, latent channels "
         f"{stage.autoencoder.latent_channels}, lr {stage.train.lr}, ema {stage.train.ema_decay}, "
         f"grad clip {stage.train.grad_clip}; {setup.ae_steps} steps alternating with as many "
-        f"bare steps, first {SKIP_STEPS} not timed\n"
+        f"bare steps, first {setup.skip_steps} not timed\n"
         f"  diffusion UNet: channels {UNET_CHANNELS}, attention at the deepest level, 1 res "
         f"block, 16 groups, DDPM 1000 steps, epsilon objective, AdamW lr {UNET_LR}; "
         f"{setup.cases // batch} batches per epoch, {setup.rounds} rounds (best kept)\n"
@@ -286,16 +312,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         start = time.perf_counter()
-        phantoms = PhantomConfig(kind="chest2d", n=setup.cases, size=SIZE, seed=SEED)
+        phantoms = PhantomConfig(kind="chest2d", n=setup.cases, size=setup.size, seed=SEED)
         manifest_path = generate_phantoms(phantoms, root / "data", show_progress=False)
         rows.append(("generate phantoms (setup)", time.perf_counter() - start, "-"))
         manifest = load_manifest(manifest_path)
         train = load_images(manifest, "train")[0]
         val = load_images(manifest, "val", limit=stage.val_images)[0]
 
-        ours, plain, checkpoint = train_steps(
-            manifest_path, root / "ae", setup.ae_steps, train, val
-        )
+        ours, plain, checkpoint = train_steps(manifest, root / "ae", setup, train, val)
 
         start = time.perf_counter()
         cache_path = encode_manifest(

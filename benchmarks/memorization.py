@@ -18,6 +18,7 @@ and 33 % of X-ray training images).
 
     python benchmarks/memorization.py --quick     # 30-second generators, 100 samples, < 3 min
     python benchmarks/memorization.py             # 20 / 10-minute generators, 500 samples
+    python benchmarks/memorization.py --tiny --out DIR   # the test suite's smoke run
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from quick_model import TINY
 
 SYNTHGEN = (sys.executable, "-m", "synthgen")
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "inpaint-chest2d-pixel32.yaml"
@@ -45,16 +48,19 @@ def phantoms(out: Path, n: int, seed: int) -> Path:
     return out / "manifest.csv"
 
 
-def train(real: Path, out: Path, minutes: float) -> Path:
+def train(real: Path, out: Path, minutes: float, tiny: bool = False) -> Path:
     if not (out / "checkpoints").is_dir():
         run("train", "inpaint", "--config", str(CONFIG), f"data.manifest={real}", f"out={out}",
             "train.steps=1000000", f"train.max_minutes={minutes:g}",
-            "train.checkpoint_every=100000", "val_images=16")  # fmt: skip
+            "train.checkpoint_every=100000", "val_images=16", *(TINY if tiny else []))  # fmt: skip
     return out
 
 
-def judge(name: str, real: Path, generator: Path, root: Path, n: int, steps: int) -> dict:
-    """Sample, evaluate memorisation, try a release; the figures of one generator."""
+def judge(
+    name: str, real: Path, generator: Path, root: Path, n: int, steps: int, *evaluation: str
+) -> dict:
+    """Sample, evaluate memorisation (extra `synthgen eval` options: `evaluation`), try a
+    release; the figures of one generator."""
     samples, report = root / f"samples-{name}", root / f"report-{name}"
     if not (samples / "manifest.csv").is_file():
         run("sample", "--checkpoint", str(generator), "--num-samples", str(n), "--match",
@@ -62,7 +68,7 @@ def judge(name: str, real: Path, generator: Path, root: Path, n: int, steps: int
             "--out", str(samples))  # fmt: skip
     if not (report / "report.json").is_file():
         run("eval", "memorization", "--real", str(real), "--synthetic", str(samples), "--out",
-            str(report), "--cache", str(root / "cache"))  # fmt: skip
+            str(report), "--cache", str(root / "cache"), *evaluation)  # fmt: skip
     found = json.loads((report / "report.json").read_text())["memorization"]
     release = root / f"release-{name}"
     shutil.rmtree(release, ignore_errors=True)
@@ -89,6 +95,11 @@ def judge(name: str, real: Path, generator: Path, root: Path, n: int, steps: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="30-second generators, 100 samples")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run for the test suite: seconds, figures meaningless",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-memorization"))
     parser.add_argument("--overfit-minutes", type=float, default=20.0)
     parser.add_argument("--demo", type=Path, help="a demo-budget run to reuse (with --demo-real)")
@@ -97,16 +108,21 @@ def main() -> None:
     if (args.demo is None) != (args.demo_real is None):
         parser.error("--demo and --demo-real go together")
     minutes, demo_minutes = (0.5, 0.5) if args.quick else (args.overfit_minutes, 10.0)
-    n, steps = (100, 5) if args.quick else (500, 25)
+    n, steps = (10, 1) if args.tiny else (100, 5) if args.quick else (500, 25)
+    n_small, n_demo = (40, 40) if args.tiny else (125, 2000)
     root = args.out
     started = time.monotonic()
-    small = phantoms(root / "data-overfit", 125, 0)
-    demo_real = args.demo_real or phantoms(root / "data-demo", 2000, 1)
+    small = phantoms(root / "data-overfit", n_small, 0)
+    demo_real = args.demo_real or phantoms(root / "data-demo", n_demo, 1)
     generators = {
-        "overfit": (small, train(small, root / "run-overfit", minutes)),
-        "demo": (demo_real, args.demo or train(demo_real, root / "run-demo", demo_minutes)),
+        "overfit": (small, train(small, root / "run-overfit", minutes, args.tiny)),
+        "demo": (
+            demo_real,
+            args.demo or train(demo_real, root / "run-demo", demo_minutes, args.tiny),
+        ),
     }
-    figures = {name: judge(name, real, run_, root, n, steps)
+    evaluation = ("--steps", "2", "--bootstrap", "20") if args.tiny else ()
+    figures = {name: judge(name, real, run_, root, n, steps, *evaluation)
                for name, (real, run_) in generators.items()}  # fmt: skip
     print()
     print(f"seconds: {time.monotonic() - started:.0f}")

@@ -25,6 +25,7 @@ precision and recall beside the held-out reference, and the real-vs-synthetic AU
 
     python benchmarks/peers.py --minutes 10 --peer-steps 100   # the docs/performance.md table
     python benchmarks/peers.py --quick                          # < 3 min: the path end to end
+    python benchmarks/peers.py --tiny --out DIR                 # the test suite's smoke run
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from quick_model import TINY
 from torch.nn import functional as F
 
 from synthgen.config import PhantomConfig
@@ -191,30 +193,34 @@ def write_folder(out: Path, sampler: Sampler, n: int, window: tuple[float, float
 
 
 def synthgen_recipe(
-    root: Path, manifest: Path, minutes: float, n: int, quick: bool
+    root: Path, manifest: Path, minutes: float, n: int, quick: bool, tiny: bool = False
 ) -> dict[str, Path]:
     """Train the recipe, then sample N unconditional images and N matched to real rows (only
-    the unconditional ones with `quick`)."""
+    the unconditional ones with `quick` or `tiny`)."""
     run = root / "synthgen-run"
     train = [f"data.manifest={manifest}", f"out={run}", f"train.max_minutes={minutes}",
-             "train.steps=1000000", "train.checkpoint_every=1000000"]  # fmt: skip
+             "train.steps=1000000", "train.checkpoint_every=1000000",
+             *(TINY if tiny else [])]  # fmt: skip
     subprocess.run([*SYNTHGEN, "train", "inpaint", "--config", str(CONFIG), *train], check=True)
     folders = {"synthgen": root / "synthgen", "synthgen (conditional)": root / "synthgen-matched"}
+    steps = ["--steps", "1"] if tiny else ["--steps", "10"] if quick else []
     common = ["--checkpoint", str(run), "--num-samples", str(n), "--no-watermark", "--quiet",
-              "--batch-size", "64", *(["--steps", "10"] if quick else [])]  # fmt: skip
+              "--batch-size", "64", *steps]  # fmt: skip
     unconditional = ["--guidance", "1", "--out", str(folders["synthgen"])]  # null tokens: no CFG
     subprocess.run([*SYNTHGEN, "sample", *common, *unconditional], check=True)
-    if quick:  # the conditional set runs the same path
+    if quick or tiny:  # the conditional set runs the same path
         return {"synthgen": folders["synthgen"]}
     subprocess.run([*SYNTHGEN, "sample", *common, "--match", str(manifest),
                     "--out", str(folders["synthgen (conditional)"])], check=True)  # fmt: skip
     return folders
 
 
-def score(manifest: Path, folder: Path, out: Path, cache: Path, quick: bool) -> dict:
+def score(
+    manifest: Path, folder: Path, out: Path, cache: Path, quick: bool, tiny: bool = False
+) -> dict:
     args = ["--real", str(manifest), "--synthetic", str(folder), "--out", str(out),
-            "--seeds", "1", "--bootstrap", "200", "--quiet", "--cache", str(cache),
-            "--steps", "100" if quick else "300"]  # fmt: skip
+            "--seeds", "1", "--bootstrap", "20" if tiny else "200", "--quiet", "--cache",
+            str(cache), "--steps", "2" if tiny else "100" if quick else "300"]  # fmt: skip
     subprocess.run([*SYNTHGEN, "eval", "fidelity", *args], check=True)
     return json.loads((out / "report.json").read_text())["fidelity"]
 
@@ -225,11 +231,21 @@ def main() -> None:
     parser.add_argument("--peer-steps", type=int, default=1000, help="the peers' sampler steps")
     parser.add_argument("--out", type=Path, default=Path("bench-peers"))
     parser.add_argument("--quick", action="store_true", help="400 phantoms, 0.15 min each")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    n_phantoms, minutes, peer_steps = (
-        (400, 0.15, 10) if args.quick else (2000, args.minutes, args.peer_steps)
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run for the test suite: seconds, figures meaningless",
     )
+    args = parser.parse_args()
+    torch.set_num_threads(1 if args.tiny else 2)
+    # --tiny: one training step each (a 60-ms budget); 100 phantoms give the 64 training images
+    # of one batch of the MONAI recipe
+    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    n_phantoms, minutes, peer_steps = {
+        "tiny": (100, 0.001, 1),
+        "quick": (400, 0.15, 10),
+        "full": (2000, args.minutes, args.peer_steps),
+    }[mode]
     data = PhantomConfig(kind="chest2d", n=n_phantoms, size=32, seed=0, min_nodule_px=1.5)
     manifest = args.out / "data" / "manifest.csv"
     if not manifest.is_file():
@@ -244,11 +260,12 @@ def main() -> None:
         print(f"{name}: {steps} training steps in {time.monotonic() - started:.0f} s", flush=True)
         folders[name] = write_folder(args.out / name, sampler, n, window)
         trained[name] = f"{steps} steps, DDPM sampler {peer_steps} steps"
-    for name, folder in synthgen_recipe(args.out, manifest, minutes, n, args.quick).items():
+    recipe = synthgen_recipe(args.out, manifest, minutes, n, args.quick, args.tiny)
+    for name, folder in recipe.items():
         folders[name] = folder
         trained[name] = "configs/inpaint-chest2d-pixel32.yaml, its own sampler"
-    found = {name: score(manifest, f, args.out / "eval" / f.name, args.out / "cache", args.quick)
-             for name, f in folders.items()}  # fmt: skip
+    found = {name: score(manifest, f, args.out / "eval" / f.name, args.out / "cache", args.quick,
+                         args.tiny) for name, f in folders.items()}  # fmt: skip
     ref = next(iter(found.values()))["heldout_real_reference"]
     print(f"\n{n} images per set; held-out real: FID {ref['fid']:.2f}, "
           f"precision {ref['precision']:.2f}, recall {ref['recall']:.2f}")  # fmt: skip

@@ -4,7 +4,7 @@ The reference writes the same number of same-sized images of random noise with t
 writer (PNG or NIfTI) and no rendering, i.e. the file-writing floor. The ratio says what
 rendering, masks and the manifest cost on top of that floor.
 
-    python benchmarks/phantoms.py [--quick]
+    python benchmarks/phantoms.py [--quick | --tiny]
 """
 
 from __future__ import annotations
@@ -53,12 +53,17 @@ def measure(kind: str, n: int, size: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the cases")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run for the test suite: seconds, figures meaningless",
+    )
     args = parser.parse_args()
     headline = {}
     header = ("kind", "n", "size", "synthgen s", "ref s", "ratio", "cases/s")
     print("  ".join(f"{h:>10}" for h in header))
     for kind, (target, size) in TARGETS.items():
-        n = target // 4 if args.quick else target
+        n = 2 if args.tiny else target // 4 if args.quick else target
         synthgen_s, reference_s = measure(kind, n, size)
         ratio, rate = synthgen_s / reference_s, n / synthgen_s
         cells = (kind, n, size, synthgen_s, reference_s, ratio, rate)

@@ -6,7 +6,7 @@ CT in JPEG 2000 (512²). The reference is the decode floor: one process reading 
 synthgen's reader and nothing else. Each prepare run goes to `--size 512` in a fresh folder;
 MONAI is imported before timing (its several seconds of import are paid once per run).
 
-    python benchmarks/prepare.py [--quick]
+    python benchmarks/prepare.py [--quick | --tiny]
 """
 
 from __future__ import annotations
@@ -65,10 +65,15 @@ def prepare_seconds(manifest: Path, out: Path, workers: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="16 films instead of 64")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run for the test suite: seconds, figures meaningless",
+    )
     args = parser.parse_args()
     import monai.transforms  # noqa: F401  (paid once per run, outside the timings)
 
-    n = 16 if args.quick else 64
+    n = len(FILES) if args.tiny else 16 if args.quick else 64  # --tiny: each file once
     cpus = min(os.cpu_count() or 1, 8)
     with tempfile.TemporaryDirectory() as tmp:
         manifest = film_set(Path(tmp) / "src", n)

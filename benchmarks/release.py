@@ -11,6 +11,7 @@ at 64², and a memorisation report on 500 of them (the gate needs a report on th
 
     python benchmarks/release.py            # 10,000 images, imagefolder + parquet + webdataset
     python benchmarks/release.py --quick    # 2,000 images, imagefolder only
+    python benchmarks/release.py --tiny --out DIR   # the test suite's smoke run
 """
 
 from __future__ import annotations
@@ -40,18 +41,26 @@ PROBE = ClassifierConfig(
 )
 
 
-def make_samples(root: Path, n: int) -> tuple[Path, Path]:
+def make_samples(root: Path, n: int, tiny: bool = False) -> tuple[Path, Path]:
+    """With `tiny`: 40 phantoms, two training steps, a 2-step probe."""
     run, manifest = quick_model(
-        root, PhantomConfig(kind="chest2d", n=400, size=32), CONFIG, ["train.steps=20"]
+        root,
+        PhantomConfig(kind="chest2d", n=40 if tiny else 400, size=32),
+        CONFIG,
+        ["train.steps=20"],
+        tiny,
     )
     gen = load_generator(run)
     samples = root / "samples"
     opts = SampleOptions(checkpoint=run, n=n, out=samples, steps=1, size=64, batch_size=256)
     run_sampling(opts, Balanced(gen.specs, ["sex", "nodule"]), show=True, gen=gen)
     report = root / "report"
+    probe = PROBE
+    if tiny:
+        probe = PROBE.model_copy(update={"train": PROBE.train.model_copy(update={"steps": 2})})
     evaluate(("memorization",), EvalOptions(
         real=manifest, synthetic=samples, out=report, seeds=(0,), bootstrap=20, limit=500,
-        cache=root / "cache", classifier=PROBE, show=False,
+        cache=root / "cache", classifier=probe, show=False,
     ))  # fmt: skip
     return samples, report
 
@@ -77,15 +86,20 @@ def scan_seconds(out: Path, root: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2,000 images, one format")
-    parser.add_argument("--n", type=int, help="images [10,000; --quick 2,000]")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run for the test suite: seconds, figures meaningless",
+    )
+    parser.add_argument("--n", type=int, help="images [10,000; --quick 2,000; --tiny 8]")
     parser.add_argument("--out", type=Path, help="work folder [a temporary one]")
     args = parser.parse_args()
-    n = args.n or (2000 if args.quick else 10000)
+    n = args.n or (8 if args.tiny else 2000 if args.quick else 10000)
     kinds = ["imagefolder"] if args.quick else ["imagefolder", "parquet", "webdataset"]
     root = args.out or Path(tempfile.mkdtemp(prefix="synthgen-release-"))
     samples, report = (root / "samples", root / "report")
     if not (report / "report.json").is_file():
-        samples, report = make_samples(root, n)
+        samples, report = make_samples(root, n, args.tiny)
     reference = copy_and_hash(samples, root / "copy")
     found = {}
     for kind in kinds:

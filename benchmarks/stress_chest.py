@@ -20,6 +20,7 @@ goal (see `goal_met`).
 
     python benchmarks/stress_chest.py --generator RUN --nodule-px 0.75   # a trained 32² model
     python benchmarks/stress_chest.py --quick     # 600 images, a 1-minute generator, < 3 min
+    python benchmarks/stress_chest.py --tiny --out DIR   # the test suite's smoke run
 
 Without --generator a 32² pixel inpainting model is trained first on the clean set with
 configs/inpaint-chest2d-pixel32.yaml (about 10 minutes on 2 cores; one with --quick).
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from quick_model import TINY
 
 from synthgen.config import ClassifierConfig, PhantomConfig
 from synthgen.data.manifest import load_manifest
@@ -102,11 +104,12 @@ def truth(manifest: Path, n: int, nodule_px: str, out: Path, keep: bool = False)
     return out
 
 
-def edit(generator: Path, manifest: Path, out: Path, *args: str, fast: bool = False) -> Path:
+def edit(generator: Path, manifest: Path, out: Path, *args: str, steps: int | None = None) -> Path:
+    """`synthgen edit` of the test split (`steps` sampler steps, default the trained ones)."""
     if not (out / "manifest.csv").is_file():
-        steps = ("--steps", "10") if fast else ()
+        fewer = () if steps is None else ("--steps", str(steps))
         run("edit", "--checkpoint", str(generator), "--manifest", str(manifest), "--out", str(out),
-            "--split", "test", "--no-watermark", "--quiet", *steps, *args)  # fmt: skip
+            "--split", "test", "--no-watermark", "--quiet", *fewer, *args)  # fmt: skip
     return out
 
 
@@ -136,9 +139,15 @@ def main() -> None:
     parser.add_argument("--guide", help="fields the acquisition edits guide on [all] (#21 lever)")
     parser.add_argument("--null", help="fields the keep-nodule site edits leave null (#21 lever)")
     parser.add_argument("--out", type=Path, default=Path("bench-stress"))
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run for the test suite: seconds, figures meaningless",
+    )
     args = parser.parse_args()
-    n, steps = (600, 150) if args.quick else (2000, 300)
-    if args.quick:
+    n, steps = (200, 2) if args.tiny else (600, 150) if args.quick else (2000, 300)
+    edit_steps = 1 if args.tiny else 10 if args.quick else None
+    if args.quick or args.tiny:
         args.strength = args.strength[:1]
     started = time.monotonic()
     shortcut = phantoms(args.out / "shortcut", n, SHORTCUT_SEED, args.nodule_px,
@@ -149,6 +158,8 @@ def main() -> None:
         generator = args.out / "generator"
         if not (generator / "checkpoints").is_dir():
             budget = ["train.max_minutes=1", "train.checkpoint_every=100000"] if args.quick else []
+            if args.tiny:
+                budget = ["train.checkpoint_every=100000", *TINY]
             run("train", "inpaint", "--config", str(CONFIG), f"data.manifest={clean}",
                 f"out={generator}", *budget)  # fmt: skip
     s = classifier(shortcut, args.out / "classifier-S", steps)
@@ -164,19 +175,19 @@ def main() -> None:
     pairs = zip(sdedit, args.strength, strict=True)
     sites = [edit(generator, shortcut, args.out / folder, "--set", "site=A", "--where", "nodule=1",
                   "--where", "site=B", "--keep-mask", "nodule_mask", "--strength", str(strength),
-                  *guide, *nulls, fast=args.quick) for folder, strength in pairs]  # fmt: skip
+                  *guide, *nulls, steps=edit_steps) for folder, strength in pairs]  # fmt: skip
     band = f"box:0,0,{MARKER_ROWS},32"
     marker = edit(generator, shortcut, args.out / "edit-marker", "--set", "site=A",
                   "--where", "nodule=1", "--where", "site=B", "--edit-mask", band,
-                  fast=args.quick)  # fmt: skip
+                  steps=edit_steps)  # fmt: skip
     add = edit(generator, shortcut, args.out / "edit-add", "--set", "nodule=1",
                "--where", "nodule=0", "--edit-mask", "anatomy:right_lung,left_lung",
-               fast=args.quick)  # fmt: skip
+               steps=edit_steps)  # fmt: skip
     real = truth(shortcut, n, args.nodule_px, args.out / "truth")
     kept = truth(shortcut, n, args.nodule_px, args.out / "truth-keep", keep=True)
     negatives = edit(generator, shortcut, args.out / f"edit-negatives{tag}", "--set", "site=B",
                      "--where", "nodule=0", "--where", "site=A", "--edit-region", "all",
-                     "--strength", str(args.strength[0]), *guide, fast=args.quick)  # fmt: skip
+                     "--strength", str(args.strength[0]), *guide, steps=edit_steps)  # fmt: skip
     edits = [real, kept, *sites, marker, negatives, add]
     found = {name: stress(spec, shortcut, edits, args.out / f"report-{name}")
              for name, spec in (("S", s), ("C", c))}  # fmt: skip

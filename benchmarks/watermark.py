@@ -11,7 +11,7 @@ run at 256²: the library's own `encode`/`decode` ('dwtDct', the method the issu
 colour and saved as gray; the library's block quantiser inside synthgen's wrapper; and the
 wrapper around the library's EmbedMaxDct routines.
 
-    python benchmarks/watermark.py [--quick]
+    python benchmarks/watermark.py [--quick | --tiny]
 """
 
 from __future__ import annotations
@@ -178,9 +178,14 @@ def print_table(title: str, rows: list[tuple[str, int, int, dict[str, float]]], 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 images per cell, not 100")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke run for the test suite: seconds, figures meaningless",
+    )
     args = parser.parse_args()
     cv2.setNumThreads(1)
-    n, n_unmarked = (20, 50) if args.quick else (100, 200)
+    n, n_unmarked = (1, 2) if args.tiny else (20, 50) if args.quick else (100, 200)
     start = time.perf_counter()
 
     results: dict[tuple[str, int], dict[str, float]] = {}
