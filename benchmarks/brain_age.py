@@ -25,8 +25,8 @@ from quick_model import quick_brain_model
 from synthgen.data.dataset import load_images
 from synthgen.data.io import write_png
 from synthgen.data.manifest import load_manifest
-from synthgen.engine.generator import image_grid, load_generator
 from synthgen.metrics.brain_probes import ventricle_volume
+from synthgen.pipeline.generator import image_grid, load_generator
 
 COPIED = ("sex", "site", "lesion")
 

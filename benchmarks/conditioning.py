@@ -33,8 +33,8 @@ from synthgen.config import PhantomConfig
 from synthgen.data.dataset import ManifestDataset
 from synthgen.data.io import write_png
 from synthgen.data.manifest import Manifest, load_manifest
-from synthgen.engine.generator import Generator, image_grid, load_generator
 from synthgen.metrics import phantom_probes as pp
+from synthgen.pipeline.generator import Generator, image_grid, load_generator
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "inpaint-chest2d-pixel32.yaml"
 CELLS = [("0", "F"), ("0", "M"), ("1", "F"), ("1", "M")]

@@ -157,7 +157,7 @@ def sampling_rows(checkpoint: str, device: str, n: int, steps: int) -> list[tupl
     from diffusers import DDIMPipeline, DDIMScheduler
 
     from synthgen.diffusion.sampling import make_sampler
-    from synthgen.engine.generator import load_generator
+    from synthgen.pipeline.generator import load_generator
 
     gen = load_generator(checkpoint, device=device)
     rows = [{} for _ in range(n)]

@@ -52,11 +52,12 @@ from synthgen.data.dataset import ManifestDataset, load_images
 from synthgen.data.latents import LatentCache, open_cache
 from synthgen.data.manifest import Manifest, load_manifest
 from synthgen.data.phantoms import generate_phantoms
-from synthgen.engine.autoencoder import AutoencoderTask, load_autoencoder
 from synthgen.engine.checkpoint import Checkpoint, checkpoint_hash
-from synthgen.engine.encode import encode_manifest
 from synthgen.engine.trainer import Optimize, Trainer
 from synthgen.models.autoencoder import build_autoencoder
+from synthgen.pipeline.space import load_autoencoder
+from synthgen.stages.autoencoder import AutoencoderTask
+from synthgen.stages.encode import encode_manifest
 
 SEED = 0
 SIZE = 64

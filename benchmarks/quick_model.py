@@ -30,7 +30,7 @@ def quick_model(
     with `tiny`) on them; return the run folder and the manifest."""
     from synthgen.config import DiffusionTrainConfig, load_config
     from synthgen.data.phantoms import generate_phantoms
-    from synthgen.engine.diffusion import train_diffusion
+    from synthgen.stages.diffusion import train_diffusion
 
     manifest = generate_phantoms(phantoms, root / "data", show_progress=False)
     quick = [

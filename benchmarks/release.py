@@ -27,8 +27,8 @@ from quick_model import quick_model
 
 from synthgen.config import ClassifierConfig, PhantomConfig, TrainConfig
 from synthgen.data.manifest import load_manifest
-from synthgen.engine.generator import load_generator
 from synthgen.metrics.evaluate import EvalOptions, evaluate
+from synthgen.pipeline.generator import load_generator
 from synthgen.release.build import ReleaseOptions, build_release
 from synthgen.release.privacy import real_content, scan_release
 from synthgen.release.verify import verify_release

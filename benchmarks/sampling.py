@@ -29,7 +29,7 @@ import torch
 from quick_model import quick_model
 
 from synthgen.config import PhantomConfig
-from synthgen.engine.generator import load_generator
+from synthgen.pipeline.generator import load_generator
 from synthgen.sampling.conditions import Balanced
 from synthgen.sampling.run import SampleOptions, run_sampling
 

@@ -297,7 +297,7 @@ def train_ae(
     a checkpoint before exiting; --resume continues exactly where the last one stopped.
     """
     from synthgen.config import AETrainConfig, load_config
-    from synthgen.engine.autoencoder import describe, train_autoencoder
+    from synthgen.stages.autoencoder import describe, train_autoencoder
 
     cfg = load_config(AETrainConfig, config, overrides or [])
     _run_training(lambda: train_autoencoder(cfg, resume, not quiet), describe)
@@ -326,7 +326,7 @@ def _train_diffusion(
     stage: str, config: Path, overrides: list[str], resume: bool, quiet: bool
 ) -> None:
     from synthgen.config import DiffusionTrainConfig, load_config
-    from synthgen.engine.diffusion import describe, train_diffusion
+    from synthgen.stages.diffusion import describe, train_diffusion
 
     cfg = load_config(DiffusionTrainConfig, config, [f"stage={stage}", *overrides])
     _run_training(lambda: train_diffusion(cfg, resume, not quiet), describe)
@@ -383,7 +383,7 @@ def encode(
     The cache records the checkpoint's hash and the data fingerprint; diffusion training
     refuses a cache made by another checkpoint or from changed data.
     """
-    from synthgen.engine.encode import encode_manifest
+    from synthgen.stages.encode import encode_manifest
 
     path = encode_manifest(checkpoint, manifest, out, schema, batch_size, show_progress=not quiet)
     typer.echo(f"wrote latent cache {path}")
@@ -465,7 +465,7 @@ def sample(
     Files and manifests hold no real path, id or text: a mask condition is recorded as its
     label shares and a keyed hash, a --match row and its text as keyed hashes (--keep-text).
     """
-    from synthgen.engine.generator import load_generator, process_state
+    from synthgen.pipeline.generator import load_generator, process_state
     from synthgen.sampling.conditions import condition_source
     from synthgen.sampling.run import SampleOptions, run_sampling
 

@@ -106,7 +106,7 @@ def run_generator(
     name: str, stage: DiffusionStage, manifest: Path, run: Path, fresh: bool
 ) -> GeneratorRow:
     """Train (or reuse) one conditional generator on a demo dataset."""
-    from synthgen.engine.diffusion import describe, train_diffusion
+    from synthgen.stages.diffusion import describe, train_diffusion
 
     cfg = DiffusionTrainConfig(**stage.model_dump(), data=DataConfig(manifest=manifest), out=run)
     limit = stage.train.max_minutes
@@ -133,7 +133,7 @@ def run_samples(
 ) -> str:
     """Balanced, watermarked samples from a demo generator, then verified; a summary line.
     The fields not balanced follow the training rows of each cell (`--match` + `--balance`)."""
-    from synthgen.engine.generator import load_generator
+    from synthgen.pipeline.generator import load_generator
     from synthgen.sampling.conditions import condition_source
     from synthgen.sampling.run import SampleOptions, run_sampling
     from synthgen.sampling.verify import verify_samples
@@ -411,9 +411,9 @@ def run_demo(cfg: DemoConfig, out: Path, fresh: bool = False) -> None:
     """Phantoms -> data check -> autoencoder -> latent cache, conditional generators -> bulk
     samples -> eval -> release, and edit + stress on a shortcut classifier."""
     cfg = fit_budget(cfg)
-    from synthgen.engine.autoencoder import describe, train_autoencoder
     from synthgen.engine.checkpoint import checkpoint_hash
-    from synthgen.engine.encode import encode_manifest
+    from synthgen.stages.autoencoder import describe, train_autoencoder
+    from synthgen.stages.encode import encode_manifest
 
     rows = []
     generated = []

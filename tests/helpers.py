@@ -93,7 +93,7 @@ def tiny_diffusion(
         TrainConfig,
     )
     from synthgen.data.phantoms import generate_phantoms
-    from synthgen.engine.diffusion import train_diffusion
+    from synthgen.stages.diffusion import train_diffusion
 
     if manifest is None:
         phantoms = PhantomConfig(kind=kind, n=24, size=size, shortcut=shortcut)

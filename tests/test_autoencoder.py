@@ -18,11 +18,12 @@ from synthgen.config import (
 from synthgen.data.latents import open_cache, read_index
 from synthgen.data.manifest import load_manifest
 from synthgen.data.phantoms import generate_phantoms
-from synthgen.engine.autoencoder import grid, load_autoencoder, train_autoencoder
 from synthgen.engine.checkpoint import checkpoint_hash
-from synthgen.engine.encode import encode_manifest
 from synthgen.errors import InputError
 from synthgen.models.autoencoder import build_autoencoder, kl_loss
+from synthgen.pipeline.space import load_autoencoder
+from synthgen.stages.autoencoder import grid, train_autoencoder
+from synthgen.stages.encode import encode_manifest
 
 TINY = AutoencoderConfig(channels=(8, 16), latent_channels=2, norm_num_groups=8)
 
@@ -169,7 +170,7 @@ def test_encode_cli_refuses_a_non_empty_output_and_wrong_checkpoint(trained, tmp
 
 @pytest.mark.parametrize("reconstruction", ["l1", "mse"])
 def test_training_step_loss_is_the_configured_reconstruction_plus_weighted_kl(reconstruction):
-    from synthgen.engine.autoencoder import AutoencoderTask
+    from synthgen.stages.autoencoder import AutoencoderTask
 
     cfg = AETrainConfig(
         autoencoder=TINY,

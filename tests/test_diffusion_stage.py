@@ -21,11 +21,11 @@ from synthgen.config import (
 )
 from synthgen.data.phantoms import generate_phantoms
 from synthgen.diffusion.layout import ChannelLayout
-from synthgen.engine.autoencoder import train_autoencoder
 from synthgen.engine.checkpoint import Checkpoint
-from synthgen.engine.diffusion import grid_cells, train_diffusion
 from synthgen.errors import InputError
 from synthgen.models.conditioning import FieldSpec
+from synthgen.stages.autoencoder import train_autoencoder
+from synthgen.stages.diffusion import grid_cells, train_diffusion
 
 TINY_UNET = DenoiserConfig(
     channels=(16, 32), attention_levels=(False, True), norm_num_groups=8, num_head_channels=16
@@ -95,7 +95,7 @@ def test_inpaint_and_mask_conditioning_derive_the_input_channels(chest, tmp_path
     unet = weights(ck)
     assert unet["unet.conv_in.conv.weight"].shape[1] == 1 + 5
 
-    from synthgen.engine.generator import load_generator
+    from synthgen.pipeline.generator import load_generator
 
     gen = load_generator(tmp_path / "run")
     noise = gen.noise(2, torch.Generator().manual_seed(0))
@@ -171,7 +171,7 @@ def test_cli_reports_bad_conditioning_in_one_line(chest, tmp_path, override, mes
 
 
 def test_a_loaded_generator_redraws_the_validation_grid_and_inpaints_only_the_mask(chest, tmp_path):
-    from synthgen.engine.generator import image_grid, load_generator
+    from synthgen.pipeline.generator import image_grid, load_generator
 
     cond = ConditioningConfig(fields=("nodule", "sex", "report"), token_dim=16, text_heads=2)
     cfg = config(chest, tmp_path / "run", stage="inpaint", conditioning=cond)
@@ -199,7 +199,7 @@ def test_a_loaded_generator_redraws_the_validation_grid_and_inpaints_only_the_ma
 
 
 def test_inpainting_needs_an_inpainting_model(chest, tmp_path):
-    from synthgen.engine.generator import load_generator
+    from synthgen.pipeline.generator import load_generator
 
     train_diffusion(config(chest, tmp_path / "run"), show_progress=False)
     gen = load_generator(tmp_path / "run")
@@ -209,7 +209,7 @@ def test_inpainting_needs_an_inpainting_model(chest, tmp_path):
 
 
 def test_3d_inpainting_trains_and_generates_volumes(tmp_path):
-    from synthgen.engine.generator import load_generator
+    from synthgen.pipeline.generator import load_generator
 
     manifest = generate_phantoms(
         PhantomConfig(kind="brain3d", n=16, size=16), tmp_path / "d", False
@@ -233,8 +233,8 @@ def test_3d_inpainting_trains_and_generates_volumes(tmp_path):
 def test_region_weights_cover_exactly_the_named_mask_label(chest, tmp_path):
     from synthgen.data.dataset import ManifestDataset
     from synthgen.data.manifest import load_manifest
-    from synthgen.engine.diffusion import load_split
-    from synthgen.engine.space import PixelSpace
+    from synthgen.pipeline.space import PixelSpace
+    from synthgen.stages.diffusion import load_split
 
     manifest = load_manifest(chest)
     cfg = config(chest, tmp_path / "run", diffusion={"region_weights": {"anatomy:heart": 5.0}})
@@ -257,8 +257,8 @@ def test_a_mask_of_eleven_labels_gives_the_same_channels_in_training_and_samplin
 
     from synthgen.data.io import write_png
     from synthgen.data.manifest import load_manifest
-    from synthgen.engine.diffusion import load_split
-    from synthgen.engine.generator import load_generator
+    from synthgen.pipeline.generator import load_generator
+    from synthgen.stages.diffusion import load_split
 
     root = tmp_path / "data"
     shutil.copytree(chest.parent, root)

@@ -26,9 +26,10 @@ from synthgen.config import AETrainConfig, PhantomConfig
 from synthgen.data.dataset import split_rows
 from synthgen.data.manifest import load_manifest
 from synthgen.data.phantoms import generate_phantoms
-from synthgen.engine.autoencoder import load_autoencoder, train_autoencoder
 from synthgen.engine.checkpoint import list_checkpoints, load_state
 from synthgen.errors import InputError
+from synthgen.pipeline.space import load_autoencoder
+from synthgen.stages.autoencoder import train_autoencoder
 
 BATCH = 4
 STEPS = 6

@@ -29,9 +29,9 @@ from synthgen.diffusion.sampling import make_sampler, partial_start, sample
 from synthgen.edit.plan import EditOptions
 from synthgen.edit.run import run_edit
 from synthgen.edit.stored import read_stored
-from synthgen.engine.generator import Generator, load_generator
 from synthgen.errors import InputError
 from synthgen.models.conditioning import Conditioning
+from synthgen.pipeline.generator import Generator, load_generator
 
 
 def tiny(root: Path, kind: str, size: int, stage: str, fields: tuple[str, ...]) -> Path:

@@ -32,7 +32,6 @@ from synthgen.data.dataset import split_rows
 from synthgen.data.manifest import load_manifest
 from synthgen.data.phantoms import generate_phantoms
 from synthgen.engine import checkpoint as checkpoint_module
-from synthgen.engine.autoencoder import load_autoencoder, train_autoencoder
 from synthgen.engine.checkpoint import (
     Checkpoint,
     list_checkpoints,
@@ -48,6 +47,8 @@ from synthgen.engine.trainer import (
     previous_run,
 )
 from synthgen.errors import InputError
+from synthgen.pipeline.space import load_autoencoder
+from synthgen.stages.autoencoder import train_autoencoder
 
 BATCH = 4
 
@@ -700,7 +701,7 @@ def test_cli_divergence_is_one_error_line_with_exit_2(manifest: Path, tmp_path: 
 
 
 def test_reconstruction_grid_tolerates_nan() -> None:
-    from synthgen.engine.autoencoder import grid
+    from synthgen.stages.autoencoder import grid
 
     originals = torch.zeros(2, 1, 8, 8)
     with warnings.catch_warnings():

@@ -22,7 +22,7 @@ from helpers import snapshot, synthgen_here, tiny_diffusion
 from test_bad_input import read_manifest as _rows
 from test_bad_input import set_cell, truncate
 
-from synthgen.engine.generator import load_generator
+from synthgen.pipeline.generator import load_generator
 from synthgen.sampling.conditions import Balanced
 from synthgen.sampling.run import SampleOptions, run_sampling
 
@@ -37,8 +37,8 @@ def world(tmp_path_factory, one_thread) -> Path:
     opts = SampleOptions(checkpoint=root / "run", n=4, out=root / "samples", size=64)
     run_sampling(opts, Balanced(gen.specs, ["sex"]), show=False, gen=gen)
     from synthgen.config import AETrainConfig, AutoencoderConfig, DataConfig, TrainConfig
-    from synthgen.engine.autoencoder import train_autoencoder
     from synthgen.metrics.evaluate import EvalOptions, evaluate
+    from synthgen.stages.autoencoder import train_autoencoder
 
     train_autoencoder(AETrainConfig(
         autoencoder=AutoencoderConfig(channels=(8, 16), latent_channels=2, norm_num_groups=8),

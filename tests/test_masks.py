@@ -7,8 +7,8 @@ from scipy import ndimage
 
 from synthgen.config import InpaintConfig
 from synthgen.data.masks import box_mask, draw_masks, grow, shape_mask, stroke_mask
-from synthgen.engine.space import to_model_mask
 from synthgen.errors import InputError
+from synthgen.pipeline.space import to_model_mask
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (16, 16, 16)])

@@ -426,8 +426,8 @@ def test_no_header_value_reaches_a_prepared_set_model_checkpoint_cache_sample_or
 
     from synthgen.config import PhantomConfig
     from synthgen.data.phantoms import generate_phantoms
-    from synthgen.engine.autoencoder import train_autoencoder
-    from synthgen.engine.encode import encode_manifest
+    from synthgen.stages.autoencoder import train_autoencoder
+    from synthgen.stages.encode import encode_manifest
 
     phantoms = generate_phantoms(
         PhantomConfig(kind="chest2d", n=24, size=32), tmp_path / "ph", False

@@ -273,8 +273,8 @@ def test_train_inpaint_fine_tunes_a_local_stable_diffusion_folder(sd: dict, tmp_
         TrainConfig,
     )
     from synthgen.data.phantoms import generate_phantoms
-    from synthgen.engine.diffusion import train_diffusion
-    from synthgen.engine.generator import load_generator
+    from synthgen.pipeline.generator import load_generator
+    from synthgen.stages.diffusion import train_diffusion
 
     manifest = generate_phantoms(
         PhantomConfig(kind="chest2d", n=24, size=32), tmp_path / "d", False
@@ -335,8 +335,8 @@ def test_a_local_text_encoder_conditions_the_monai_denoiser(sd: dict, tmp_path: 
         TrainConfig,
     )
     from synthgen.data.phantoms import generate_phantoms
-    from synthgen.engine.diffusion import train_diffusion
-    from synthgen.engine.generator import load_generator
+    from synthgen.pipeline.generator import load_generator
+    from synthgen.stages.diffusion import train_diffusion
 
     manifest = generate_phantoms(
         PhantomConfig(kind="chest2d", n=24, size=32), tmp_path / "d", False

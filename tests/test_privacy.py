@@ -35,9 +35,9 @@ from synthgen.config import (
 )
 from synthgen.data.io import nifti_bytes, png_bytes
 from synthgen.data.phantoms import generate_phantoms
-from synthgen.engine.diffusion import train_diffusion
 from synthgen.metrics.evaluate import EvalOptions, evaluate
 from synthgen.release.privacy import RealContent, scan_release
+from synthgen.stages.diffusion import train_diffusion
 
 NAMES = ["Jane Doe", "José Núñez", "Иван Петров", "Zoë O'Brien", "Ahmed Karimi", "Li Wei"]
 FAST = ClassifierConfig(
@@ -213,7 +213,7 @@ def test_a_matched_row_is_recorded_by_keyed_hashes_and_a_mask_by_its_label_share
 
     root, _, run, _, _ = leaky
     from synthgen.data.manifest import load_manifest
-    from synthgen.engine.generator import load_generator
+    from synthgen.pipeline.generator import load_generator
     from synthgen.sampling.conditions import Matched
 
     gen = load_generator(run)

@@ -23,9 +23,9 @@ from PIL import Image
 from synthgen.config import ClassifierConfig, PhantomConfig, TrainConfig
 from synthgen.data.manifest import load_manifest
 from synthgen.data.phantoms import generate_phantoms
-from synthgen.engine.generator import load_generator
 from synthgen.errors import InputError
 from synthgen.metrics.evaluate import EvalOptions, evaluate
+from synthgen.pipeline.generator import load_generator
 from synthgen.provenance import Provenance
 from synthgen.release.build import ReleaseOptions, build_release, partial_folder
 from synthgen.sampling.conditions import Balanced

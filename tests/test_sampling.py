@@ -22,8 +22,8 @@ from PIL import Image
 
 from synthgen import watermark
 from synthgen.data.runs import sha256
-from synthgen.engine.generator import load_generator
 from synthgen.errors import InputError
+from synthgen.pipeline.generator import load_generator
 from synthgen.provenance import read_png_provenance
 from synthgen.sampling.conditions import Balanced, condition_source
 from synthgen.sampling.run import SampleOptions, run_sampling

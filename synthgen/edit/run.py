@@ -48,9 +48,9 @@ from synthgen.edit.plan import (
 )
 from synthgen.edit.stored import Stored, read_stored
 from synthgen.engine.checkpoint import checkpoint_hash, versions
-from synthgen.engine.generator import Generator, load_generator, process_state
-from synthgen.engine.space import resize, to_model_mask
 from synthgen.errors import InputError
+from synthgen.pipeline.generator import Generator, load_generator, process_state
+from synthgen.pipeline.space import resize, to_model_mask
 
 IDENTITY = (
     "checkpoint_sha256", "manifest_fingerprint", "changes", "prompt", "shift", "edit_mask",

@@ -24,8 +24,8 @@ from synthgen.data.io import ImageReadError, read_image
 from synthgen.data.manifest import Manifest
 from synthgen.data.progress import progress
 from synthgen.data.schema import ColumnSpec, Schema, parse_value
-from synthgen.engine.space import resize
 from synthgen.errors import InputError
+from synthgen.pipeline.space import resize
 
 SYNTHETIC_MANIFEST = "manifest.csv"
 

@@ -18,8 +18,8 @@ from synthgen.data.io import (
     nifti_bytes,
     png_bytes,
 )
-from synthgen.engine.space import resize
 from synthgen.errors import InputError
+from synthgen.pipeline.space import resize
 from synthgen.provenance import Provenance
 
 

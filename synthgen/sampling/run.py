@@ -33,8 +33,8 @@ from synthgen.data.runs import (
 )
 from synthgen.data.schema import IntensityPolicy
 from synthgen.engine.checkpoint import checkpoint_hash, versions
-from synthgen.engine.generator import Generator, load_generator, process_state, sample_seed
 from synthgen.errors import InputError
+from synthgen.pipeline.generator import Generator, load_generator, process_state, sample_seed
 from synthgen.provenance import Provenance
 from synthgen.sampling.conditions import ConditionSource, Row
 from synthgen.sampling.outputs import Exporter, image_file, write_sample

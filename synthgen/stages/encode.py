@@ -10,8 +10,8 @@ from synthgen.data.dataset import ManifestDataset, require_shape
 from synthgen.data.latents import CacheWriter
 from synthgen.data.manifest import load_manifest
 from synthgen.data.progress import Bar
-from synthgen.engine.autoencoder import load_autoencoder
 from synthgen.engine.checkpoint import checkpoint_hash
+from synthgen.pipeline.space import load_autoencoder
 
 
 def encode_manifest(

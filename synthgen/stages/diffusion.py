@@ -28,14 +28,6 @@ from synthgen.data.progress import progress
 from synthgen.diffusion.layout import ChannelLayout
 from synthgen.diffusion.objectives import diffusion_loss, scheduler_record
 from synthgen.engine.checkpoint import Checkpoint
-from synthgen.engine.generator import KIND as GENERATOR_KIND
-from synthgen.engine.generator import (
-    TOKENIZER_FILE,
-    build_stack,
-    generate,
-    image_grid,
-)
-from synthgen.engine.space import LatentSpace, PixelSpace, to_model_mask
 from synthgen.engine.trainer import Optimize, Trainer, check_resumable, previous_run
 from synthgen.errors import InputError
 from synthgen.models.conditioning import (
@@ -49,6 +41,14 @@ from synthgen.models.conditioning import (
     tokenize,
 )
 from synthgen.models.denoiser import ConditionalDenoiser
+from synthgen.pipeline.generator import KIND as GENERATOR_KIND
+from synthgen.pipeline.generator import (
+    TOKENIZER_FILE,
+    build_stack,
+    generate,
+    image_grid,
+)
+from synthgen.pipeline.space import LatentSpace, PixelSpace, to_model_mask
 
 KIND = GENERATOR_KIND
 GRID_FILE = "samples.png"
@@ -299,7 +299,7 @@ def _latent_rows(cache: Any, ids: list[str]) -> torch.Tensor:
 def _open_cache(cfg: DiffusionTrainConfig, space: LatentSpace, manifest: Manifest, show: bool):  # type: ignore[no-untyped-def]
     from synthgen.data.latents import open_cache
     from synthgen.engine.checkpoint import checkpoint_hash, open_checkpoint
-    from synthgen.engine.encode import encode_manifest
+    from synthgen.stages.encode import encode_manifest
 
     path = cfg.cache
     if path is None:

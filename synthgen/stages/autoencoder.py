@@ -16,12 +16,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from synthgen.config import AETrainConfig, dump_config, load_config
+from synthgen.config import AETrainConfig, dump_config
 from synthgen.data.dataset import load_images, split_rows
 from synthgen.data.display import display_planes, to_uint8
 from synthgen.data.io import write_png
 from synthgen.data.manifest import load_manifest
-from synthgen.engine.checkpoint import Checkpoint, load_into, open_checkpoint
+from synthgen.engine.checkpoint import Checkpoint
 from synthgen.engine.trainer import Optimize, Trainer, check_resumable, previous_run
 from synthgen.errors import InputError
 from synthgen.models.autoencoder import (
@@ -30,8 +30,8 @@ from synthgen.models.autoencoder import (
     build_perceptual_loss,
     kl_loss,
 )
+from synthgen.pipeline.space import AUTOENCODER_KIND as KIND
 
-KIND = "autoencoder"
 GRID_IMAGES = 8
 
 
@@ -173,15 +173,6 @@ def train_autoencoder(
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg.train, cfg.out, dump_config(cfg), meta, show_progress)
     return trainer.fit(task, TensorDataset(train), resume=previous)
-
-
-def load_autoencoder(path: Path, ema: bool = True) -> tuple[nn.Module, Checkpoint]:
-    """A trained autoencoder (EMA weights by default) in eval mode, with its checkpoint."""
-    checkpoint = open_checkpoint(path, kind=KIND)
-    cfg = load_config(AETrainConfig, checkpoint.path / "config.yaml")
-    model = build_autoencoder(cfg.autoencoder, int(checkpoint.meta["spatial_dims"]))
-    load_into(model, checkpoint, "model", ema=ema)
-    return model.eval(), checkpoint
 
 
 def describe(checkpoint: Checkpoint) -> str:

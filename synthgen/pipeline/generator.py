@@ -23,14 +23,6 @@ from synthgen.diffusion.layout import ChannelLayout, Labels
 from synthgen.diffusion.objectives import make_train_scheduler
 from synthgen.diffusion.sampling import make_sampler, partial_start, sample
 from synthgen.engine.checkpoint import Checkpoint, load_into, open_checkpoint
-from synthgen.engine.space import (
-    LatentSpace,
-    PixelSpace,
-    PretrainedSpace,
-    open_latent_space,
-    resize,
-    to_model_mask,
-)
 from synthgen.errors import InputError
 from synthgen.models.conditioning import (
     ConditionEncoder,
@@ -41,6 +33,14 @@ from synthgen.models.conditioning import (
     load_tokenizer,
 )
 from synthgen.models.denoiser import ConditionalDenoiser, build_denoiser
+from synthgen.pipeline.space import (
+    LatentSpace,
+    PixelSpace,
+    PretrainedSpace,
+    open_latent_space,
+    resize,
+    to_model_mask,
+)
 
 Space = PixelSpace | LatentSpace | PretrainedSpace
 KIND = "diffusion"

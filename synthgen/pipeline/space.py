@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from synthgen.engine.checkpoint import Checkpoint, load_into, open_checkpoint
 from synthgen.errors import InputError
 
 
@@ -130,9 +131,22 @@ class PretrainedSpace:
         return {"kind": self.kind, "shape": list(self.shape), "channels": self.channels}
 
 
-def open_latent_space(path: Path) -> LatentSpace:
-    from synthgen.engine.autoencoder import load_autoencoder
+AUTOENCODER_KIND = "autoencoder"
 
+
+def load_autoencoder(path: Path, ema: bool = True) -> tuple[nn.Module, Checkpoint]:
+    """A trained autoencoder (EMA weights by default) in eval mode, with its checkpoint."""
+    from synthgen.config import AETrainConfig, load_config
+    from synthgen.models.autoencoder import build_autoencoder
+
+    checkpoint = open_checkpoint(path, kind=AUTOENCODER_KIND)
+    cfg = load_config(AETrainConfig, checkpoint.path / "config.yaml")
+    model = build_autoencoder(cfg.autoencoder, int(checkpoint.meta["spatial_dims"]))
+    load_into(model, checkpoint, "model", ema=ema)
+    return model.eval(), checkpoint
+
+
+def open_latent_space(path: Path) -> LatentSpace:
     try:
         autoencoder, checkpoint = load_autoencoder(path)
     except InputError as e:

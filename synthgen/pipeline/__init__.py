@@ -1,0 +1,1 @@
+"""Inference: a trained checkpoint as a generator, in pixel or latent space."""

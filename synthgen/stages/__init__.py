@@ -1,0 +1,1 @@
+"""The three training stages: autoencoder, encode (latent cache), diffusion (ldm, inpaint)."""
