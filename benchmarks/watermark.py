@@ -32,7 +32,7 @@ from PIL import Image
 
 from synthgen import watermark as wm
 from synthgen.data.phantoms import chest2d
-from synthgen.engine import space
+from synthgen.pipeline import space
 
 SIZES = (64, 128, 256)
 SWEEP = (56, 64, 96, 128, 160, 192, 256)  # JPEG 75 detection: the smallest reliable size

@@ -712,8 +712,8 @@ def test_reconstruction_grid_tolerates_nan() -> None:
 
 def test_interrupted_training_exits_with_130(tmp_path: Path, monkeypatch, capsys) -> None:
     from synthgen import cli
-    from synthgen.engine import autoencoder
     from synthgen.engine.trainer import Interrupted
+    from synthgen.stages import autoencoder
 
     def interrupted(cfg: AETrainConfig, resume: bool, show_progress: bool) -> Checkpoint:
         raise Interrupted("signal 15: checkpoint saved at RUN/checkpoints/step-00000003")

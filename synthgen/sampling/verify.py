@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthgen import watermark
+from synthgen.data.runs import sha256
 from synthgen.errors import InputError
-from synthgen.sampling.outputs import sha256
 
 
 @dataclass
