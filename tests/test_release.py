@@ -193,7 +193,12 @@ def test_each_gate_refuses_with_its_figure_and_leaves_nothing(made, tmp_path):
     flagged["memorization"]["fraction_flagged"] = 0.25
     (tmp_path / "r3").mkdir()
     (tmp_path / "r3" / "report.json").write_text(json.dumps(flagged))
-    refuse(samples, tmp_path / "r3", out, r"memorization failed: 25\.00% of 16")
+    refuse(samples, tmp_path / "r3", out, r"memorization failed: 25\.00% of 16.*--allow-flagged")
+    missing = {k: v for k, v in flagged.items() if k != "memorization"}
+    (tmp_path / "r4").mkdir()
+    (tmp_path / "r4" / "report.json").write_text(json.dumps(missing))
+    refuse(samples, tmp_path / "r4", out, r"no memorization section \(run [^;]*\)$",
+           allow_flagged=True)  # the flag cannot stand in for a missing check  # fmt: skip
     opts = ReleaseOptions(samples=samples, report=tmp_path / "r3", out=out, name="x",
                           license="mit", allow_flagged=True)  # fmt: skip
     build_release(opts, show=False)

@@ -80,8 +80,10 @@ def build_release(opts: ReleaseOptions, show: bool = True) -> ReleaseSummary:
     check_belongs(samples, report, Path(opts.report))
     memo = memorization_gate(report, opts.max_flagged, opts.allow_flagged)
     if not memo.passed:
-        hint = "pass --allow-flagged to release anyway (the card records it)"
-        raise InputError(f"release gate memorization failed: {memo.figure}; {hint}")
+        hint = ""  # a report without the section needs it; --allow-flagged cannot stand in
+        if report.get("memorization"):
+            hint = "; pass --allow-flagged to release anyway (the card records it)"
+        raise InputError(f"release gate memorization failed: {memo.figure}{hint}")
     out = Path(opts.out)
     tmp = partial_folder(out)
     shutil.rmtree(tmp, ignore_errors=True)  # a killed run's leftovers: restart
