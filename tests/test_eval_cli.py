@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -126,6 +127,12 @@ def test_bad_input_is_one_line(sets: tuple[Path, Path], tmp_path: Path) -> None:
         (["utility", *base, "--out", str(tmp_path / "o"), "--balance", "colour"], "colour"),
         (["everything", *base, "--out", str(tmp_path / "o")], "everything"),
     ]
+    unlabelled = tmp_path / "unlabelled"  # sampled without conditions: every cell empty
+    shutil.copytree(synthetic, unlabelled)
+    table = pd.read_csv(unlabelled / "manifest.csv", dtype=str, keep_default_na=False)
+    table.assign(nodule="").to_csv(unlabelled / "manifest.csv", index=False)
+    no_labels = [*base[:2], "--synthetic", str(unlabelled), *base[4:], "--out", str(tmp_path / "o")]
+    cases.append((["all", *no_labels], "no sample has a 'nodule' value"))
     for args, message in cases:
         result = synthgen_here("eval", *args, *FAST)
         assert result.returncode == 2, (args, result.stderr)

@@ -307,6 +307,13 @@ def _downstream(
     from synthgen.metrics.labels import regime_label
 
     target = opts.target or _default_target(inputs.schema)
+    labels = inputs.synthetic.table.get(target)
+    if labels is None or (labels.astype(str) == "").all():
+        raise InputError(
+            f"{opts.synthetic}: no sample has a {target!r} value (sampled without conditions?); "
+            "utility and fairness train on labelled samples: sample with --balance or --match, "
+            "or evaluate fidelity and memorization only"
+        )
     uopts = utility.UtilityOptions(
         target=target,
         balance=opts.balance,
