@@ -457,3 +457,19 @@ def test_no_header_value_reaches_a_prepared_set_model_checkpoint_cache_sample_or
         for keyword, value in MARKERS.items():
             for token in {value, *value.split("^")} - {"Doe", "House", "General", "chest", "pa"}:
                 assert token.encode() not in text, f"{keyword} in {path}"
+
+
+def test_only_the_image_carries_the_display_window(tmp_path):
+    manifest = small_set(tmp_path / "src", n=2)
+    schema = manifest.parent / "schema.yaml"
+    schema.write_text(schema.read_text() + "intensity: {mode: dicom}\n")
+    for k in range(2):  # each image with its own display window, as a viewer would open it
+        path = manifest.parent / "img" / f"{k}.nii.gz"
+        img = nib.load(path)
+        img.header["cal_min"], img.header["cal_max"] = 30.0 + k, 200.0
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), path)
+    result = prepare(manifest, tmp_path / "out", crop_pad=[64, 64])
+    table = pd.read_csv(result.manifest)
+    for k in range(2):
+        assert read_image(tmp_path / "out" / table["image"][k]).window == (30.0 + k, 200.0)
+        assert read_image(tmp_path / "out" / table["lesion"][k]).window is None

@@ -268,10 +268,10 @@ def _write_row(
     """Read the row, regrid its image (and masks, nearest-neighbour) and write them."""
     image = manifest.image(row)
     shape = image.array.shape
-    column = manifest.schema.image_column
-    where = manifest.where(row, column, manifest.cell(row, column))
+    image_column = manifest.schema.image_column
+    where = manifest.where(row, image_column, manifest.cell(row, image_column))
     _require_fit(cfg, len(shape), image.spacing_known, where)
-    masks = {c: manifest.mask(row, c, shape) for c in sources if c != manifest.schema.image_column}
+    masks = {c: manifest.mask(row, c, shape) for c in sources if c != image_column}
     affine = image.affine if image.affine is not None else default_affine(image.spacing, shape)
     steps: list[dict[str, Any]] = []
     array, new_affine = regrid(image.array, affine, cfg, float(image.array.min()), steps)
@@ -287,7 +287,7 @@ def _write_row(
         steps.append({"name": "ScaleIntensity", "window": [low, high], "to": [0.0, 1.0]})
         window = None
     stem = f"images/{key[:2]}/{key[:16]}"
-    outputs = {manifest.schema.image_column: (f"{stem}.nii.gz", array.astype(np.float32))}
+    outputs = {image_column: (f"{stem}.nii.gz", array.astype(np.float32))}
     for column, mask in masks.items():
         regridded, _ = regrid(mask.astype(np.float32), affine, cfg, 0.0, nearest=True)
         dtype = np.uint8 if mask.max() < 256 else np.int16
@@ -295,7 +295,7 @@ def _write_row(
         outputs[column] = (f"{stem}-{name}.nii.gz", np.rint(regridded).astype(dtype))
     checksums = {}
     for column, (relative, data) in outputs.items():
-        blob = nifti_bytes(data, new_affine, window=window if column in sources else None)
+        blob = nifti_bytes(data, new_affine, window=window if column == image_column else None)
         atomic_write_bytes(out / relative, blob)
         checksums[relative] = hashlib.sha256(blob).hexdigest()
     return {
