@@ -189,29 +189,33 @@ class Trainer:
         if cfg.ema_decay:
             ema_fn = get_ema_multi_avg_fn(cfg.ema_decay)
             run.ema = AveragedModel(model, multi_avg_fn=ema_fn, use_buffers=True)
-        torch.manual_seed(cfg.seed * 1_000_003 + 7919 * (acc.process_index + 1))
-        step = self._restore(resume, run) if resume is not None else 0
-        self._seconds_before = float(resume.meta.get("train_seconds", 0.0)) if resume else 0.0
-        self._started = time.monotonic()
-        self._start_step = step
-        if resume is not None and resume.meta.get("lr_horizon") is not None:
-            self._horizon, self._fitted = int(resume.meta["lr_horizon"]), True
-        elif cfg.lr_schedule == "cosine" and cfg.max_minutes is not None:
-            # Time the whole warm-up (its lr does not depend on the horizon): 20 steps alone
-            # are ~10 s, and a busy moment there cut a 30-minute run short by 11 minutes.
-            self._pace_at = max(step + PACE_STEPS, cfg.warmup_steps)
-        acc.init_trackers("train")
-        agreed = False
-        try:
-            with StopSignal() as stop:
-                last = self._loop(task, run, step, stop)
-            agreed = True
-            return last
-        except (Interrupted, TrainingDiverged):
-            agreed = True  # every process raises these at the same step
-            raise
-        finally:
-            self._release(task, run, agreed)
+        # dropout and the like draw from torch's global RNG: seeded per process for the run
+        # (and restored on resume), inside a fork so the caller's RNG is left as it was
+        devices = [acc.device.index or 0] if acc.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.seed * 1_000_003 + 7919 * (acc.process_index + 1))
+            step = self._restore(resume, run) if resume is not None else 0
+            self._seconds_before = float(resume.meta.get("train_seconds", 0.0)) if resume else 0.0
+            self._started = time.monotonic()
+            self._start_step = step
+            if resume is not None and resume.meta.get("lr_horizon") is not None:
+                self._horizon, self._fitted = int(resume.meta["lr_horizon"]), True
+            elif cfg.lr_schedule == "cosine" and cfg.max_minutes is not None:
+                # Time the whole warm-up (its lr does not depend on the horizon): 20 steps alone
+                # are ~10 s, and a busy moment there cut a 30-minute run short by 11 minutes.
+                self._pace_at = max(step + PACE_STEPS, cfg.warmup_steps)
+            acc.init_trackers("train")
+            agreed = False
+            try:
+                with StopSignal() as stop:
+                    last = self._loop(task, run, step, stop)
+                agreed = True
+                return last
+            except (Interrupted, TrainingDiverged):
+                agreed = True  # every process raises these at the same step
+                raise
+            finally:
+                self._release(task, run, agreed)
 
     def _release(self, task: Task, run: _Run, agreed: bool) -> None:
         """Unwrap the modules and free the DDP wrappers while the process group is alive, then

@@ -161,8 +161,9 @@ def train_autoencoder(
         manifest, cfg.data.val_split, cfg.val_images, show_progress, tuple(train.shape[2:])
     )
     spatial_dims = train.dim() - 2
-    torch.manual_seed(cfg.train.seed)
-    task = AutoencoderTask(cfg, spatial_dims, val, train)
+    with torch.random.fork_rng(devices=[]):  # the weights' init, seeded; the caller's RNG kept
+        torch.manual_seed(cfg.train.seed)
+        task = AutoencoderTask(cfg, spatial_dims, val, train)
     meta = {
         "data_fingerprint": manifest.fingerprint(),
         "spatial_dims": spatial_dims,

@@ -324,14 +324,10 @@ def train_diffusion(
     train_rows = ManifestDataset(manifest, split=cfg.data.train_split, masks=False)
     first = train_rows[0]
     affine = manifest.image(train_rows.rows[0]).affine  # what sampled volumes are written with
-    torch.manual_seed(cfg.train.seed)
-    stack = build_stack(
-        cfg,
-        specs,
-        tuple(first["image"].shape[1:]),
-        _reports_tokenizer(cfg, manifest, specs),
-        labels,
-    )
+    tokenizer = _reports_tokenizer(cfg, manifest, specs)
+    with torch.random.fork_rng(devices=[]):  # the weights' init, seeded; the caller's RNG kept
+        torch.manual_seed(cfg.train.seed)
+        stack = build_stack(cfg, specs, tuple(first["image"].shape[1:]), tokenizer, labels)
     space, tokenizer = stack.space, stack.tokenizer
     if cfg.pretrained is None:  # then cfg.denoiser built the UNet, which halves between levels
         factor = 2 ** (len(cfg.denoiser.channels) - 1)
