@@ -315,3 +315,17 @@ def test_an_enhanced_multiframe_volume_takes_spacing_and_positions_from_its_func
     voi = ds.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
     center, width = float(voi.WindowCenter), float(voi.WindowWidth)
     assert image.window == (center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2)
+
+
+@pytest.mark.parametrize(
+    "name", ["eCT_Supplemental.dcm", "CT_small.dcm", "RG3_UNCI.dcm", "emri_small.dcm"]
+)
+def test_the_editor_decodes_a_file_to_the_values_the_reader_gives(name):
+    """The editor blends in the values the model saw: an enhanced CT's shared rescale too."""
+    path = shipped_dicom(name)
+    np.testing.assert_array_equal(read_stored(path).decoded, read_image(path).array)
+
+
+def test_the_editor_refuses_a_modality_lut_it_cannot_write_back():
+    with pytest.raises(InputError, match="mlut_18.dcm: its values come through a Modality LUT"):
+        read_stored(shipped_dicom("mlut_18.dcm"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from synthgen.data.dicom import inversion, voi_window
+from synthgen.data.dicom import frame_rescales, inversion, voi_window
 from synthgen.data.io import (
     ImageReadError,
     error_reason,
@@ -133,9 +133,26 @@ def _read_dicom(path: Path) -> Stored:
         raise ImageReadError(path, "DICOM file has no pixel data")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ImageReadError(path, "colour DICOM; synthgen expects grayscale scans")
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    return Stored(path, "dicom", np.array(ds.pixel_array), slope, intercept, ds, inversion(ds))
+    if ds.get("ModalityLUTSequence"):
+        raise ImageReadError(
+            path, "its values come through a Modality LUT Sequence, which edit cannot write back "
+            "losslessly; convert the file to rescaled values first"
+        )  # fmt: skip
+    stored = np.array(ds.pixel_array)
+    slope, intercept = _rescale(ds, stored.shape[0] if stored.ndim == 3 else 1, path)
+    return Stored(path, "dicom", stored, slope, intercept, ds, inversion(ds))
+
+
+def _rescale(ds: Any, frames: int, path: Path) -> tuple[float, float]:
+    """The file's linear modality transform as `read_image` applies it (data/dicom.py): the
+    top-level tags, else an enhanced file's per-frame or shared ones, which must then agree
+    across frames for one stored ↔ decoded mapping."""
+    if "RescaleSlope" in ds:
+        return float(ds.RescaleSlope or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    found = set(frame_rescales(ds, frames) or [(1.0, 0.0)])
+    if len(found) > 1:
+        raise ImageReadError(path, "its frames rescale differently; edit needs one rescale")
+    return found.pop()
 
 
 def _read_nifti(path: Path) -> Stored:
