@@ -41,6 +41,7 @@ from synthgen.data.io import (
 )
 from synthgen.data.manifest import MIN_SIDE, Manifest
 from synthgen.data.progress import Bar
+from synthgen.data.runs import sha256
 from synthgen.data.schema import IntensityPolicy, dump_schema
 from synthgen.errors import InputError
 
@@ -149,7 +150,7 @@ _STATE: tuple[Manifest, PrepareConfig, Path, dict[str, dict[str, Any]]] | None =
 
 def _init(*state: Any) -> None:
     global _STATE
-    _STATE = state  # type: ignore[assignment]
+    _STATE = state or None  # type: ignore[assignment]
 
 
 def _init_worker(*state: Any) -> None:
@@ -177,7 +178,10 @@ def _results(
     rows = range(len(manifest))
     if workers == 1:
         _init(*state)
-        yield map(_prepare_row, rows)
+        try:
+            yield map(_prepare_row, rows)
+        finally:
+            _init()  # the manifest and done-list are not kept alive past the run
         return
     import monai.data  # noqa: F401
     import monai.transforms  # noqa: F401
@@ -243,8 +247,7 @@ def _file_digest(path: Path) -> str:
             digest.update(f"{child.relative_to(path)}\0{_file_digest(child)}\0".encode())
         return digest.hexdigest()
     try:
-        with path.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return sha256(path)
     except OSError:
         return "unreadable"
 

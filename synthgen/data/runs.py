@@ -69,7 +69,9 @@ def read_rows(out: Path) -> Iterator[dict[str, Any]]:
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """A file's sha256, read in blocks (a CT series or a film is not held in memory for it)."""
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def complete_rows(out: Path, n: int) -> dict[int, dict[str, Any]]:
