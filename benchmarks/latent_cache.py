@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from synthgen.config import (
+    DEMO_CONFIG,
     AEStage,
     AETrainConfig,
     DataConfig,
@@ -47,6 +48,7 @@ from synthgen.config import (
     PhantomConfig,
     TrainConfig,
     dump_config,
+    load_config,
 )
 from synthgen.data.dataset import ManifestDataset, load_images
 from synthgen.data.latents import LatentCache, open_cache
@@ -94,7 +96,7 @@ class Timing:
 
 
 def demo_stage() -> AEStage:
-    return DemoConfig().autoencoders["chest2d"]
+    return load_config(DemoConfig, DEMO_CONFIG).autoencoders["chest2d"]
 
 
 def device() -> torch.device:

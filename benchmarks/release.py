@@ -25,15 +25,22 @@ from pathlib import Path
 
 from quick_model import quick_model
 
-from synthgen.config import ClassifierConfig, PhantomConfig, TrainConfig
+from synthgen.config import (
+    ClassifierConfig,
+    EvalConfig,
+    PhantomConfig,
+    ReleaseConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from synthgen.data.manifest import load_manifest
-from synthgen.metrics.evaluate import EvalOptions, evaluate
+from synthgen.metrics.evaluate import evaluate
 from synthgen.pipeline.generator import load_generator
-from synthgen.release.build import ReleaseOptions, build_release
+from synthgen.release.build import build_release
 from synthgen.release.privacy import real_content, scan_release
 from synthgen.release.verify import verify_release
 from synthgen.sampling.conditions import Balanced
-from synthgen.sampling.run import SampleOptions, run_sampling
+from synthgen.sampling.run import run_sampling
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "inpaint-chest2d-pixel32.yaml"
 PROBE = ClassifierConfig(
@@ -52,13 +59,13 @@ def make_samples(root: Path, n: int, tiny: bool = False) -> tuple[Path, Path]:
     )
     gen = load_generator(run)
     samples = root / "samples"
-    opts = SampleOptions(checkpoint=run, n=n, out=samples, steps=1, size=64, batch_size=256)
+    opts = SampleConfig(checkpoint=run, n=n, out=samples, steps=1, size=64, batch_size=256)
     run_sampling(opts, Balanced(gen.specs, ["sex", "nodule"]), show=True, gen=gen)
     report = root / "report"
     probe = PROBE
     if tiny:
         probe = PROBE.model_copy(update={"train": PROBE.train.model_copy(update={"steps": 2})})
-    evaluate(("memorization",), EvalOptions(
+    evaluate(("memorization",), EvalConfig(
         real=manifest, synthetic=samples, out=report, seeds=(0,), bootstrap=20, limit=500,
         cache=root / "cache", classifier=probe, show=False,
     ))  # fmt: skip
@@ -106,7 +113,7 @@ def main() -> None:
         out = root / f"release-{kind}"
         shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
-        opts = ReleaseOptions(samples=samples, report=report, out=out, name="bench",
+        opts = ReleaseConfig(samples=samples, report=report, out=out, name="bench",
                               license="cc-by-4.0", format=kind)  # fmt: skip
         build_release(opts, show=True)
         made = time.perf_counter() - start

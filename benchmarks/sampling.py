@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 from quick_model import quick_model
 
-from synthgen.config import PhantomConfig
+from synthgen.config import PhantomConfig, SampleConfig
 from synthgen.pipeline.generator import load_generator
 from synthgen.sampling.conditions import Balanced
-from synthgen.sampling.run import SampleOptions, run_sampling
+from synthgen.sampling.run import run_sampling
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "inpaint-chest2d-pixel32.yaml"
 PEAK_RSS = """
@@ -55,7 +55,7 @@ def bare_loop(gen, rows, seed: int, steps: int, batch: int) -> float:
 
 
 def end_to_end(gen, ck: Path, out: Path, n: int, steps: int, batch: int, size: int) -> float:
-    opts = SampleOptions(
+    opts = SampleConfig(
         checkpoint=ck, n=n, out=out, seed=0, steps=steps, batch_size=batch, size=size
     )
     start = time.perf_counter()

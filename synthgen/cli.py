@@ -15,9 +15,18 @@ from typing import Annotated, Any
 
 import click
 import typer
+from pydantic import BaseModel
 from typer.core import TyperGroup
 
-from synthgen.config import SAMPLERS
+from synthgen.config import (
+    SAMPLERS,
+    EditConfig,
+    EvalConfig,
+    Model,
+    ReleaseConfig,
+    SampleConfig,
+    StressConfig,
+)
 from synthgen.errors import InputError
 
 app = typer.Typer(
@@ -268,18 +277,6 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="config overrides as
 RunConfig = Annotated[Path, typer.Option(help="run config YAML")]
 Resume = Annotated[bool, typer.Option(help="continue the run in `out` at its next batch")]
 Quiet = Annotated[bool, typer.Option(help="no progress bar")]
-Guide = Annotated[
-    str | None,
-    typer.Option(
-        help="comma-separated fields to guide on; the others keep their condition in both "
-        "branches of classifier-free guidance (needs --guidance other than 1) [default: all]"
-    ),
-]
-
-
-def field_list(text: str | None) -> tuple[str, ...] | None:
-    """A comma-separated option (--guide, --null) as field names; None when not given."""
-    return None if text is None else tuple(f.strip() for f in text.split(","))
 
 
 @train_app.command(
@@ -391,65 +388,142 @@ def encode(
 
 # Built from the config's list, which imports no torch (--help stays fast).
 Sampler = StrEnum("Sampler", [(name, name) for name in SAMPLERS])  # type: ignore[misc]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="YAML of this command's keys (configs/ has examples); the flags given and the "
+        "key=value overrides win over it",
+    ),
+]
+
+
+def key_help(model: type[BaseModel], key: str, text: str | None = None) -> str:
+    """A flag's help from the config key it sets: the key's description and default, written
+    once in the model."""
+    info = model.model_fields[key]
+    text = text or info.description or ""
+    if info.is_required():
+        return f"{text} [required; key: {key}]"
+    default = info.get_default(call_default_factory=True)
+    if default is None or default == ():
+        shown = "none"
+    elif isinstance(default, tuple):
+        shown = ",".join(str(v) for v in default)
+    else:
+        shown = str(default).lower() if isinstance(default, bool) else str(default)
+    return f"{text} [default: {shown}; key: {key}]"
+
+
+def command_config(
+    model: type[Model],
+    config: Path | None,
+    overrides: list[str] | None,
+    name: str,
+    flags: dict[str, Any],
+    renamed: dict[str, str] | None = None,
+) -> Model:
+    """The command's config: `--config`, then the flags given (each sets the key it is named
+    after, or the one `renamed` maps it to), then key=value overrides. Errors name the flag."""
+    from synthgen.config import load_config
+
+    aliases = {k: "--" + k.replace("_", "-") for k in flags} | (renamed or {})
+    return load_config(model, config, overrides or [], flags, name, aliases)
+
+
+def field_list(text: str | None) -> tuple[str, ...] | None:
+    """A comma-separated option (--balance, --guide, --null) as names; None when not given."""
+    return None if text is None else tuple(f.strip() for f in text.split(",") if f.strip())
+
+
+def sampler_name(sampler: Sampler | None) -> str | None:
+    return None if sampler is None else sampler.value
 
 
 @app.command(
-    epilog="Example: synthgen sample --checkpoint runs/ldm-chest --n 10000 --balance sex,nodule "
-    "--size 256 --out synth/chest"
+    epilog="Examples: synthgen sample --checkpoint runs/ldm-chest --n 10000 --balance sex,nodule "
+    "--size 256 --out synth/chest  |  synthgen sample --config configs/sample.yaml "
+    "checkpoint=runs/ldm-chest out=synth/chest n=500"
 )
 def sample(
-    checkpoint: Annotated[Path, typer.Option(help="diffusion checkpoint (or its run folder)")],
+    overrides: Overrides = None,
+    config: ConfigFile = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help=key_help(SampleConfig, "checkpoint"))
+    ] = None,
     n: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--n",
             "--num-samples",
             "-n",
-            min=1,
-            help="number of samples (ids 0..n-1); --num-samples under torchrun/accelerate, "
-            "whose parsers take --n for their own options",
-        ),
-    ],
-    out: Annotated[Path, typer.Option(help="output folder (new, or the run to --resume)")],
+            help=key_help(
+                SampleConfig,
+                "n",
+                "number of samples (ids 0..n-1); --num-samples "
+                "under torchrun/accelerate, whose parsers take --n for their own",
+            ),
+        ),  # fmt: skip
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help=key_help(SampleConfig, "out"))] = None,
     conditions: Annotated[
-        Path | None,
-        typer.Option(help="CSV/YAML of condition rows, used in turn (sample i: row i mod rows)"),
+        Path | None, typer.Option(help=key_help(SampleConfig, "conditions"))
     ] = None,
-    match: Annotated[
-        Path | None,
-        typer.Option(help="copy conditions from random training rows of this real manifest"),
-    ] = None,
+    match: Annotated[Path | None, typer.Option(help=key_help(SampleConfig, "match"))] = None,
     balance: Annotated[
         str | None,
-        typer.Option(help="comma-separated categorical fields: equal counts per combination"),
-    ] = None,
+        typer.Option(
+            help=key_help(
+                SampleConfig,
+                "balance",
+                "comma-separated categorical fields: equal counts per combination",
+            )
+        ),
+    ] = None,  # fmt: skip
     keep_text: Annotated[
         list[str] | None,
         typer.Option(
-            help="with --match: record this text column's real cells verbatim in files and "
-            "manifests (default: a keyed hash; repeat per column; the release card states it)"
+            help=key_help(
+                SampleConfig,
+                "keep_text",
+                "with --match: record this text "
+                "column's real cells verbatim (default: a keyed hash; repeat per column; "
+                "the release card states it)",
+            )
         ),
+    ] = None,  # fmt: skip
+    seed: Annotated[int | None, typer.Option(help=key_help(SampleConfig, "seed"))] = None,
+    sampler: Annotated[Sampler | None, typer.Option(help=key_help(SampleConfig, "sampler"))] = None,
+    steps: Annotated[int | None, typer.Option(help=key_help(SampleConfig, "steps"))] = None,
+    guidance: Annotated[float | None, typer.Option(help=key_help(SampleConfig, "guidance"))] = None,
+    guide: Annotated[
+        str | None,
+        typer.Option(
+            help=key_help(
+                SampleConfig,
+                "guide_fields",
+                "comma-separated "
+                "fields to guide on; the others keep their "
+                "condition in both branches of classifier-free "
+                "guidance (needs --guidance other than 1)",
+            )
+        ),
+    ] = None,  # fmt: skip
+    batch_size: Annotated[
+        int | None, typer.Option(help=key_help(SampleConfig, "batch_size"))
     ] = None,
-    seed: Annotated[int, typer.Option(help="run seed; sample i uses a seed from (seed, i)")] = 0,
-    sampler: Annotated[Sampler | None, typer.Option(help="[default: the trained one]")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="[default: the trained one]")] = None,
-    guidance: Annotated[
-        float | None, typer.Option(min=0.0, help="classifier-free guidance [default: trained]")
-    ] = None,
-    guide: Guide = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="images per model call")] = 16,
-    bits: Annotated[int, typer.Option(min=8, max=16, help="PNG bit depth: 8 or 16")] = 8,
-    size: Annotated[
-        int | None,
-        typer.Option(min=8, help="export 2D images at SIZE x SIZE (a multiple repeats pixels)"),
-    ] = None,
+    bits: Annotated[int | None, typer.Option(help=key_help(SampleConfig, "bits"))] = None,
+    size: Annotated[int | None, typer.Option(help=key_help(SampleConfig, "size"))] = None,
     watermark_id: Annotated[
-        str | None, typer.Option(help="32-bit release id, hex [default: derived from the run]")
+        str | None, typer.Option(help=key_help(SampleConfig, "watermark_id"))
     ] = None,
     no_watermark: Annotated[
-        bool, typer.Option("--no-watermark", help="write unmarked files (run.json records it)")
-    ] = False,
-    workers: Annotated[int, typer.Option(min=1, help="writer threads")] = 2,
+        bool,
+        typer.Option(
+            "--no-watermark", help="write unmarked files (run.json records it) [key: watermark]"
+        ),
+    ] = False,  # fmt: skip
+    workers: Annotated[int | None, typer.Option(help=key_help(SampleConfig, "workers"))] = None,
     resume: Annotated[
         bool, typer.Option(help="finish the run in --out, redoing missing or bad files")
     ] = False,
@@ -461,41 +535,25 @@ def sample(
     number of processes (`accelerate launch synthgen sample ...` shards the ids) or resumes.
     Writes images/{i//1000:04d}/{i:08d}.png (.nii.gz for 3D, with a JSON sidecar),
     manifest.csv and .parquet (id, seed, conditions, file, sha256, watermark payload) and
-    run.json (checkpoint hash, sampler, versions, time). Every file is written atomically.
+    run.json (checkpoint hash, the request, versions, time). Every file is written atomically.
     Files and manifests hold no real path, id or text: a mask condition is recorded as its
     label shares and a keyed hash, a --match row and its text as keyed hashes (--keep-text).
     """
-    from synthgen.pipeline.generator import load_generator, process_state
-    from synthgen.sampling.conditions import condition_source
-    from synthgen.sampling.run import SampleOptions, run_sampling
+    from synthgen.pipeline.generator import process_state
+    from synthgen.sampling.run import run_sampling
 
-    if bits not in (8, 16):
-        raise InputError(f"--bits must be 8 or 16, got {bits}")
-    release = None if watermark_id is None else _release(watermark_id)
-    split = [c.strip() for c in (balance or "").split(",") if c.strip()]
-    gen = load_generator(checkpoint, device=process_state().device)
-    source = condition_source(
-        gen.specs, gen.cfg.conditioning.mask, seed, conditions, match, split, keep_text or ()
-    )
-    opts = SampleOptions(
-        checkpoint=checkpoint,
-        n=n,
-        out=out,
-        seed=seed,
-        sampler=None if sampler is None else sampler.value,
-        steps=steps,
-        guidance=guidance,
-        guide_fields=field_list(guide),
-        batch_size=batch_size,
-        bits=bits,
-        size=size,
-        watermark=not no_watermark,
-        watermark_id=release,
-        workers=workers,
-        resume=resume,
-    )
+    flags = {
+        "checkpoint": checkpoint, "n": n, "out": out, "conditions": conditions, "match": match,
+        "balance": field_list(balance), "keep_text": keep_text, "seed": seed,
+        "sampler": sampler_name(sampler), "steps": steps, "guidance": guidance,
+        "guide_fields": field_list(guide), "batch_size": batch_size, "bits": bits, "size": size,
+        "watermark_id": watermark_id, "watermark": False if no_watermark else None,
+        "workers": workers, "resume": resume or None,
+    }  # fmt: skip
+    cfg = command_config(SampleConfig, config, overrides, "sample", flags,
+                         {"guide_fields": "--guide", "watermark": "--no-watermark"})  # fmt: skip
     try:
-        summary = run_sampling(opts, source, show=not quiet, gen=gen)
+        summary = run_sampling(cfg, show=not quiet)
     finally:
         process_state().destroy_process_group()  # see _run_training
     if not process_state().is_main_process:
@@ -521,73 +579,76 @@ class Shift(StrEnum):
     "--strength 0.6\n\n"
     "add a nodule inside the lungs of negative cases:\n\n"
     "synthgen edit --checkpoint runs/inpaint --manifest data/chest/manifest.csv --out edits/add "
-    "--set nodule=1 --where nodule=0 --edit-mask anatomy:right_lung,left_lung"
+    "--set nodule=1 --where nodule=0 --edit-mask anatomy:right_lung,left_lung\n\n"
+    "the same from a config file:\n\n"
+    "synthgen edit --config configs/edit.yaml checkpoint=runs/inpaint "
+    "manifest=data/chest/manifest.csv out=edits/add"
 )
 def edit(
-    checkpoint: Annotated[Path, typer.Option(help="diffusion checkpoint (or its run folder)")],
-    manifest: Annotated[Path, typer.Option(help="manifest of the real images to edit")],
-    out: Annotated[Path, typer.Option(help="output folder (new, or the run to --resume)")],
+    overrides: Overrides = None,
+    config: ConfigFile = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help=key_help(EditConfig, "checkpoint"))
+    ] = None,
+    manifest: Annotated[Path | None, typer.Option(help=key_help(EditConfig, "manifest"))] = None,
+    out: Annotated[Path | None, typer.Option(help=key_help(EditConfig, "out"))] = None,
     set_: Annotated[
-        list[str],
-        typer.Option("--set", help="COLUMN=VALUE condition to change (repeatable)"),
-    ],
-    prompt: Annotated[
-        str | None, typer.Option(help="text for a text-conditioned model [default: none]")
+        list[str] | None,
+        typer.Option("--set", help="COLUMN=VALUE condition to change (repeatable) [key: changes]"),
     ] = None,
-    edit_mask: Annotated[
-        str | None,
-        typer.Option(
-            help="where the image may change: a mask column (COLUMN or COLUMN:LABEL,...), "
-            "box:R0,C0,R1,C1, or all"
-        ),
-    ] = None,
+    prompt: Annotated[str | None, typer.Option(help=key_help(EditConfig, "prompt"))] = None,
+    edit_mask: Annotated[str | None, typer.Option(help=key_help(EditConfig, "edit_mask"))] = None,
     edit_region: Annotated[
-        str | None, typer.Option(help="all: the whole image (global shifts)")
+        str | None, typer.Option(help="all: the whole image (global shifts) [key: edit_mask]")
     ] = None,
     keep_mask: Annotated[
         list[str] | None,
-        typer.Option(help="mask that must survive unchanged (repeatable; same forms)"),
-    ] = None,
-    strength: Annotated[
-        float,
         typer.Option(
-            min=0.0,
-            max=1.0,
-            help="fraction of the noise schedule redrawn (1: from noise; "
-            "below 1: SDEdit from the image, needed for non-inpainting models)",
+            help=key_help(
+                EditConfig,
+                "keep_masks",
+                "mask that must survive unchanged (repeatable; same forms)",
+            )
         ),
-    ] = 1.0,
-    shift: Annotated[
-        Shift | None,
-        typer.Option(
-            help="shift type [default: from the columns: label → manifestation, "
-            "site/scanner/... → acquisition, other covariates → population]"
-        ),
-    ] = None,
+    ] = None,  # fmt: skip
+    strength: Annotated[float | None, typer.Option(help=key_help(EditConfig, "strength"))] = None,
+    shift: Annotated[Shift | None, typer.Option(help=key_help(EditConfig, "shift"))] = None,
     where: Annotated[
-        list[str] | None, typer.Option(help="COLUMN=VALUE: only rows with this value (repeatable)")
+        list[str] | None,
+        typer.Option(help="COLUMN=VALUE: only rows with this value (repeatable) [key: where]"),
     ] = None,
-    split: Annotated[str | None, typer.Option(help="only rows of this split")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="edit at most this many rows")] = None,
-    seed: Annotated[int, typer.Option(help="run seed; edit j uses noise from (seed, j)")] = 0,
-    sampler: Annotated[Sampler | None, typer.Option(help="[default: the trained one]")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="[default: the trained one]")] = None,
-    guidance: Annotated[
-        float | None, typer.Option(min=0.0, help="classifier-free guidance [default: trained]")
-    ] = None,
-    guide: Guide = None,
+    split: Annotated[str | None, typer.Option(help=key_help(EditConfig, "split"))] = None,
+    limit: Annotated[int | None, typer.Option(help=key_help(EditConfig, "limit"))] = None,
+    seed: Annotated[int | None, typer.Option(help=key_help(EditConfig, "seed"))] = None,
+    sampler: Annotated[Sampler | None, typer.Option(help=key_help(EditConfig, "sampler"))] = None,
+    steps: Annotated[int | None, typer.Option(help=key_help(EditConfig, "steps"))] = None,
+    guidance: Annotated[float | None, typer.Option(help=key_help(EditConfig, "guidance"))] = None,
+    guide: Annotated[
+        str | None,
+        typer.Option(
+            help=key_help(
+                EditConfig, "guide_fields", "comma-separated fields to guide on (see sample --help)"
+            )
+        ),
+    ] = None,  # fmt: skip
     null: Annotated[
         str | None,
         typer.Option(
-            help="comma-separated fields left to their null token, e.g. a finding a keep mask "
-            "holds, so the model is not asked to draw it a second time"
+            help=key_help(
+                EditConfig,
+                "null_fields",
+                "comma-separated fields left to their null token, e.g. a finding a keep mask holds",
+            )
         ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="images per model call")] = 16,
-    schema: Annotated[Path | None, typer.Option(help="schema [default: beside manifest]")] = None,
+    ] = None,  # fmt: skip
+    batch_size: Annotated[int | None, typer.Option(help=key_help(EditConfig, "batch_size"))] = None,
+    schema: Annotated[Path | None, typer.Option(help=key_help(EditConfig, "schema_file"))] = None,
     no_watermark: Annotated[
-        bool, typer.Option("--no-watermark", help="write unmarked files (run.json records it)")
-    ] = False,
+        bool,
+        typer.Option(
+            "--no-watermark", help="write unmarked files (run.json records it) [key: watermark]"
+        ),
+    ] = False,  # fmt: skip
     resume: Annotated[
         bool, typer.Option(help="finish the run in --out, redoing missing or bad files")
     ] = False,
@@ -602,38 +663,29 @@ def edit(
     sha256, watermark) and run.json. Protected pixels equal the input's stored values exactly;
     the watermark lives in the edited region.
     """
-    from synthgen.edit.plan import ALL, EditOptions, parse_assignments
+    from synthgen.edit.plan import ALL, parse_assignments
     from synthgen.edit.run import run_edit
 
     if edit_mask is not None and edit_region is not None:
         raise InputError("give --edit-mask or --edit-region, not both")
     if edit_region is not None and edit_region != ALL:
         raise InputError(f"--edit-region {edit_region!r}: only 'all' (or use --edit-mask)")
-    opts = EditOptions(
-        checkpoint=checkpoint,
-        manifest=manifest,
-        out=out,
-        changes=parse_assignments(set_, "--set"),
-        prompt=prompt,
-        edit_mask=edit_mask or ALL,
-        keep_masks=tuple(keep_mask or ()),
-        strength=strength,
-        seed=seed,
-        shift=None if shift is None else shift.value,
-        where=parse_assignments(where or [], "--where"),
-        split=split,
-        limit=limit,
-        sampler=None if sampler is None else sampler.value,
-        steps=steps,
-        guidance=guidance,
-        guide_fields=field_list(guide),
-        null_fields=field_list(null) or (),
-        batch_size=batch_size,
-        watermark=not no_watermark,
-        resume=resume,
-        schema=schema,
-    )
-    summary = run_edit(opts, show=not quiet)
+    flags = {
+        "checkpoint": checkpoint, "manifest": manifest, "out": out,
+        "changes": None if set_ is None else parse_assignments(set_, "--set"),
+        "prompt": prompt, "edit_mask": edit_mask or edit_region, "keep_masks": keep_mask,
+        "strength": strength, "shift": None if shift is None else shift.value,
+        "where": None if where is None else parse_assignments(where, "--where"),
+        "split": split, "limit": limit, "seed": seed, "sampler": sampler_name(sampler),
+        "steps": steps, "guidance": guidance, "guide_fields": field_list(guide),
+        "null_fields": field_list(null), "batch_size": batch_size, "schema_file": schema,
+        "watermark": False if no_watermark else None, "resume": resume or None,
+    }  # fmt: skip
+    renamed = {"changes": "--set", "keep_masks": "--keep-mask", "guide_fields": "--guide",
+               "null_fields": "--null", "schema_file": "--schema",
+               "watermark": "--no-watermark"}  # fmt: skip
+    cfg = command_config(EditConfig, config, overrides, "edit", flags, renamed)
+    summary = run_edit(cfg, show=not quiet)
     skipped = f", {summary.skipped} rows already had the values" if summary.skipped else ""
     typer.echo(
         f"{summary.out}: {summary.n} {summary.shift} edits ({summary.edited} made now, "
@@ -647,28 +699,27 @@ def edit(
     "--out reports/stress"
 )
 def stress(
+    overrides: Overrides = None,
+    config: ConfigFile = None,
     classifier: Annotated[
-        str,
+        str | None, typer.Option(help=key_help(StressConfig, "classifier"))
+    ] = None,
+    original: Annotated[Path | None, typer.Option(help=key_help(StressConfig, "original"))] = None,
+    edited: Annotated[
+        list[Path] | None,
         typer.Option(
-            help="TorchScript file, synthgen classifier checkpoint, or module:function "
-            "returning a callable (images (N, 1, *S) in [-1, 1] → one score each)"
+            help=key_help(StressConfig, "edited", "a `synthgen edit` folder (repeatable)")
         ),
-    ],
-    original: Annotated[Path, typer.Option(help="manifest of the unedited images")],
-    edited: Annotated[list[Path], typer.Option(help="a `synthgen edit` folder (repeatable)")],
-    out: Annotated[Path, typer.Option(help="report folder: report.json, report.html")],
-    target: Annotated[
-        str | None, typer.Option(help="two-level label scored [default: the first label]")
-    ] = None,
-    split: Annotated[
-        str | None, typer.Option(help="test pool: only rows of this split [default: all]")
-    ] = None,
+    ] = None,  # fmt: skip
+    out: Annotated[Path | None, typer.Option(help=key_help(StressConfig, "out"))] = None,
+    target: Annotated[str | None, typer.Option(help=key_help(StressConfig, "target"))] = None,
+    split: Annotated[str | None, typer.Option(help=key_help(StressConfig, "split"))] = None,
     threshold: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="score at which a prediction is positive")
-    ] = 0.5,
-    bootstrap: Annotated[int, typer.Option(min=20, help="bootstrap resamples for CIs")] = 1000,
-    top: Annotated[int, typer.Option(min=0, help="largest-change pairs shown per shift")] = 8,
-    schema: Annotated[Path | None, typer.Option(help="schema [default: beside manifest]")] = None,
+        float | None, typer.Option(help=key_help(StressConfig, "threshold"))
+    ] = None,
+    bootstrap: Annotated[int | None, typer.Option(help=key_help(StressConfig, "bootstrap"))] = None,
+    top: Annotated[int | None, typer.Option(help=key_help(StressConfig, "top"))] = None,
+    schema: Annotated[Path | None, typer.Option(help=key_help(StressConfig, "schema_file"))] = None,
     quiet: Quiet = False,
 ) -> None:
     """Measure how a classifier's predictions move on edited images: per shift type and
@@ -679,9 +730,17 @@ def stress(
     from synthgen.data.manifest import load_manifest
     from synthgen.metrics.stress import stress_report
 
-    manifest = load_manifest(original, schema)
-    report = stress_report(classifier, manifest, edited, out, target, split, threshold,
-                           bootstrap, top, show=not quiet)  # fmt: skip
+    flags = {
+        "classifier": classifier, "original": original, "edited": edited, "out": out,
+        "target": target, "split": split, "threshold": threshold, "bootstrap": bootstrap,
+        "top": top, "schema_file": schema,
+    }  # fmt: skip
+    cfg = command_config(StressConfig, config, overrides, "stress", flags,
+                         {"schema_file": "--schema"})  # fmt: skip
+    manifest = load_manifest(cfg.original, cfg.schema_file)
+    report = stress_report(cfg.classifier, manifest, list(cfg.edited), cfg.out, cfg.target,
+                           cfg.split, cfg.threshold, cfg.bootstrap, cfg.top,
+                           show=not quiet)  # fmt: skip
     found = report["shifts"]
     for shift, entry in found.items():
         whole = entry["by_subgroup"]["all"]
@@ -693,7 +752,7 @@ def stress(
             if drop["lo"] is not None and flips is not None
             else f"{shift}: {entry['n_edits']} edits, AUROC drop {drop['mean']}"
         )
-    typer.echo(f"report: {out / 'report.html'}")
+    typer.echo(f"report: {cfg.out / 'report.html'}")
 
 
 def _image_files(paths: list[Path]) -> list[tuple[Path, Path]]:
@@ -713,13 +772,12 @@ def _image_files(paths: list[Path]) -> list[tuple[Path, Path]]:
 
 
 def _release(hex_id: str) -> int:
+    from synthgen.config import release_number
+
     try:
-        value = int(hex_id, 16)
-    except ValueError:
-        raise InputError(f"release id must be hex, got {hex_id!r}") from None
-    if not 0 <= value < 2**32:
-        raise InputError(f"release id must fit 32 bits (8 hex digits), got {hex_id}")
-    return value
+        return release_number(hex_id)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 @watermark_app.command(
@@ -789,33 +847,51 @@ class Format(StrEnum):
 
 @release_app.command(
     "create",
-    epilog="Example: synthgen release synth/chest --report reports/chest --out release/chest "
-    "--name chest-phantoms-synth --license cc-by-4.0 --format parquet",
+    epilog="Examples: synthgen release synth/chest --report reports/chest --out release/chest "
+    "--name chest-phantoms-synth --license cc-by-4.0 --format parquet  |  synthgen release "
+    "synth/chest --config configs/release.yaml report=reports/chest out=release/chest "
+    "name=chest-synth",
 )
 def release_create(
-    samples: Annotated[Path, typer.Argument(help="a finished `synthgen sample` folder")],
-    report: Annotated[Path, typer.Option(help="the `synthgen eval` report folder of SAMPLES")],
-    out: Annotated[Path, typer.Option(help="release folder to create (absent or empty)")],
-    name: Annotated[str, typer.Option(help="dataset name, for the card")],
-    license: Annotated[str, typer.Option(help="license of the release, e.g. cc-by-4.0")],
-    format: Annotated[Format, typer.Option(help="layout under RELEASE/data")] = Format.imagefolder,
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="SAMPLES (a finished `synthgen sample` folder; key: samples), then config "
+            "overrides as dotted.key=value",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigFile = None,
+    report: Annotated[Path | None, typer.Option(help=key_help(ReleaseConfig, "report"))] = None,
+    out: Annotated[Path | None, typer.Option(help=key_help(ReleaseConfig, "out"))] = None,
+    name: Annotated[str | None, typer.Option(help=key_help(ReleaseConfig, "name"))] = None,
+    license: Annotated[str | None, typer.Option(help=key_help(ReleaseConfig, "license"))] = None,
+    format: Annotated[Format | None, typer.Option(help=key_help(ReleaseConfig, "format"))] = None,
     allow_flagged: Annotated[
-        bool, typer.Option(help="release even if memorisation flags exceed --max-flagged")
+        bool, typer.Option(help=key_help(ReleaseConfig, "allow_flagged"))
     ] = False,
     max_flagged: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="largest fraction of flagged near-copies")
-    ] = 0.0,
+        float | None, typer.Option(help=key_help(ReleaseConfig, "max_flagged"))
+    ] = None,
     shard_mb: Annotated[
-        int, typer.Option(min=1, help="parquet / webdataset shard size in MB")
-    ] = 1024,
-    workers: Annotated[int, typer.Option(min=1, help="watermark-detection threads")] = 2,
+        int | None,
+        typer.Option(
+            help="parquet / webdataset shard size in MiB [default: 1024; key: shard_bytes]"
+        ),
+    ] = None,  # fmt: skip
+    workers: Annotated[int | None, typer.Option(help=key_help(ReleaseConfig, "workers"))] = None,
     real: Annotated[
         list[Path] | None,
         typer.Option(
-            help="real manifest to search the release for (repeatable) [default: the "
-            "generator's training manifest and any --match manifest, as run.json names them]"
+            help=key_help(
+                ReleaseConfig,
+                "real",
+                "real manifest to search the release "
+                "for (repeatable); default: the generator's training manifest and any "
+                "--match manifest, as run.json names them",
+            )
         ),
-    ] = None,
+    ] = None,  # fmt: skip
     quiet: Quiet = False,
 ) -> None:
     """Package SAMPLES as a dataset others can download, verify and load: images, metadata
@@ -829,17 +905,25 @@ def release_create(
     text (file metadata, tables, card). RELEASE appears only when complete; a killed release
     is rebuilt by running the command again.
     """
-    from synthgen.release.build import ReleaseOptions, build_release
+    from synthgen.release.build import build_release
 
-    opts = ReleaseOptions(
-        samples=samples, report=report, out=out, name=name, license=license,
-        format=format.value, allow_flagged=allow_flagged, max_flagged=max_flagged,
-        shard_bytes=shard_mb * 1_000_000, workers=workers, real=tuple(real or ()),
-    )  # fmt: skip
-    summary = build_release(opts, show=not quiet)
+    overrides = [a for a in args or [] if "=" in a]
+    samples = [a for a in args or [] if "=" not in a]
+    if len(samples) > 1:
+        raise InputError(f"one SAMPLES folder, got {len(samples)}: {' '.join(samples)}")
+    flags = {
+        "samples": samples[0] if samples else None, "report": report, "out": out, "name": name,
+        "license": license, "format": None if format is None else format.value,
+        "allow_flagged": allow_flagged or None, "max_flagged": max_flagged,
+        "shard_bytes": None if shard_mb is None else shard_mb << 20, "workers": workers,
+        "real": real,
+    }  # fmt: skip
+    cfg = command_config(ReleaseConfig, config, overrides, "release", flags,
+                         {"samples": "SAMPLES", "shard_bytes": "--shard-mb"})  # fmt: skip
+    summary = build_release(cfg, show=not quiet)
     for gate in summary.gates:
         typer.echo(f"gate {gate.name}: {'passed' if gate.passed else 'FAILED'} ({gate.figure})")
-    typer.echo(f"release: {summary.out} ({summary.images:,} images, {format.value})")
+    typer.echo(f"release: {summary.out} ({summary.images:,} images, {cfg.format})")
     typer.echo(f"card: {summary.out / 'dataset_card.md'}")
 
 
@@ -877,39 +961,32 @@ class EvalPart(StrEnum):
 
 @app.command(
     "eval",
-    epilog="Example: synthgen eval all --real data/chest/manifest.csv --synthetic synth/chest "
-    "--out reports/chest --balance site",
+    epilog="Examples: synthgen eval all --real data/chest/manifest.csv --synthetic synth/chest "
+    "--out reports/chest --balance site  |  synthgen eval all --config configs/eval.yaml "
+    "real=data/chest/manifest.csv synthetic=synth/chest out=reports/chest",
 )
 def eval_(
     part: Annotated[EvalPart, typer.Argument(help="which evaluation; all writes every part")],
-    real: Annotated[Path, typer.Option(help="real manifest (train split = generator's data)")],
-    synthetic: Annotated[Path, typer.Option(help="a `synthgen sample` output folder")],
-    out: Annotated[Path, typer.Option(help="report folder: report.json, report.html")],
-    schema: Annotated[Path | None, typer.Option(help="schema [default: beside manifest]")] = None,
-    extractor: Annotated[
-        str | None,
-        typer.Option(
-            help="features for FID/KID/PRDC: domain:CKPT, inception[:WEIGHTS], hf:FOLDER "
-            "[default: a probe classifier trained here on the real images]"
-        ),
+    overrides: Overrides = None,
+    config: ConfigFile = None,
+    real: Annotated[Path | None, typer.Option(help=key_help(EvalConfig, "real"))] = None,
+    synthetic: Annotated[Path | None, typer.Option(help=key_help(EvalConfig, "synthetic"))] = None,
+    out: Annotated[Path | None, typer.Option(help=key_help(EvalConfig, "out"))] = None,
+    schema: Annotated[Path | None, typer.Option(help=key_help(EvalConfig, "schema_file"))] = None,
+    extractor: Annotated[str | None, typer.Option(help=key_help(EvalConfig, "extractor"))] = None,
+    target: Annotated[str | None, typer.Option(help=key_help(EvalConfig, "target"))] = None,
+    balance: Annotated[str | None, typer.Option(help=key_help(EvalConfig, "balance"))] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(help="classifier seeds per regime (0..N-1) [default: 3; key: seeds]"),
     ] = None,
-    target: Annotated[
-        str | None, typer.Option(help="two-level label for utility [default: first label]")
+    bootstrap: Annotated[int | None, typer.Option(help=key_help(EvalConfig, "bootstrap"))] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="classifier training steps [default: 300; key: classifier.train.steps]"),
     ] = None,
-    balance: Annotated[
-        str | None,
-        typer.Option(help="subgroup column: adds the real + synthetic balanced regime"),
-    ] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="classifier seeds per regime")] = 3,
-    bootstrap: Annotated[int, typer.Option(min=20, help="bootstrap resamples for CIs")] = 1000,
-    steps: Annotated[int, typer.Option(min=1, help="classifier training steps")] = 300,
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="use at most this many train/synthetic images")
-    ] = None,
-    cache: Annotated[
-        Path | None,
-        typer.Option(help="cache for probes and reference features [default: ~/.cache/synthgen]"),
-    ] = None,
+    limit: Annotated[int | None, typer.Option(help=key_help(EvalConfig, "limit"))] = None,
+    cache: Annotated[Path | None, typer.Option(help=key_help(EvalConfig, "cache"))] = None,
     quiet: Annotated[bool, typer.Option(help="no progress")] = False,
 ) -> None:
     """Judge a synthetic set against real images: fidelity (FID, KID, precision/recall/density/
@@ -917,32 +994,22 @@ def eval_(
     with bootstrap CIs), fairness (per-subgroup AUROC/TPR/FPR/calibration per regime, hidden
     strata, conditioning fidelity), memorisation (nearest training image per sample).
     """
-    from synthgen.config import ClassifierConfig
-    from synthgen.metrics.evaluate import PARTS, EvalOptions, evaluate
+    from synthgen.metrics.evaluate import PARTS, evaluate
 
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: --out is a file, not a folder")
-    cfg = ClassifierConfig()
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": steps})})
-    opts = EvalOptions(
-        real=real,
-        synthetic=synthetic,
-        out=out,
-        schema=schema,
-        extractor=extractor,
-        target=target,
-        balance=balance,
-        seeds=tuple(range(seeds)),
-        bootstrap=bootstrap,
-        limit=limit,
-        classifier=cfg,
-        show=not quiet,
-    )
-    if cache is not None:
-        opts.cache = cache
+    flags = {
+        "real": real, "synthetic": synthetic, "out": out, "schema_file": schema,
+        "extractor": extractor, "target": target, "balance": balance, "seeds": seeds,
+        "bootstrap": bootstrap, "classifier.train.steps": steps, "limit": limit, "cache": cache,
+        "show": False if quiet else None,
+    }  # fmt: skip
+    cfg = command_config(EvalConfig, config, overrides, "eval", flags,
+                         {"schema_file": "--schema", "classifier.train.steps": "--steps",
+                          "show": "--quiet"})  # fmt: skip
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise InputError(f"{cfg.out}: --out is a file, not a folder")
     parts = PARTS if part == EvalPart.all else (part.value,)
-    found = evaluate(parts, opts)
-    typer.echo(f"report: {out / 'report.html'} ({found['meta']['seconds']:.0f} s)")
+    found = evaluate(parts, cfg)
+    typer.echo(f"report: {cfg.out / 'report.html'} ({found['meta']['seconds']:.0f} s)")
 
 
 @app.command(epilog="Example: synthgen demo --out demo datasets.chest2d.n=200")
@@ -950,7 +1017,8 @@ def demo(
     overrides: Overrides = None,
     out: Annotated[Path, typer.Option(help="folder for everything the demo makes")] = Path("demo"),
     config: Annotated[
-        Path | None, typer.Option(help="demo config YAML [default: built-in]")
+        Path | None,
+        typer.Option(help="demo config YAML [default: the built-in recipe, configs/demo.yaml]"),
     ] = None,
     fresh: Annotated[
         bool, typer.Option(help="redo finished stages instead of reusing them")
@@ -969,13 +1037,13 @@ def demo(
     interrupted training run is resumed. --minutes trades quality for time; a GPU is used
     when present.
     """
-    from synthgen.config import DemoConfig, load_config
+    from synthgen.config import DEMO_CONFIG, DemoConfig, load_config
     from synthgen.demo import run_demo
     from synthgen.engine.trainer import Interrupted
 
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out is a file, not a folder")
-    cfg = load_config(DemoConfig, config, overrides or [])
+    cfg = load_config(DemoConfig, config or DEMO_CONFIG, overrides or [])
     if minutes is not None:
         cfg = cfg.model_copy(update={"minutes": minutes})
     try:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 
 from synthgen.errors import InputError
 
@@ -133,6 +134,14 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
 
 
+# The small classifiers' loop: a short cosine run, no EMA.
+CLASSIFIER_TRAIN: dict[str, Any] = {
+    "steps": 300, "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 20,
+    "lr_schedule": "cosine", "ema_decay": None, "checkpoint_every": 100_000, "keep_last": 1,
+    "log_every": 50,
+}  # fmt: skip
+
+
 class ClassifierConfig(StrictModel):
     """The small classifier evaluation trains: utility regimes, probes, domain features."""
 
@@ -142,20 +151,13 @@ class ClassifierConfig(StrictModel):
     widths: tuple[int, int, int, int] = Field(
         (16, 32, 64, 128), description="ResNet channels per stage; the last is the feature size"
     )
-    train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(
-            steps=300,
-            batch_size=64,
-            lr=2e-3,
-            weight_decay=1e-4,
-            warmup_steps=20,
-            lr_schedule="cosine",
-            ema_decay=None,
-            checkpoint_every=100_000,
-            keep_last=1,
-            log_every=50,
-        )
-    )
+    train: TrainConfig = TrainConfig(**CLASSIFIER_TRAIN)
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _classifier_defaults(cls, v: Any) -> Any:
+        """Keys given (YAML, overrides) replace the classifier's defaults, not TrainConfig's."""
+        return {**CLASSIFIER_TRAIN, **v} if isinstance(v, Mapping) else v
 
 
 class AutoencoderConfig(StrictModel):
@@ -378,153 +380,290 @@ class DiffusionTrainConfig(DiffusionStage):
     out: Path
 
 
-def demo_generator() -> DiffusionStage:
-    """The demo's generator: a pixel-space 32x32 inpainting model that also generates from
-    scratch, conditioned on chest2d's labels and covariates (about 10 minutes on 2 CPU cores;
-    configs/inpaint-chest2d-pixel32.yaml is the same; docs/conditioning.md has its levers)."""
-    return DiffusionStage(
-        stage="inpaint",
-        conditioning=ConditioningConfig(
-            fields=("nodule", "nodule_side", "effusion", "effusion_side", "sex", "age", "site"),
-            drop_field=0.05,
-            drop_all=0.1,
-        ),
-        denoiser=DenoiserConfig(),
-        diffusion=DiffusionConfig(
-            objective="v", min_snr_gamma=20.0, region_weights={"nodule_mask": 5.0}
-        ),
-        inpaint=InpaintConfig(plain=0.6, shape_masks=("nodule_mask", "effusion_mask", "anatomy")),
-        sampling=SamplingConfig(guidance=1.0, grid=("nodule", "sex"), per_cell=6),
-        train=TrainConfig(
-            steps=1200,
-            batch_size=64,
-            lr=1e-3,
-            warmup_steps=200,
-            lr_schedule="cosine",
-            mixed_precision="bf16",
-            ema_decay=0.995,
-            checkpoint_every=400,
-            log_every=20,
-            max_minutes=20,
-        ),
+class CommandConfig(StrictModel):
+    """A command's whole request: loadable from YAML (`--config`), its flags thin aliases of
+    its keys, `key=value` overrides last. `resumable` names the keys a `--resume` may change;
+    every other key is the run's identity, so a key added later is checked without a word."""
+
+    resumable: ClassVar[frozenset[str]] = frozenset()
+
+    def identity(self) -> dict[str, Any]:
+        """The dump minus the keys allowed to change on resume."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.resumable}
+
+
+Fields = tuple[str, ...]
+
+
+class TrainedSampling(CommandConfig):
+    """The sampling settings a checkpoint was trained with, overridable per run (sample, edit);
+    None keeps the trained one."""
+
+    sampler: SamplerName | None = Field(None, description="sampling method; none: the trained one")
+    steps: int | None = Field(None, ge=1, description="denoising steps; none: the trained number")
+    guidance: float | None = Field(
+        None, ge=0, description="classifier-free guidance; none: the trained scale"
     )
 
 
-class DemoSampling(StrictModel):
-    """The demo's bulk-sampling stage, run on every demo generator: samples balanced over
-    `balance` (other fields drawn from the training rows of each cell), watermarked, then
-    verified (checksums, watermark detection, counts per cell)."""
+class SampleSettings(TrainedSampling):
+    """`synthgen sample` without its checkpoint and output (the demo supplies those)."""
 
-    n: int = Field(256, ge=1)
-    balance: tuple[str, ...] = ("sex", "nodule")
-    size: int | None = Field(128, ge=8)  # export size: 32 px images cannot carry the mark
-    steps: int | None = Field(25, ge=1)
-    batch_size: int = Field(64, ge=1)
-    seed: int = 0
+    resumable: ClassVar[frozenset[str]] = frozenset(
+        {"n", "batch_size", "workers", "checkpoint", "out", "conditions", "match"}
+    )  # paths: their content (checkpoint hash, conditions) is in the identity instead
+
+    n: int = Field(ge=1, description="number of samples (ids 0..n-1)")
+    conditions: Path | None = Field(
+        None, description="CSV/YAML of condition rows, used in turn (sample i: row i mod rows)"
+    )
+    match: Path | None = Field(
+        None, description="copy conditions from random training rows of this real manifest"
+    )
+    balance: Fields = Field((), description="categorical fields: equal counts per combination")
+    keep_text: Fields = Field(
+        (),
+        description="with match: record these text columns' real cells verbatim in files and "
+        "manifests (default: a keyed hash; the release card states it)",
+    )
+    seed: int = Field(0, description="run seed; sample i uses a seed from (seed, i)")
+    guide_fields: Fields | None = Field(
+        None,
+        description="fields to guide on; the others keep their condition in both branches of "
+        "classifier-free guidance (needs guidance other than 1); none: all",
+    )
+    batch_size: int = Field(16, ge=1, description="images per model call")
+    bits: Literal[8, 16] = Field(8, description="PNG bit depth")
+    size: int | None = Field(
+        None, ge=8, description="export 2D images at SIZE x SIZE (a multiple repeats pixels)"
+    )
+    watermark: bool = Field(True, description="false: unmarked files (run.json records it)")
+    watermark_id: str | None = Field(
+        None, description="32-bit release id, hex; none: derived from the run"
+    )
+    workers: int = Field(2, ge=1, description="writer threads")
+    resume: bool = Field(False, exclude=True, description="finish the run in out")
+
+    @field_validator("watermark_id")
+    @classmethod
+    def _hex_id(cls, v: str | None) -> str | None:
+        if v is not None:
+            release_number(v)
+        return v
 
 
-class DemoEvaluation(StrictModel):
-    """The demo's `eval all` stage on every demo generator's bulk samples."""
+class SampleConfig(SampleSettings):
+    """`synthgen sample`: N seeded, watermarked, traceable samples from a checkpoint."""
 
-    seeds: int = Field(2, ge=1, description="classifier seeds per utility regime")
-    steps: int = Field(200, ge=1, description="classifier training steps")
-    bootstrap: int = Field(500, ge=20)
-    balance: str | None = Field(None, description="subgroup column for the balanced regime")
+    checkpoint: Path = Field(description="diffusion checkpoint (or its run folder)")
+    out: Path = Field(description="output folder (new, or the run to resume)")
+
+
+def release_number(hex_id: str) -> int:
+    """A 32-bit release id from its hex form (one rule for sample, watermark and release)."""
+    try:
+        value = int(hex_id, 16)
+    except ValueError:
+        raise ValueError(f"release id must be hex, got {hex_id!r}") from None
+    if not 0 <= value < 2**32:
+        raise ValueError(f"release id must fit 32 bits (8 hex digits), got {hex_id}")
+    return value
+
+
+ShiftName = Literal["acquisition", "manifestation", "population"]
+
+
+class EditConfig(TrainedSampling):
+    """`synthgen edit`: real images redrawn under changed conditions inside an edit mask."""
+
+    resumable: ClassVar[frozenset[str]] = frozenset(
+        {"checkpoint", "manifest", "schema_file", "out", "batch_size", "split", "where", "limit"}
+    )  # the checkpoint hash, the manifest fingerprint and the rows chosen are checked instead
+
+    checkpoint: Path = Field(description="diffusion checkpoint (or its run folder)")
+    manifest: Path = Field(description="manifest of the real images to edit")
+    out: Path = Field(description="output folder (new, or the run to resume)")
+    changes: dict[str, str] = Field(description="COLUMN: VALUE conditions to change (--set)")
+    prompt: str | None = Field(None, description="text for a text-conditioned model")
+    edit_mask: str = Field(
+        "all",
+        description="where the image may change: a mask column (COLUMN or COLUMN:LABEL,...), "
+        "box:R0,C0,R1,C1, or all (the whole image: global shifts)",
+    )
+    keep_masks: Fields = Field((), description="masks that must survive unchanged (same forms)")
+    strength: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of the noise schedule redrawn (1: from noise; below 1: SDEdit "
+        "from the image, needed for non-inpainting models)",
+    )
+    shift: ShiftName | None = Field(
+        None,
+        description="none: from the columns (label: manifestation, site/scanner/...: "
+        "acquisition, other covariates: population)",
+    )
+    where: dict[str, str] = Field(
+        default_factory=dict, description="COLUMN: VALUE: only rows with these values"
+    )
+    split: str | None = Field(None, description="only rows of this split")
+    limit: int | None = Field(None, ge=1, description="edit at most this many rows")
+    seed: int = Field(0, description="run seed; edit j uses noise from (seed, j)")
+    guide_fields: Fields | None = Field(
+        None, description="fields to guide on (see sample); none: all"
+    )
+    null_fields: Fields = Field(
+        (),
+        description="fields left to their null token, e.g. a finding a keep mask holds, so the "
+        "model is not asked to draw it a second time",
+    )
+    batch_size: int = Field(16, ge=1, description="images per model call")
+    schema_file: Path | None = Field(None, description="schema; none: beside the manifest")
+    watermark: bool = Field(True, description="false: unmarked files (run.json records it)")
+    resume: bool = Field(False, exclude=True, description="finish the run in out")
+
+
+class EvalSettings(CommandConfig):
+    """`synthgen eval` without its inputs and report folder (the demo supplies those)."""
+
+    schema_file: Path | None = Field(None, description="schema; none: beside the manifest")
+    extractor: str | None = Field(
+        None,
+        description="features for FID/KID/PRDC: domain:CKPT, inception[:WEIGHTS], hf:FOLDER; "
+        "none: a probe classifier trained here on the real images",
+    )
+    target: str | None = Field(None, description="two-level label for utility; none: the first")
+    balance: str | None = Field(
+        None, description="subgroup column: adds the real + synthetic balanced regime"
+    )
+    seeds: tuple[int, ...] = Field(
+        (0, 1, 2), description="classifier seeds per regime (a number N: seeds 0..N-1)"
+    )
+    bootstrap: int = Field(1000, ge=20, description="bootstrap resamples for CIs")
+    specificity: float = Field(0.9, gt=0, lt=1, description="operating point of TPR figures")
+    limit: int | None = Field(
+        None, ge=1, description="use at most this many train/synthetic images"
+    )
+    cache: Path | None = Field(
+        None, description="cache for probes and reference features; none: ~/.cache/synthgen/eval"
+    )
+    classifier: ClassifierConfig = ClassifierConfig()
+    show: bool = Field(True, exclude=True)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _count(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            if v < 1:
+                raise ValueError("give at least one seed")
+            return tuple(range(v))
+        return v
+
+    def cache_dir(self) -> Path:
+        return self.cache or Path.home() / ".cache" / "synthgen" / "eval"
+
+
+class EvalConfig(EvalSettings):
+    """`synthgen eval`: a synthetic set judged against real images."""
+
+    real: Path = Field(description="real manifest (train split = the generator's data)")
+    synthetic: Path = Field(description="a `synthgen sample` output folder")
+    out: Path = Field(description="report folder: report.json, report.html")
+
+
+class StressConfig(CommandConfig):
+    """`synthgen stress`: how a classifier's predictions move on edited images."""
+
+    classifier: str = Field(
+        description="TorchScript file, synthgen classifier checkpoint, or module:function "
+        "returning a callable (images (N, 1, *S) in [-1, 1] -> one score each)"
+    )
+    original: Path = Field(description="manifest of the unedited images")
+    edited: tuple[Path, ...] = Field(min_length=1, description="`synthgen edit` folders")
+    out: Path = Field(description="report folder: report.json, report.html")
+    target: str | None = Field(None, description="two-level label scored; none: the first")
+    split: str | None = Field(None, description="test pool: only rows of this split; none: all")
+    threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="score at which a prediction is positive"
+    )
+    bootstrap: int = Field(1000, ge=20, description="bootstrap resamples for CIs")
+    top: int = Field(8, ge=0, description="largest-change pairs shown per shift")
+    schema_file: Path | None = Field(None, description="schema; none: beside the manifest")
+
+
+ReleaseFormat = Literal["imagefolder", "parquet", "webdataset"]
+SHARD_BYTES = 1 << 30  # webdataset's and the Hub's usual shard size
+
+
+class ReleaseSettings(CommandConfig):
+    """`synthgen release` without its inputs, folder and name (the demo supplies those)."""
+
+    license: str = Field(description="license of the release, e.g. cc-by-4.0")
+    format: ReleaseFormat = Field("imagefolder", description="layout under RELEASE/data")
+    allow_flagged: bool = Field(
+        False, description="release even if memorisation flags exceed max_flagged"
+    )
+    max_flagged: float = Field(
+        0.0, ge=0.0, le=1.0, description="largest fraction of flagged near-copies"
+    )
+    shard_bytes: int = Field(
+        SHARD_BYTES, ge=1, description="parquet / webdataset shard size in bytes (--shard-mb)"
+    )
+    workers: int = Field(2, ge=1, description="watermark-detection threads")
+    real: tuple[Path, ...] = Field(
+        (),
+        description="real manifests to search the release for; empty: the generator's training "
+        "manifest and any match manifest, as run.json names them",
+    )
+
+
+class ReleaseConfig(ReleaseSettings):
+    """`synthgen release create`: a synthetic dataset others can download and verify."""
+
+    samples: Path = Field(description="a finished `synthgen sample` folder")
+    report: Path = Field(description="the `synthgen eval` report folder of the samples")
+    out: Path = Field(description="release folder to create (absent or empty)")
+    name: str = Field(description="dataset name, for the card")
 
 
 class DemoStress(StrictModel):
     """The demo's stress test: a classifier trained on phantoms with a planted site shortcut,
     its test set edited by a demo generator (site-B positives moved to site A keeping each
     nodule pixel; site-A negatives moved to site B, the shortcut's reverse; nodules added to
-    negatives), and `synthgen stress` on the edits. Nodules from 0.75 px: with the 1.5 px of
-    the generator's data the classifier finds every nodule and ignores the site (#21)."""
+    negatives), and `synthgen stress` on the edits (see configs/demo.yaml)."""
 
-    generator: str = Field("chest2d-32", description="the demo generator that edits")
-    dataset: PhantomConfig = PhantomConfig(
-        kind="chest2d", n=1000, size=32, seed=1, shortcut=0.9, min_nodule_px=0.75
-    )
-    classifier_steps: int = Field(300, ge=1)
-    strength: float = Field(0.6, gt=0.0, le=1.0, description="SDEdit strength of the site edit")
-    bootstrap: int = Field(500, ge=20)
+    generator: str = Field(description="the demo generator that edits")
+    dataset: PhantomConfig
+    classifier_steps: int = Field(ge=1)
+    strength: float = Field(gt=0.0, le=1.0, description="SDEdit strength of the site edit")
+    bootstrap: int = Field(ge=20)
 
 
-class DemoRelease(StrictModel):
-    """The demo's last stage: release every evaluated sample set, then verify the release."""
-
-    format: Literal["imagefolder", "parquet", "webdataset"] = "imagefolder"
-    license: str = "cc-by-4.0"
-    max_flagged: float = Field(0.0, ge=0.0, le=1.0, description="memorisation gate limit")
+DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 
 
 class DemoConfig(StrictModel):
-    """The built-in demo: phantom sets to make and check, an autoencoder for some, and a
-    conditional generator for some."""
+    """The built-in demo: phantom sets to make and check, an autoencoder for some, a
+    conditional generator for some, and the command stages run on each generator. The recipe
+    lives in configs/demo.yaml only (`synthgen demo` loads it when no --config is given); a
+    stage left out is not run."""
 
-    datasets: dict[str, PhantomConfig] = Field(
-        default_factory=lambda: {
-            "chest2d": PhantomConfig(
-                kind="chest2d", n=2000, size=64, shortcut=0.9, hidden_stratum=0.1, write_clean=True
-            ),
-            "brain3d": PhantomConfig(kind="brain3d", n=400, size=32, write_clean=True),
-            "chest2d-32": PhantomConfig(kind="chest2d", n=2000, size=32, min_nodule_px=1.5),
-        }
+    datasets: dict[str, PhantomConfig]
+    autoencoders: dict[str, AEStage] = Field(default_factory=dict)
+    generators: dict[str, DiffusionStage] = Field(default_factory=dict)
+    sampling: SampleSettings | None = Field(
+        None, description="bulk samples of every generator, balanced, watermarked, verified"
     )
-    autoencoders: dict[str, AEStage] = Field(
-        default_factory=lambda: {
-            "chest2d": AEStage(
-                autoencoder=AutoencoderConfig(channels=(32, 64), latent_channels=2),
-                loss=AELossConfig(reconstruction="mse"),
-                train=TrainConfig(
-                    steps=1300,
-                    batch_size=16,
-                    lr=2e-3,
-                    lr_schedule="cosine",
-                    ema_decay=0.99,
-                    checkpoint_every=500,
-                    max_minutes=10,
-                ),
-            ),
-            "brain3d": AEStage(
-                autoencoder=AutoencoderConfig(
-                    channels=(16, 32), latent_channels=2, norm_num_groups=8
-                ),
-                loss=AELossConfig(reconstruction="mse"),
-                train=TrainConfig(
-                    steps=1200,
-                    batch_size=4,
-                    lr=3e-3,
-                    warmup_steps=50,
-                    lr_schedule="cosine",
-                    ema_decay=0.99,
-                    checkpoint_every=400,
-                    max_minutes=10,
-                ),
-            ),
-        }
+    evaluation: EvalSettings | None = Field(None, description="`eval all` of those samples")
+    stress: DemoStress | None = None
+    release: ReleaseSettings | None = Field(
+        None, description="a release of the evaluated samples, then `release verify`"
     )
-
-    generators: dict[str, DiffusionStage] = Field(
-        default_factory=lambda: {"chest2d-32": demo_generator()}
-    )
-    sampling: DemoSampling | None = DemoSampling()
-    evaluation: DemoEvaluation | None = DemoEvaluation()
-    stress: DemoStress | None = DemoStress()
-    release: DemoRelease | None = DemoRelease()
     minutes: float | None = Field(
-        30.0, gt=0, description="wall-clock budget: the training stages' max_minutes are scaled "
+        None, gt=0, description="wall-clock budget: the training stages' max_minutes are scaled "
         "down to fit it (null: as configured)",
     )  # fmt: skip
-    overhead_minutes: float = Field(
-        10.0, ge=0, description="time of the stages that do not train (2 CPU cores)"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _own_datasets_own_stages(cls, data: Any) -> Any:
-        """A config that lists its own datasets gets no default stages for the built-in ones."""
-        if isinstance(data, Mapping) and "datasets" in data:
-            return {"autoencoders": {}, "generators": {}, **data}
-        return data
+    overhead_minutes: float = Field(0.0, ge=0, description="time of the stages that do not train")
 
     @model_validator(mode="after")
     def _stages_name_datasets(self) -> DemoConfig:
@@ -535,10 +674,15 @@ class DemoConfig(StrictModel):
         return self
 
 
-def format_validation_error(err: ValidationError, where: str) -> str:
-    """The first pydantic error as one line: `where: dotted.key: message`."""
+def format_validation_error(
+    err: ValidationError, where: str, aliases: Mapping[str, str] | None = None
+) -> str:
+    """The first pydantic error as one line: `where: dotted.key: message`; a key that a
+    command-line flag sets is shown with it (`where: format (--format): message`)."""
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "<top level>"
+    flag = next((f for k, f in (aliases or {}).items() if f"{key}.".startswith(f"{k}.")), None)
+    key += f" ({flag})" if flag else ""
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -565,36 +709,69 @@ def read_yaml(path: Path) -> Any:
         raise InputError(f"{path}: malformed YAML{at}: {problem}") from None
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+def apply_overrides(
+    data: Mapping[str, Any], overrides: Sequence[str], model: type[BaseModel] | None = None
+) -> dict[str, Any]:
     """Return a copy of `data` with each `dotted.key=value` set; values are parsed as YAML."""
-    out = _deep_copy(data)
+    values = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise InputError(f"override {item!r}: expected key=value")
         try:
-            value = yaml.safe_load(raw)
+            values[item] = (key, yaml.safe_load(raw))
         except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.split(".")
-        for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise InputError(
-                    f"override {item!r}: {'.'.join(parts[: depth + 1])} is not a section"
-                )
-            node = child
-        node[parts[-1]] = value
+            values[item] = (key, raw)
+    out = _deep_copy(data)
+    for item, (key, value) in values.items():
+        set_key(out, key, value, model, item)
     return out
+
+
+def set_key(
+    data: dict[str, Any], key: str, value: Any, model: Any = None, item: str | None = None
+) -> None:
+    """Set `dotted.key` in `data` in place. A section the key passes through that `data` lacks
+    starts as `model`'s default for it, so `classifier.train.steps=5` keeps the other defaults
+    of that section instead of the bare model's."""
+    node = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        seed, model = _section(model, part)
+        child = node.setdefault(part, seed)
+        if not isinstance(child, dict):
+            where = item if item is not None else key
+            raise InputError(f"override {where!r}: {'.'.join(parts[: depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = to_jsonable_python(value)
+
+
+def _section(model: Any, key: str) -> tuple[dict[str, Any], Any]:
+    """(the default of section `key` of `model` as plain data, the section's model). A model
+    is a pydantic class, `(dict, class)` for a mapping of them, or None when unknown."""
+    if isinstance(model, tuple):
+        return {}, model[1]
+    info = model.model_fields.get(key) if model is not None else None
+    if info is None:
+        return {}, None
+    kinds = _annotation_types(info.annotation)
+    sub = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+    if dict in kinds:
+        return {}, (dict, sub)
+    default = None if info.is_required() else info.get_default(call_default_factory=True)
+    seed = default.model_dump(mode="json") if isinstance(default, BaseModel) else {}
+    return seed, sub
 
 
 def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
-def validate(model: type[Model], data: Any, where: str) -> Model:
-    """Build `model` from plain data; any problem is one InputError line naming the key."""
+def validate(
+    model: type[Model], data: Any, where: str, aliases: Mapping[str, str] | None = None
+) -> Model:
+    """Build `model` from plain data; any problem is one InputError line naming the key (and
+    the flag `aliases` maps it to)."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -602,18 +779,31 @@ def validate(model: type[Model], data: Any, where: str) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise InputError(format_validation_error(e, where)) from None
+        raise InputError(format_validation_error(e, where, aliases)) from None
 
 
-def load_config(model: type[Model], path: Path | None, overrides: Sequence[str] = ()) -> Model:
-    """Load a YAML config (or the model's defaults when `path` is None) and apply overrides."""
+def load_config(
+    model: type[Model],
+    path: Path | None,
+    overrides: Sequence[str] = (),
+    flags: Mapping[str, Any] | None = None,
+    name: str = "config",
+    aliases: Mapping[str, str] | None = None,
+) -> Model:
+    """A config from, in order: the model's defaults, the YAML file at `path`, the command's
+    `flags` (dotted key -> value; None = not given) and the `key=value` overrides. Errors
+    name `path`, or `name` without one, and the flag of a key in `aliases`."""
     data = read_yaml(path) if path is not None else {}
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise InputError(f"{path}: expected a mapping of keys at the top level")
-    base = model.model_validate({}).model_dump(mode="json") if path is None else dict(data)
-    return validate(model, apply_overrides(base, overrides), str(path or "config"))
+    data = _deep_copy(data)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            set_key(data, key, value, model)
+    data = apply_overrides(data, overrides, model)
+    return validate(model, data, str(path or name), aliases)
 
 
 def dump_config(config: BaseModel) -> str:

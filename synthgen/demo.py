@@ -24,12 +24,16 @@ from synthgen.config import (
     ClassifierConfig,
     DataConfig,
     DemoConfig,
-    DemoEvaluation,
-    DemoRelease,
-    DemoSampling,
     DemoStress,
     DiffusionStage,
     DiffusionTrainConfig,
+    EditConfig,
+    EvalConfig,
+    EvalSettings,
+    ReleaseConfig,
+    ReleaseSettings,
+    SampleConfig,
+    SampleSettings,
     dump_config,
 )
 from synthgen.data.check import check_manifest, print_summary
@@ -129,13 +133,11 @@ def run_generator(
 
 
 def run_samples(
-    name: str, cfg: DemoSampling, checkpoint: Path, manifest: Path, out: Path, fresh: bool
+    name: str, cfg: SampleSettings, checkpoint: Path, manifest: Path, out: Path, fresh: bool
 ) -> str:
     """Balanced, watermarked samples from a demo generator, then verified; a summary line.
     The fields not balanced follow the training rows of each cell (`--match` + `--balance`)."""
-    from synthgen.pipeline.generator import load_generator
-    from synthgen.sampling.conditions import condition_source
-    from synthgen.sampling.run import SampleOptions, run_sampling
+    from synthgen.sampling.run import run_sampling
     from synthgen.sampling.verify import verify_samples
 
     label = f"sample-{name}"
@@ -145,13 +147,11 @@ def run_samples(
         print(f"[{label}] reusing {out}")
     else:
         print(f"[{label}] {cfg.n} samples balanced by {', '.join(cfg.balance)}")
-        gen = load_generator(checkpoint)
-        opts = SampleOptions(
-            checkpoint=checkpoint, n=cfg.n, out=out, seed=cfg.seed, steps=cfg.steps,
-            batch_size=cfg.batch_size, size=cfg.size, resume=out.exists(),
+        opts = SampleConfig.model_validate(
+            {**cfg.model_dump(), "checkpoint": checkpoint, "out": out,
+             "match": cfg.match or manifest, "resume": out.exists()}
         )  # fmt: skip
-        source = condition_source(gen.specs, None, cfg.seed, match=manifest, balance=cfg.balance)
-        run_sampling(opts, source, gen=gen)
+        run_sampling(opts)
     check = verify_samples(out, cfg.balance)
     if not check.ok:
         raise RuntimeError(f"the demo's samples failed verification: {check.problems[0]}")
@@ -166,10 +166,10 @@ def run_samples(
 
 
 def run_evaluation(
-    name: str, cfg: DemoEvaluation, manifest: Path, samples: Path, out: Path, fresh: bool
+    name: str, cfg: EvalSettings, manifest: Path, samples: Path, out: Path, fresh: bool
 ) -> str:
     """`synthgen eval all` of a generator's bulk samples against its real data; a summary line."""
-    from synthgen.metrics.evaluate import PARTS, EvalOptions, evaluate
+    from synthgen.metrics.evaluate import PARTS, evaluate
 
     label = f"eval-{name}"
     report_file = out / "report.json"
@@ -180,18 +180,10 @@ def run_evaluation(
         report = json.loads(report_file.read_text())
     else:
         print(f"[{label}] fidelity, utility, fairness and memorisation of {samples}")
-        classifier = ClassifierConfig()
-        train = classifier.train.model_copy(update={"steps": cfg.steps})
-        opts = EvalOptions(
-            real=manifest,
-            synthetic=samples,
-            out=out,
-            balance=cfg.balance,
-            seeds=tuple(range(cfg.seeds)),
-            bootstrap=cfg.bootstrap,
-            classifier=classifier.model_copy(update={"train": train}),
-            cache=out / "cache",
-        )
+        opts = EvalConfig.model_validate(
+            {**cfg.model_dump(), "real": manifest, "synthetic": samples, "out": out,
+             "cache": cfg.cache or out / "cache"}
+        )  # fmt: skip
         report = evaluate(PARTS, opts)
     line = headline(report) + f"; report {out / 'report.html'}"
     print(f"[{label}] {line}")
@@ -228,11 +220,11 @@ def nodule_rule_line(manifest: Path, samples: Path) -> str:
 
 
 def run_release(
-    name: str, cfg: DemoRelease, samples: Path, report: Path, out: Path, fresh: bool
+    name: str, cfg: ReleaseSettings, samples: Path, report: Path, out: Path, fresh: bool
 ) -> str:
     """`synthgen release` of the evaluated samples and its `verify`; a summary line. A gate's
     refusal is reported, not raised: it is the gate working, and the demo says so."""
-    from synthgen.release.build import ReleaseOptions, build_release
+    from synthgen.release.build import build_release
     from synthgen.release.verify import verify_release
 
     label = f"release-{name}"
@@ -242,9 +234,9 @@ def run_release(
         print(f"[{label}] reusing {out}")
     else:
         print(f"[{label}] gates, then a release ({cfg.format}) of {samples}")
-        opts = ReleaseOptions(
-            samples=samples, report=report, out=out, name=f"synthgen-demo-{name}",
-            license=cfg.license, format=cfg.format, max_flagged=cfg.max_flagged,
+        opts = ReleaseConfig.model_validate(
+            {**cfg.model_dump(), "samples": samples, "report": report, "out": out,
+             "name": f"synthgen-demo-{name}"}
         )  # fmt: skip
         try:
             build_release(opts)
@@ -266,7 +258,6 @@ def run_release(
 def run_stress(cfg: DemoStress, checkpoint: Path, out: Path, fresh: bool) -> str:
     """Edit + stress on a classifier that learned the site shortcut (see DemoStress); a summary
     line. Each part (phantoms, classifier, each edit run, the report) is reused when done."""
-    from synthgen.edit.plan import EditOptions
     from synthgen.edit.run import run_edit
     from synthgen.metrics.classifier import train_classifier
     from synthgen.metrics.inputs import load_real
@@ -312,7 +303,7 @@ def run_stress(cfg: DemoStress, checkpoint: Path, out: Path, fresh: bool) -> str
                 continue
             print(f"[{label}] {name}: {kw['changes']} for test rows with {kw['where']}")
             # 32 px images are too small to carry the watermark: unmarked, run.json says so
-            opts = EditOptions(checkpoint=checkpoint, manifest=data / "manifest.csv", out=folder,
+            opts = EditConfig(checkpoint=checkpoint, manifest=data / "manifest.csv", out=folder,
                                split="test", resume=folder.exists(), watermark=False,
                                **kw)  # fmt: skip
             run_edit(opts)

@@ -118,7 +118,7 @@ def test_demo_generates_checks_and_reuses(tmp_path):
         "sampling.n=8",
         "sampling.steps=2",
         "evaluation.seeds=1",
-        "evaluation.steps=4",
+        "evaluation.classifier.train.steps=4",
         "evaluation.bootstrap=20",
         "stress.dataset.n=300",
         "stress.classifier_steps=3",

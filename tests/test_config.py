@@ -7,11 +7,16 @@ import yaml
 from pydantic import ValidationError
 
 from synthgen.config import (
+    DEMO_CONFIG,
     AETrainConfig,
     DemoConfig,
     DiffusionStage,
     DiffusionTrainConfig,
+    EditConfig,
+    EvalConfig,
     PhantomConfig,
+    ReleaseConfig,
+    SampleConfig,
     apply_overrides,
     dump_config,
     load_config,
@@ -25,29 +30,51 @@ def test_configs_folder_is_not_empty():
     assert CONFIGS, "configs/ must hold the ready run configs"
 
 
-def model_for(path: Path) -> type:
-    """Run configs name their stage; the others are demo configs."""
+# The command configs leave each run's own paths to the command line.
+COMMANDS: dict[str, tuple[type, list[str]]] = {
+    "sample": (SampleConfig, ["checkpoint=run", "out=synth"]),
+    "edit": (EditConfig, ["checkpoint=run", "manifest=m.csv", "out=edits"]),
+    "eval": (EvalConfig, ["real=m.csv", "synthetic=synth", "out=report"]),
+    "release": (ReleaseConfig, ["samples=synth", "report=report", "out=rel", "name=x"]),
+}
+
+
+def model_for(path: Path) -> tuple[type, list[str]]:
+    """Command configs are named after their command; run configs name their stage; the
+    others are demo configs."""
+    if path.stem in COMMANDS:
+        return COMMANDS[path.stem]
     stage = (yaml.safe_load(path.read_text()) or {}).get("stage")
     diffusion = DiffusionTrainConfig
-    return {"ae": AETrainConfig, "ldm": diffusion, "inpaint": diffusion, None: DemoConfig}[stage]
+    return {"ae": AETrainConfig, "ldm": diffusion, "inpaint": diffusion, None: DemoConfig}[
+        stage
+    ], []
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
-    model = model_for(path)
-    cfg = load_config(model, path)
+    model, required = model_for(path)
+    cfg = load_config(model, path, required)
     again = tmp_path / "resolved.yaml"
     again.write_text(dump_config(cfg))
     assert load_config(model, again) == cfg
 
 
-def test_builtin_demo_defaults_equal_the_shipped_demo_config():
-    assert load_config(DemoConfig, None) == load_config(DemoConfig, CONFIGS[0].parent / "demo.yaml")
+def test_every_command_has_an_example_config():
+    assert set(COMMANDS) <= {p.stem for p in CONFIGS}
+
+
+def test_the_demo_recipe_is_one_file_that_the_package_carries():
+    """configs/demo.yaml is the packaged recipe itself (a link), not a copy to keep equal."""
+    shipped = CONFIGS[0].parent / "demo.yaml"
+    assert shipped.resolve() == DEMO_CONFIG.resolve()
+    with pytest.raises(ValidationError, match="datasets"):
+        DemoConfig()  # no recipe hidden in Python defaults
 
 
 def test_the_demo_generator_is_the_shipped_pixel32_config():
     shipped = load_config(DiffusionTrainConfig, CONFIGS[0].parent / "inpaint-chest2d-pixel32.yaml")
-    stage = DemoConfig().generators["chest2d-32"]
+    stage = load_config(DemoConfig, DEMO_CONFIG).generators["chest2d-32"]
     assert DiffusionStage(**shipped.model_dump(exclude={"data", "out"})) == stage
 
 
@@ -125,7 +152,7 @@ def test_perceptual_loss_needs_local_weights(tmp_path):
 def test_the_demo_budget_scales_every_training_stage_by_one_factor():
     from synthgen.demo import fit_budget
 
-    cfg = load_config(DemoConfig, None)
+    cfg = load_config(DemoConfig, DEMO_CONFIG)
     planned = {k: v.train.max_minutes for k, v in {**cfg.autoencoders, **cfg.generators}.items()}
     fitted = fit_budget(cfg.model_copy(update={"minutes": 30.0, "overhead_minutes": 10.0}))
     got = {k: v.train.max_minutes for k, v in {**fitted.autoencoders, **fitted.generators}.items()}

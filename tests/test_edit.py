@@ -20,13 +20,12 @@ from diffusers import DDIMScheduler
 from helpers import snapshot, synthgen_here, tiny_diffusion
 from killpoint import check_window, kill_at
 
-from synthgen.config import DiffusionConfig
+from synthgen.config import DiffusionConfig, EditConfig
 from synthgen.data.io import read_image
 from synthgen.data.manifest import load_manifest
 from synthgen.data.runs import sha256
 from synthgen.diffusion.objectives import make_train_scheduler, scheduler_record
 from synthgen.diffusion.sampling import make_sampler, partial_start, sample
-from synthgen.edit.plan import EditOptions
 from synthgen.edit.run import run_edit
 from synthgen.edit.stored import read_stored
 from synthgen.errors import InputError
@@ -47,7 +46,7 @@ def chest(tmp_path_factory, one_thread) -> tuple[Path, Path]:
 
 
 def edit(ck: Path, manifest: Path, out: Path, **kw) -> pd.DataFrame:
-    opts = EditOptions(checkpoint=ck, manifest=manifest, out=out, **{"steps": 3, **kw})
+    opts = EditConfig(checkpoint=ck, manifest=manifest, out=out, **{"steps": 3, **kw})
     run_edit(opts, show=False)
     return pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
 

@@ -22,9 +22,10 @@ from helpers import snapshot, synthgen_here, tiny_diffusion
 from test_bad_input import read_manifest as _rows
 from test_bad_input import set_cell, truncate
 
+from synthgen.config import SampleConfig
 from synthgen.pipeline.generator import load_generator
 from synthgen.sampling.conditions import Balanced
-from synthgen.sampling.run import SampleOptions, run_sampling
+from synthgen.sampling.run import run_sampling
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +35,16 @@ def world(tmp_path_factory, one_thread) -> Path:
     root = tmp_path_factory.mktemp("hardening")
     tiny_diffusion(root, "chest2d", 32, ("nodule", "sex"))
     gen = load_generator(root / "run")
-    opts = SampleOptions(checkpoint=root / "run", n=4, out=root / "samples", size=64)
+    opts = SampleConfig(checkpoint=root / "run", n=4, out=root / "samples", size=64)
     run_sampling(opts, Balanced(gen.specs, ["sex"]), show=False, gen=gen)
-    from synthgen.config import AETrainConfig, AutoencoderConfig, DataConfig, TrainConfig
-    from synthgen.metrics.evaluate import EvalOptions, evaluate
+    from synthgen.config import (
+        AETrainConfig,
+        AutoencoderConfig,
+        DataConfig,
+        EvalConfig,
+        TrainConfig,
+    )  # fmt: skip
+    from synthgen.metrics.evaluate import evaluate
     from synthgen.stages.autoencoder import train_autoencoder
 
     train_autoencoder(AETrainConfig(
@@ -45,7 +52,7 @@ def world(tmp_path_factory, one_thread) -> Path:
         train=TrainConfig(steps=2, batch_size=4, checkpoint_every=2),
         data=DataConfig(manifest=root / "data" / "manifest.csv"), out=root / "ae", scale_batches=2,
     ), show_progress=False)  # fmt: skip
-    evaluate(("memorization",), EvalOptions(
+    evaluate(("memorization",), EvalConfig(
         real=root / "data" / "manifest.csv", synthetic=root / "samples", out=root / "report",
         seeds=(0,), bootstrap=20, cache=root / "cache", show=False,
     ))  # fmt: skip

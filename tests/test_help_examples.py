@@ -55,15 +55,31 @@ def test_a_help_example_parses_and_names_shipped_files_that_exist(path, args):
         name = rest.pop(0) if rest and rest[0] in command.commands else "create"
         command = command.commands[name]
         names.append(name)
+    given = list(rest)  # click consumes the list it parses
     command.make_context(" ".join(names), rest)  # raises on an unknown option or a bad value
     assert tuple(names[: len(path)]) == path
     for token in args:
         for value in token.split("="):
             if value.startswith("configs/"):
                 assert (ROOT / value).is_file(), f"{' '.join(path)} --help names {value}"
-    if path[0] == "train":  # the config and its overrides validate as that stage's model
-        from synthgen.config import AETrainConfig, DiffusionTrainConfig, load_config
+    if "--config" not in args:
+        return
+    # the config and its overrides validate as the command's model
+    from synthgen.config import (
+        AETrainConfig,
+        DiffusionTrainConfig,
+        EditConfig,
+        EvalConfig,
+        ReleaseConfig,
+        SampleConfig,
+        load_config,
+    )  # fmt: skip
 
-        model = AETrainConfig if path[1] == "ae" else DiffusionTrainConfig
-        overrides = [t for t in args if "=" in t and not t.startswith("-")]
-        load_config(model, ROOT / args[args.index("--config") + 1], overrides)
+    model = {("train", "ae"): AETrainConfig, ("train", "ldm"): DiffusionTrainConfig,
+             ("train", "inpaint"): DiffusionTrainConfig, ("sample",): SampleConfig,
+             ("edit",): EditConfig, ("eval",): EvalConfig,
+             ("release", "create"): ReleaseConfig}[tuple(names)]  # fmt: skip
+    overrides = [t for t in args if "=" in t and not t.startswith("-")]
+    if model is ReleaseConfig:  # SAMPLES is the positional argument
+        overrides.append(f"samples={given[0]}")
+    load_config(model, ROOT / args[args.index("--config") + 1], overrides)

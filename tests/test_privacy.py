@@ -29,13 +29,14 @@ from synthgen.config import (
     DataConfig,
     DenoiserConfig,
     DiffusionTrainConfig,
+    EvalConfig,
     PhantomConfig,
     SamplingConfig,
     TrainConfig,
 )
 from synthgen.data.io import nifti_bytes, png_bytes
 from synthgen.data.phantoms import generate_phantoms
-from synthgen.metrics.evaluate import EvalOptions, evaluate
+from synthgen.metrics.evaluate import evaluate
 from synthgen.release.privacy import RealContent, scan_release
 from synthgen.stages.diffusion import train_diffusion
 
@@ -89,7 +90,7 @@ def sample_and_evaluate(run: Path, manifest: Path, out: Path, *more: str) -> Pat
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = out.parent / f"{out.name}-report"
-    evaluate(("memorization",), EvalOptions(
+    evaluate(("memorization",), EvalConfig(
         real=manifest, synthetic=out, out=report, seeds=(0,), bootstrap=20,
         cache=out.parent / "cache", classifier=FAST, show=False,
     ))  # fmt: skip
@@ -285,7 +286,7 @@ def test_a_prompt_that_copies_a_real_report_is_refused_by_the_gate(leaky, tmp_pa
     result = synthgen_here("sample", "--checkpoint", str(run), "--n", "2", "--out", str(samples),
                            "--conditions", str(conditions), "--size", "64", "--quiet")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    evaluate(("memorization",), EvalOptions(
+    evaluate(("memorization",), EvalConfig(
         real=root / "data" / "manifest.csv", synthetic=samples, out=tmp_path / "r", seeds=(0,),
         bootstrap=20, cache=root / "cache", classifier=FAST, show=False,
     ))  # fmt: skip

@@ -20,17 +20,24 @@ from helpers import synthgen_here, tiny_diffusion
 from killpoint import kill_at
 from PIL import Image
 
-from synthgen.config import ClassifierConfig, PhantomConfig, TrainConfig
+from synthgen.config import (
+    ClassifierConfig,
+    EvalConfig,
+    PhantomConfig,
+    ReleaseConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from synthgen.data.manifest import load_manifest
 from synthgen.data.phantoms import generate_phantoms
 from synthgen.errors import InputError
-from synthgen.metrics.evaluate import EvalOptions, evaluate
+from synthgen.metrics.evaluate import evaluate
 from synthgen.pipeline.generator import load_generator
 from synthgen.provenance import Provenance
-from synthgen.release.build import ReleaseOptions, build_release, partial_folder
+from synthgen.release.build import build_release, partial_folder
 from synthgen.sampling.conditions import Balanced
 from synthgen.sampling.outputs import Exporter, write_sample
-from synthgen.sampling.run import SampleOptions, run_sampling
+from synthgen.sampling.run import run_sampling
 
 FAST = ClassifierConfig(
     widths=(8, 16, 16, 32),
@@ -46,10 +53,10 @@ def made(tmp_path_factory, one_thread) -> tuple[Path, Path, Path]:
     manifest = tiny_diffusion(root, "chest2d", 32, ("nodule", "sex", "age"))
     gen = load_generator(root / "run")
     samples = root / "samples"
-    opts = SampleOptions(checkpoint=root / "run", n=N, out=samples, seed=3, size=64)
+    opts = SampleConfig(checkpoint=root / "run", n=N, out=samples, seed=3, size=64)
     run_sampling(opts, Balanced(gen.specs, ["sex", "nodule"]), show=False, gen=gen)
     report = root / "report"
-    evaluate(("memorization",), EvalOptions(
+    evaluate(("memorization",), EvalConfig(
         real=manifest, synthetic=samples, out=report, seeds=(0,), bootstrap=20,
         cache=root / "cache", classifier=FAST, show=False,
     ))  # fmt: skip
@@ -58,7 +65,7 @@ def made(tmp_path_factory, one_thread) -> tuple[Path, Path, Path]:
 
 def release(made, out: Path, **kw) -> Path:
     samples, report, _ = made
-    opts = ReleaseOptions(samples=samples, report=report, out=out, name="chest-synth",
+    opts = ReleaseConfig(samples=samples, report=report, out=out, name="chest-synth",
                           license="cc-by-4.0", **kw)  # fmt: skip
     build_release(opts, show=False)
     return out
@@ -175,7 +182,7 @@ def copy_samples(made, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def refuse(samples: Path, report: Path, out: Path, match: str, **kw) -> None:
-    opts = ReleaseOptions(samples=samples, report=report, out=out, name="x", license="mit", **kw)
+    opts = ReleaseConfig(samples=samples, report=report, out=out, name="x", license="mit", **kw)
     with pytest.raises(InputError, match=match):
         build_release(opts, show=False)
     assert not out.exists() and not partial_folder(out).exists()
@@ -199,7 +206,7 @@ def test_each_gate_refuses_with_its_figure_and_leaves_nothing(made, tmp_path):
     (tmp_path / "r4" / "report.json").write_text(json.dumps(missing))
     refuse(samples, tmp_path / "r4", out, r"no memorization section \(run [^;]*\)$",
            allow_flagged=True)  # the flag cannot stand in for a missing check  # fmt: skip
-    opts = ReleaseOptions(samples=samples, report=tmp_path / "r3", out=out, name="x",
+    opts = ReleaseConfig(samples=samples, report=tmp_path / "r3", out=out, name="x",
                           license="mit", allow_flagged=True)  # fmt: skip
     build_release(opts, show=False)
     assert "released anyway with --allow-flagged" in (out / "dataset_card.md").read_text()

@@ -21,12 +21,13 @@ from killpoint import check_window, kill_at
 from PIL import Image
 
 from synthgen import watermark
+from synthgen.config import SampleConfig
 from synthgen.data.runs import sha256
 from synthgen.errors import InputError
 from synthgen.pipeline.generator import load_generator
 from synthgen.provenance import read_png_provenance
 from synthgen.sampling.conditions import Balanced, condition_source
-from synthgen.sampling.run import SampleOptions, run_sampling
+from synthgen.sampling.run import run_sampling
 
 EXPORT = 128  # the 32 px phantoms are exported larger so they can carry the watermark
 
@@ -45,7 +46,7 @@ def chest(tmp_path_factory, one_thread) -> tuple[Path, Path]:
 def sample(ck: Path, out: Path, n: int = 16, source=None, **kw) -> pd.DataFrame:
     gen = load_generator(ck)
     source = source or Balanced(gen.specs, ["sex", "nodule"])
-    opts = SampleOptions(checkpoint=ck, n=n, out=out, seed=7, size=EXPORT, **kw)
+    opts = SampleConfig(checkpoint=ck, n=n, out=out, seed=7, size=EXPORT, **kw)
     run_sampling(opts, source, show=False, gen=gen)
     return pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
 
@@ -134,7 +135,7 @@ def test_condition_file_rows_are_checked_and_used_in_turn(chest, tmp_path):
             condition_source(gen.specs, None, 0, conditions=good)
     with pytest.raises(InputError, match="only categorical fields balance"):
         condition_source(gen.specs, None, 0, balance=["age"])
-    bad_guide = SampleOptions(
+    bad_guide = SampleConfig(
         checkpoint=ck, n=2, out=tmp_path / "g", size=EXPORT, guide_fields=("x",)
     )
     with pytest.raises(InputError, match=r"guidance fields \['x'\] are not fields"):
@@ -158,11 +159,11 @@ def test_too_small_for_the_watermark_is_an_error_unless_asked_unmarked(chest, tm
     ck, _ = chest
     gen = load_generator(ck)
     source = Balanced(gen.specs, [])
-    small = SampleOptions(checkpoint=ck, n=2, out=tmp_path / "a")
+    small = SampleConfig(checkpoint=ck, n=2, out=tmp_path / "a")
     with pytest.raises(InputError, match="images of 32 px are too small to carry.*--size"):
         run_sampling(small, source, show=False, gen=gen)
     assert not (tmp_path / "a" / "images").exists()
-    plain = SampleOptions(checkpoint=ck, n=2, out=tmp_path / "b", watermark=False, bits=16)
+    plain = SampleConfig(checkpoint=ck, n=2, out=tmp_path / "b", watermark=False, bits=16)
     run_sampling(plain, source, show=False, gen=gen)
     table = pd.read_csv(tmp_path / "b" / "manifest.csv", keep_default_na=False)
     assert (table["watermark"] == "").all()
@@ -175,7 +176,7 @@ def test_volumes_are_nifti_with_the_training_affine_and_a_sidecar(tmp_path, one_
     manifest = tiny_model(tmp_path, "brain3d", 16)
     ck = tmp_path / "run"
     gen = load_generator(ck)
-    opts = SampleOptions(checkpoint=ck, n=2, out=tmp_path / "s", watermark=False)
+    opts = SampleConfig(checkpoint=ck, n=2, out=tmp_path / "s", watermark=False)
     run_sampling(opts, Balanced(gen.specs, ["sex"]), show=False, gen=gen)
     table = pd.read_csv(tmp_path / "s" / "manifest.csv", dtype=str, keep_default_na=False)
     path = tmp_path / "s" / table["file"][1]
@@ -188,7 +189,7 @@ def test_volumes_are_nifti_with_the_training_affine_and_a_sidecar(tmp_path, one_
     assert sidecar["synthetic"] and sidecar["conditions"]["sex"] == table["sex"][1]
     with pytest.raises(InputError, match="slices of 16 px are too small"):
         run_sampling(
-            SampleOptions(checkpoint=ck, n=1, out=tmp_path / "w"), Balanced(gen.specs, []),
+            SampleConfig(checkpoint=ck, n=1, out=tmp_path / "w"), Balanced(gen.specs, []),
             show=False, gen=gen,
         )  # fmt: skip
 

@@ -8,12 +8,12 @@ minus every keep mask; everything outside it is copied from the input file.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from synthgen.config import EditConfig
 from synthgen.data.manifest import Manifest
 from synthgen.errors import InputError
 from synthgen.models.conditioning import FieldSpec
@@ -25,34 +25,6 @@ ACQUISITION_NAMES = frozenset(
      "institution", "centre", "center", "field_strength", "kvp", "modality", "sequence"}
 )  # fmt: skip
 ALL = "all"
-
-
-@dataclass
-class EditOptions:
-    """Everything `synthgen edit` can be told."""
-
-    checkpoint: Path
-    manifest: Path
-    out: Path
-    changes: dict[str, str]
-    prompt: str | None = None
-    edit_mask: str = ALL
-    keep_masks: tuple[str, ...] = ()
-    strength: float = 1.0
-    seed: int = 0
-    shift: str | None = None
-    where: dict[str, str] = field(default_factory=dict)
-    split: str | None = None
-    limit: int | None = None
-    sampler: str | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    guide_fields: tuple[str, ...] | None = None  # None: guide on every field
-    null_fields: tuple[str, ...] = ()  # left to their null tokens: e.g. a finding a keep mask holds
-    batch_size: int = 16
-    watermark: bool = True
-    resume: bool = False
-    schema: Path | None = None
 
 
 def parse_assignments(items: Sequence[str], option: str) -> dict[str, str]:
@@ -124,7 +96,7 @@ def check_changes(
     return typed
 
 
-def select_rows(manifest: Manifest, opts: EditOptions) -> list[int]:
+def select_rows(manifest: Manifest, opts: EditConfig) -> list[int]:
     """Manifest rows to edit: `--split`, every `--where COL=VALUE`, then `--limit`."""
     table = manifest.table
     keep = np.ones(len(table), dtype=bool)

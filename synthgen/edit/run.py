@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from synthgen import watermark
+from synthgen.config import EditConfig
 from synthgen.data.intensity import from_model, to_model, window_for
 from synthgen.data.io import ImageReadError, atomic_write_bytes, sweep_temporaries
 from synthgen.data.manifest import Manifest, load_manifest
@@ -39,24 +40,12 @@ from synthgen.data.runs import (
     write_run,
 )
 from synthgen.data.schema import IntensityPolicy
-from synthgen.edit.plan import (
-    EditOptions,
-    Region,
-    check_changes,
-    select_rows,
-    shift_type,
-)
+from synthgen.edit.plan import Region, check_changes, select_rows, shift_type
 from synthgen.edit.stored import Stored, read_stored
 from synthgen.engine.checkpoint import checkpoint_hash, versions
 from synthgen.errors import InputError
 from synthgen.pipeline.generator import Generator, load_generator, process_state
 from synthgen.pipeline.space import resize, to_model_mask
-
-IDENTITY = (
-    "checkpoint_sha256", "manifest_fingerprint", "changes", "prompt", "shift", "edit_mask",
-    "keep_masks", "strength", "seed", "rows", "sampler", "steps", "guidance", "guide_fields",
-    "null_fields", "watermark",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -82,8 +71,8 @@ class Plan:
     skipped: int
 
 
-def make_plan(gen: Generator, opts: EditOptions) -> Plan:
-    manifest = load_manifest(opts.manifest, opts.schema)
+def make_plan(gen: Generator, opts: EditConfig) -> Plan:
+    manifest = load_manifest(opts.manifest, opts.schema_file)
     manifest.require_unique_ids()
     if not 0.0 < opts.strength <= 1.0:
         raise InputError(f"--strength {opts.strength}: expected a value in (0, 1]")
@@ -113,7 +102,7 @@ def _already(manifest: Manifest, row: int, changes: dict[str, str | float]) -> b
     return all(manifest.value(row, c) == v for c, v in changes.items())
 
 
-def model_row(gen: Generator, plan: Plan, row: int, opts: EditOptions) -> dict[str, Any]:
+def model_row(gen: Generator, plan: Plan, row: int, opts: EditConfig) -> dict[str, Any]:
     """The model's conditions for an edited row: the original's, with the changes applied and
     `opts.null_fields` left to their null tokens. Free text describes the original, so it is
     replaced by `--prompt` or left null."""
@@ -136,32 +125,26 @@ def model_row(gen: Generator, plan: Plan, row: int, opts: EditOptions) -> dict[s
     return values
 
 
-def _identity(gen: Generator, opts: EditOptions, plan: Plan, sha: str, rid: int | None) -> dict:
+def _identity(gen: Generator, opts: EditConfig, plan: Plan, sha: str, rid: int | None) -> dict:
+    """The config's identity with the checkpoint, the manifest and the rows by content and the
+    shift and trained sampling settings resolved."""
     s = gen.cfg.sampling
     return {
         "checkpoint_sha256": sha,
         "manifest_fingerprint": plan.manifest.fingerprint(),
+        **opts.identity(),
         "changes": plan.changes,
-        "prompt": opts.prompt,
         "shift": plan.shift,
-        "edit_mask": opts.edit_mask,
-        "keep_masks": list(opts.keep_masks),
-        "strength": opts.strength,
-        "seed": opts.seed,
         "rows": plan.rows,
         "sampler": opts.sampler or s.sampler,
         "steps": opts.steps or s.steps,
         "guidance": s.guidance if opts.guidance is None else opts.guidance,
-        "guide_fields": None if opts.guide_fields is None else list(opts.guide_fields),
-        "null_fields": list(opts.null_fields),
         "watermark": None if rid is None else f"{rid:08x}",
     }
 
 
-def run_edit(opts: EditOptions, show: bool = True, gen: Generator | None = None) -> EditSummary:
+def run_edit(opts: EditConfig, show: bool = True, gen: Generator | None = None) -> EditSummary:
     """Edit the selected rows of `opts.manifest` into `opts.out`."""
-    if opts.batch_size < 1:
-        raise InputError("--batch-size must be at least 1")
     state = process_state()
     gen = gen or load_generator(opts.checkpoint, device=state.device)
     plan = make_plan(gen, opts)
@@ -171,7 +154,7 @@ def run_edit(opts: EditOptions, show: bool = True, gen: Generator | None = None)
         rid = watermark.release_id_from(f"edit:{sha}:{opts.seed}:{plan.manifest.fingerprint()}")
     record = _identity(gen, opts, plan, sha, rid)
     out = Path(opts.out)
-    start_run(out, record, IDENTITY, "an edit run", opts.resume)
+    start_run(out, record, list(record), "an edit run", opts.resume)
     n = len(plan.rows)
     done = complete_rows(out, n) if out.is_dir() else set()
     todo = [j for j in range(n) if j not in done]
@@ -208,7 +191,7 @@ class Editor:
     def __init__(
         self,
         gen: Generator,
-        opts: EditOptions,
+        opts: EditConfig,
         plan: Plan,
         policy: IntensityPolicy,
         release_id: int | None,

@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from synthgen.config import ClassifierConfig, dump_config
+from synthgen.config import EvalConfig, dump_config
 from synthgen.data.manifest import Manifest, load_manifest
 from synthgen.data.schema import Schema
 from synthgen.engine.checkpoint import list_checkpoints, versions
@@ -29,26 +29,6 @@ from synthgen.metrics.inputs import EvalSet, load_real, load_synthetic
 
 PARTS = ("fidelity", "utility", "fairness", "memorization")
 TRAIN_SPLITS, HELDOUT_SPLITS = ("train",), ("val", "test")
-
-
-@dataclass
-class EvalOptions:
-    """Everything `synthgen eval` can be told; defaults suit a few thousand small images."""
-
-    real: Path
-    synthetic: Path
-    out: Path
-    schema: Path | None = None
-    extractor: str | None = None
-    target: str | None = None
-    balance: str | None = None
-    seeds: tuple[int, ...] = (0, 1, 2)
-    bootstrap: int = 1000
-    specificity: float = 0.9
-    cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "synthgen" / "eval")
-    limit: int | None = None
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    show: bool = True
 
 
 @dataclass
@@ -63,8 +43,8 @@ class Inputs:
         return self.manifest.schema
 
 
-def load_inputs(opts: EvalOptions) -> Inputs:
-    manifest = load_manifest(opts.real, opts.schema)
+def load_inputs(opts: EvalConfig) -> Inputs:
+    manifest = load_manifest(opts.real, opts.schema_file)
     train = load_real(manifest, TRAIN_SPLITS, opts.limit, show=opts.show)
     heldout = load_real(manifest, HELDOUT_SPLITS, show=opts.show)
     shape = tuple(train.images.shape[2:])
@@ -77,7 +57,7 @@ def condition_columns(schema: Schema, table: Any) -> list[str]:
     return [c for c, s in schema.columns.items() if s.role in ("label", "covariate") and c in table]
 
 
-def probe_path(inputs: Inputs, opts: EvalOptions) -> Path:
+def probe_path(inputs: Inputs, opts: EvalConfig) -> Path:
     """The probe's run folder in the cache, trained here unless one exists for this data and
     config (keyed by both)."""
     columns = condition_columns(inputs.schema, inputs.train.table)
@@ -86,7 +66,7 @@ def probe_path(inputs: Inputs, opts: EvalOptions) -> Path:
     key = hashlib.sha256(
         f"{inputs.train.fingerprint}|{columns}|{dump_config(opts.classifier)}".encode()
     ).hexdigest()[:16]
-    folder = opts.cache / "probes" / key
+    folder = opts.cache_dir() / "probes" / key
     if not list_checkpoints(folder):
         if opts.show:
             print(f"training the probe classifier on {len(inputs.train)} real images", flush=True)
@@ -115,7 +95,7 @@ def conditioning_fidelity(inputs: Inputs, probe: classifier.MultiHead) -> dict[s
     return found
 
 
-def evaluate(parts: tuple[str, ...], opts: EvalOptions) -> dict[str, Any]:
+def evaluate(parts: tuple[str, ...], opts: EvalConfig) -> dict[str, Any]:
     """Run `parts` and write report.json / report.html into `opts.out`; return the report."""
     from synthgen.metrics import report as html
 
@@ -243,12 +223,12 @@ def _categorical(schema: Schema) -> list[str]:
     ]
 
 
-def _features(inputs: Inputs, opts: EvalOptions, extractor: Any) -> dict[str, torch.Tensor]:
+def _features(inputs: Inputs, opts: EvalConfig, extractor: Any) -> dict[str, torch.Tensor]:
     """Each set's features, extracted once for fidelity and memorisation; the real sets' come
     from the cache when their fingerprint and the extractor match."""
     from synthgen.metrics.fidelity import reference_features
 
-    cache = opts.cache / "features"
+    cache = opts.cache_dir() / "features"
     return {
         "train": reference_features(
             inputs.train.images, extractor, inputs.train.fingerprint, cache, opts.show
@@ -261,7 +241,7 @@ def _features(inputs: Inputs, opts: EvalOptions, extractor: Any) -> dict[str, to
 
 
 def _fidelity(
-    inputs: Inputs, opts: EvalOptions, extractor: Any, features: dict[str, torch.Tensor]
+    inputs: Inputs, opts: EvalConfig, extractor: Any, features: dict[str, torch.Tensor]
 ) -> dict[str, Any]:
     """Fidelity of the synthetic set against the real training set, with the same figures for
     the held-out real images as the reference a perfect generator would reach."""
@@ -277,7 +257,7 @@ def _fidelity(
         synthetic_table=inputs.synthetic.table,
         group_columns=[c for c in _categorical(inputs.schema) if c in inputs.synthetic.table],
         real_key=inputs.train.fingerprint,
-        cache_dir=opts.cache / "features",
+        cache_dir=opts.cache_dir() / "features",
         seed=opts.seeds[0],
         show=opts.show,
         synthetic_features=features["synthetic"],
@@ -301,7 +281,7 @@ def _fidelity(
 
 
 def _downstream(
-    inputs: Inputs, opts: EvalOptions, parts: tuple[str, ...], probe: Any
+    inputs: Inputs, opts: EvalConfig, parts: tuple[str, ...], probe: Any
 ) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
     from synthgen.metrics import report as html
     from synthgen.metrics.labels import regime_label
@@ -355,7 +335,7 @@ def _default_target(schema: Schema) -> str:
 
 
 def _memorization(
-    inputs: Inputs, opts: EvalOptions, features: dict[str, torch.Tensor]
+    inputs: Inputs, opts: EvalConfig, features: dict[str, torch.Tensor]
 ) -> tuple[dict[str, Any], list[Any]]:
     from synthgen.metrics import report as html
     from synthgen.metrics.memorization import memorization
@@ -385,7 +365,7 @@ def _memorization(
     return found, [pairs]
 
 
-def _meta(inputs: Inputs, opts: EvalOptions, parts: tuple[str, ...]) -> dict[str, Any]:
+def _meta(inputs: Inputs, opts: EvalConfig, parts: tuple[str, ...]) -> dict[str, Any]:
     return {
         "parts": list(parts),
         "real": {

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from synthgen.config import ReleaseConfig
 from synthgen.data.io import prepare_out_folder, published
 from synthgen.data.progress import Bar
 from synthgen.errors import InputError
@@ -28,21 +29,6 @@ KEEP = ("id", "seed", "watermark", "sha256")  # per-image columns besides the co
 
 
 @dataclass(frozen=True)
-class ReleaseOptions:
-    samples: Path
-    report: Path
-    out: Path
-    name: str
-    license: str
-    format: str = "imagefolder"
-    allow_flagged: bool = False
-    max_flagged: float = 0.0
-    shard_bytes: int = formats.SHARD_BYTES
-    workers: int = 2
-    real: tuple[Path, ...] = ()  # real manifests to search for, instead of those run.json names
-
-
-@dataclass(frozen=True)
 class ReleaseSummary:
     out: Path
     images: int
@@ -54,9 +40,7 @@ def partial_folder(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
-def _check_request(opts: ReleaseOptions) -> None:
-    if opts.format not in formats.FORMATS:
-        raise InputError(f"--format {opts.format!r}: expected one of {', '.join(formats.FORMATS)}")
+def _check_request(opts: ReleaseConfig) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}", opts.name):
         raise InputError(f"--name {opts.name!r}: use 1-100 letters, digits, spaces, . _ -")
     if not opts.license.strip():
@@ -67,7 +51,7 @@ def _check_request(opts: ReleaseOptions) -> None:
         raise InputError(f"{out}: --out must not be inside the samples folder")
 
 
-def build_release(opts: ReleaseOptions, show: bool = True) -> ReleaseSummary:
+def build_release(opts: ReleaseConfig, show: bool = True) -> ReleaseSummary:
     """Check the gates, then write the release; a failed gate is an InputError with its figure."""
     _check_request(opts)
     samples = load_samples(opts.samples)
@@ -113,7 +97,7 @@ def privacy_figure(content: RealContent) -> str:
 
 
 def _write(
-    opts: ReleaseOptions,
+    opts: ReleaseConfig,
     samples: Samples,
     report: dict[str, Any],
     report_sha: str,

@@ -10,13 +10,14 @@ import io
 import json
 import tarfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 import pandas as pd
 
-FORMATS = ("imagefolder", "parquet", "webdataset")
+from synthgen.config import SHARD_BYTES, ReleaseFormat
+
+FORMATS: tuple[str, ...] = get_args(ReleaseFormat)
 DATA = "data"
-SHARD_BYTES = 1 << 30  # webdataset's and the Hub's usual shard size
 
 
 class Payload(Protocol):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from synthgen import watermark
+from synthgen.config import SampleConfig, release_number
 from synthgen.data.io import default_affine, sweep_temporaries
 from synthgen.data.progress import Bar
 from synthgen.data.runs import (
@@ -33,44 +34,10 @@ from synthgen.data.runs import (
 )
 from synthgen.data.schema import IntensityPolicy
 from synthgen.engine.checkpoint import checkpoint_hash, versions
-from synthgen.errors import InputError
 from synthgen.pipeline.generator import Generator, load_generator, process_state, sample_seed
 from synthgen.provenance import Provenance
-from synthgen.sampling.conditions import ConditionSource, Row
+from synthgen.sampling.conditions import ConditionSource, Row, condition_source
 from synthgen.sampling.outputs import Exporter, image_file, write_sample
-
-# run.json keys that must match for --resume to continue a run (n may grow).
-IDENTITY = (
-    "checkpoint_sha256",
-    "seed",
-    "conditions",
-    "sampler",
-    "steps",
-    "guidance",
-    "guide_fields",
-    "bits",
-    "size",
-    "watermark",
-)
-
-
-@dataclass(frozen=True)
-class SampleOptions:
-    checkpoint: Path
-    n: int
-    out: Path
-    seed: int = 0
-    sampler: str | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    guide_fields: tuple[str, ...] | None = None
-    batch_size: int = 16
-    bits: int = 8
-    size: int | None = None
-    watermark: bool = True
-    watermark_id: int | None = None
-    workers: int = 2
-    resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,7 +58,7 @@ def batches(n: int, process: int, processes: int, size: int) -> list[list[int]]:
     return [mine[b : b + size] for b in range(0, len(mine), size)]
 
 
-def exporter_for(gen: Generator, opts: SampleOptions, release_id: int | None) -> Exporter:
+def exporter_for(gen: Generator, opts: SampleConfig, release_id: int | None) -> Exporter:
     meta = gen.checkpoint.meta
     shape = tuple(meta["image_shape"])
     policy = IntensityPolicy.model_validate(meta["schema"].get("intensity", {}))
@@ -112,42 +79,48 @@ def output_shape(gen: Generator) -> tuple[int, ...]:
 
 
 def _identity(
-    gen: Generator, opts: SampleOptions, source: ConditionSource, sha: str, release_id: int | None
+    gen: Generator, opts: SampleConfig, source: ConditionSource, sha: str, release_id: int | None
 ) -> dict[str, Any]:
+    """The config's identity with the checkpoint and conditions by content and the trained
+    sampling settings filled in (a resume must not change them by a default)."""
     s = gen.cfg.sampling
     return {
         "checkpoint_sha256": sha,
-        "seed": opts.seed,
+        **opts.identity(),
         "conditions": source.describe(),
         "sampler": opts.sampler or s.sampler,
         "steps": opts.steps or s.steps,
         "guidance": s.guidance if opts.guidance is None else opts.guidance,
-        "guide_fields": None if opts.guide_fields is None else list(opts.guide_fields),
-        "bits": opts.bits,
-        "size": opts.size,
         "watermark": None if release_id is None else f"{release_id:08x}",
     }
 
 
 def run_sampling(
-    opts: SampleOptions, source: ConditionSource, show: bool = True, gen: Generator | None = None
+    opts: SampleConfig,
+    source: ConditionSource | None = None,
+    show: bool = True,
+    gen: Generator | None = None,
 ) -> SampleSummary:
-    """Generate samples 0..n-1 into `opts.out` (this process's share under accelerate)."""
-    if opts.n < 1 or opts.batch_size < 1 or opts.workers < 1:
-        raise InputError("--n, --batch-size and --workers must be at least 1")
+    """Generate samples 0..n-1 into `opts.out` (this process's share under accelerate).
+    `source` defaults to the one `opts` describes (conditions, match, balance)."""
     state = process_state()
     gen = gen or load_generator(opts.checkpoint, device=state.device)
+    if source is None:
+        mask = gen.cfg.conditioning.mask
+        source = condition_source(gen.specs, mask, opts.seed, opts.conditions, opts.match,
+                                  opts.balance, opts.keep_text)  # fmt: skip
     sha = checkpoint_hash(gen.checkpoint)
     release_id = None
     if opts.watermark:
-        release_id = opts.watermark_id
-        if release_id is None:
+        if opts.watermark_id is not None:
+            release_id = release_number(opts.watermark_id)
+        else:
             release_id = watermark.release_id_from(f"{sha}:{opts.seed}:{source.describe()}")
     gen.model.encoder.null_drop(1, opts.guide_fields)  # unknown --guide fields fail here
     exporter = exporter_for(gen, opts, release_id)
     record = _identity(gen, opts, source, sha, release_id)
     out = Path(opts.out)
-    start_run(out, record, IDENTITY, "a sample run", opts.resume)
+    start_run(out, record, list(record), "a sample run", opts.resume)
     made = not out.exists() and state.num_processes == 1  # several: a peer may be writing
     out.mkdir(parents=True, exist_ok=True)
     if state.is_main_process:
@@ -255,7 +228,7 @@ class Writer:
 def _write_run(
     out: Path,
     record: dict[str, Any],
-    opts: SampleOptions,
+    opts: SampleConfig,
     gen: Generator,
     status: str,
     seconds: float | None = None,
