@@ -1,6 +1,9 @@
 """An image as its file stores it, so an edit can leave every protected pixel bit-identical.
 
-Blending happens in the file's own stored values (PNG gray levels, DICOM raw pixels before the
+The values blended are `data.io.read_image`'s (the one reader: its limits, decoders and DICOM
+rules); this module adds only what that reader does not keep: the stored pixels, the linear
+map back to them, and a writer of the same format. Blending happens in the file's own stored
+values (PNG gray levels, DICOM raw pixels before the
 modality LUT; NIfTI's decoded float32 values, since nibabel rescales integer data on save), and
 the edited file is written in the same format: PNG → PNG of the same bit depth, DICOM → DICOM
 (a new instance UID, the rest of the header kept), NIfTI → NIfTI with the same affine.
@@ -16,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from synthgen.data.dicom import frame_rescales, inversion, voi_window
+from synthgen.data.dicom import frame_rescales, inversion
 from synthgen.data.io import (
+    Image,
     ImageReadError,
     error_reason,
     image_format,
@@ -31,13 +35,15 @@ EDIT_TAG = "synthgen edit"
 
 @dataclass
 class Stored:
-    """`stored` is the pixel array as the file holds it; `decoded` = slope * stored + intercept
-    (stored first turned to MONOCHROME2 as `invert` - stored for a MONOCHROME1 DICOM) is what
-    `read_image` gives and what the intensity policy windows."""
+    """`stored` is the pixel array as the file holds it; `decoded` is `read_image`'s array (what
+    the intensity policy windows), = slope * stored + intercept, stored first turned to
+    MONOCHROME2 as `invert` - stored for a MONOCHROME1 DICOM; `voi` is its `Image.window`."""
 
     path: Path
     kind: str
     stored: np.ndarray
+    decoded: np.ndarray
+    voi: tuple[float, float] | None = None
     slope: float = 1.0
     intercept: float = 0.0
     meta: Any = None  # the DICOM dataset, or the NIfTI affine
@@ -45,16 +51,6 @@ class Stored:
 
     def _flip(self, values: Any) -> Any:  # an array or one window bound
         return values if self.invert is None else self.invert - values
-
-    @property
-    def decoded(self) -> np.ndarray:
-        shown = self._flip(self.stored.astype(np.float64))
-        return (shown * self.slope + self.intercept).astype(np.float32)
-
-    @property
-    def voi(self) -> tuple[float, float] | None:
-        """A DICOM's own VOI window in decoded values (`read_image`'s `Image.window`)."""
-        return voi_window(self.meta) if self.kind == "dicom" else None
 
     @property
     def suffix(self) -> str:
@@ -88,24 +84,28 @@ class Stored:
 
 
 def read_stored(path: Path) -> Stored:
-    """The file's stored pixels; every failure is an InputError naming the file."""
+    """The file as `read_image` decodes it, with its stored pixels; every failure is an
+    InputError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "file not found")
     kind = image_format(path)
+    if kind == "dicom":
+        _refuse_modality_lut(path)  # before the reader applies a LUT edit cannot invert
+    image = read_image(path)  # sizes, decoders and DICOM rules: the one reader's
     try:
         if kind == "pillow":
-            return _read_png(path)
+            return _read_png(path, image)
         if kind == "dicom":
-            return _read_dicom(path)
-        return _read_nifti(path)
+            return _read_dicom(path, image)
+        return Stored(path, "nifti", image.array.copy(), image.array, meta=image.affine)
     except ImageReadError:
         raise
     except Exception as e:  # decoders raise many types; all mean "cannot use this file"
         raise ImageReadError(path, f"cannot decode: {error_reason(e)}") from None
 
 
-def _read_png(path: Path) -> Stored:
+def _read_png(path: Path, image: Image) -> Stored:
     from PIL import Image as PILImage
 
     if path.suffix.lower() != ".png":
@@ -122,25 +122,32 @@ def _read_png(path: Path) -> Stored:
             array = array.astype(np.uint16)
         else:
             raise ImageReadError(path, f"PNG mode {img.mode}: edit needs 8- or 16-bit gray")
-    return Stored(path, "png", array.copy())
+    return Stored(path, "png", array.copy(), image.array)
 
 
-def _read_dicom(path: Path) -> Stored:
+def _refuse_modality_lut(path: Path) -> None:
     import pydicom
 
-    ds = pydicom.dcmread(path)
-    if "PixelData" not in ds:
-        raise ImageReadError(path, "DICOM file has no pixel data")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise ImageReadError(path, "colour DICOM; synthgen expects grayscale scans")
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # the reader names what is wrong with the file
+        return
     if ds.get("ModalityLUTSequence"):
         raise ImageReadError(
             path, "its values come through a Modality LUT Sequence, which edit cannot write back "
             "losslessly; convert the file to rescaled values first"
         )  # fmt: skip
+
+
+def _read_dicom(path: Path, image: Image) -> Stored:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
     stored = np.array(ds.pixel_array)
     slope, intercept = _rescale(ds, stored.shape[0] if stored.ndim == 3 else 1, path)
-    return Stored(path, "dicom", stored, slope, intercept, ds, inversion(ds))
+    return Stored(
+        path, "dicom", stored, image.array, image.window, slope, intercept, ds, inversion(ds)
+    )
 
 
 def _rescale(ds: Any, frames: int, path: Path) -> tuple[float, float]:
@@ -153,11 +160,6 @@ def _rescale(ds: Any, frames: int, path: Path) -> tuple[float, float]:
     if len(found) > 1:
         raise ImageReadError(path, "its frames rescale differently; edit needs one rescale")
     return found.pop()
-
-
-def _read_nifti(path: Path) -> Stored:
-    image = read_image(path)  # float32 as decoded: the stored form of an edited NIfTI
-    return Stored(path, "nifti", image.array, meta=image.affine)
 
 
 def _dicom_bytes(ds: Any, stored: np.ndarray, text: str, edit_id: str) -> bytes:
