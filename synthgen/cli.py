@@ -995,6 +995,7 @@ def eval_(
     strata, conditioning fidelity), memorisation (nearest training image per sample).
     """
     from synthgen.metrics.evaluate import PARTS, evaluate
+    from synthgen.pipeline.generator import process_state
 
     flags = {
         "real": real, "synthetic": synthetic, "out": out, "schema_file": schema,
@@ -1008,8 +1009,12 @@ def eval_(
     if cfg.out.exists() and not cfg.out.is_dir():
         raise InputError(f"{cfg.out}: --out is a file, not a folder")
     parts = PARTS if part == EvalPart.all else (part.value,)
-    found = evaluate(parts, cfg)
-    typer.echo(f"report: {cfg.out / 'report.html'} ({found['meta']['seconds']:.0f} s)")
+    try:
+        found = evaluate(parts, cfg)
+    finally:
+        process_state().destroy_process_group()  # see _run_training
+    if process_state().is_main_process:
+        typer.echo(f"report: {cfg.out / 'report.html'} ({found['meta']['seconds']:.0f} s)")
 
 
 @app.command(epilog="Example: synthgen demo --out demo datasets.chest2d.n=200")

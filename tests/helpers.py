@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -119,3 +120,38 @@ def brightness_scorer():
     """A stand-in classifier for `stress --classifier helpers:brightness_scorer`: the mean
     brightness of each image as its P(positive)."""
     return lambda x: (x.mean(dim=tuple(range(1, x.dim()))) + 1) / 2
+
+
+HANG_SECONDS = 150  # a normal 2-process run takes ~25-60 s on 2 cores
+
+
+def run_or_dump_stacks(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run torchrun; if it hangs, fail with every process's stack.
+
+    On a timeout torchrun and every rank get SIGABRT (faulthandler prints each Python stack to
+    the captured stderr), then SIGKILL, so no rank outlives the test.
+    """
+    import psutil
+    import pytest
+
+    env = {**env, "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=HANG_SECONDS)
+    except subprocess.TimeoutExpired:
+        # torchrun starts each rank in a session of its own: find them as its children.
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGABRT)
+        try:
+            stdout, stderr = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            stdout, stderr = "", "(no output after SIGABRT)"
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        proc.wait()
+        pytest.fail(f"torchrun hung for {HANG_SECONDS} s; stacks:\n{stderr}\n{stdout[-2000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)

@@ -7,20 +7,17 @@ separately (it is not distributed today).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import torch
 import yaml
-from helpers import snapshot
+from helpers import run_or_dump_stacks, snapshot
 
 from synthgen.config import AETrainConfig, PhantomConfig
 from synthgen.data.dataset import split_rows
@@ -33,7 +30,6 @@ from synthgen.stages.autoencoder import train_autoencoder
 
 BATCH = 4
 STEPS = 6
-HANG_SECONDS = 150  # a normal run takes ~25 s on 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -77,35 +73,6 @@ def torchrun(
         "-m", "synthgen", "train", "ae", "--config", str(config), "--quiet",
     ]  # fmt: skip
     return out, run_or_dump_stacks(command, env)
-
-
-def run_or_dump_stacks(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Run torchrun; if it hangs, fail with every process's stack.
-
-    On a timeout torchrun and every rank get SIGABRT (faulthandler prints each Python stack to
-    the captured stderr), then SIGKILL, so no rank outlives the test.
-    """
-    env = {**env, "PYTHONFAULTHANDLER": "1"}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    try:
-        stdout, stderr = proc.communicate(timeout=HANG_SECONDS)
-    except subprocess.TimeoutExpired:
-        # torchrun starts each rank in a session of its own: find them as its children.
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        for p in family:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.send_signal(signal.SIGABRT)
-        try:
-            stdout, stderr = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            stdout, stderr = "", "(no output after SIGABRT)"
-        for p in family:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        proc.wait()
-        pytest.fail(f"torchrun hung for {HANG_SECONDS} s; stacks:\n{stderr}\n{stdout[-2000:]}")
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")

@@ -218,9 +218,9 @@ class Trainer:
                 self._release(task, run, agreed)
 
     def _release(self, task: Task, run: _Run, agreed: bool) -> None:
-        """Unwrap the modules and free the DDP wrappers while the process group is alive, then
-        tear it down together: a wrapper freed after its group was destroyed left a rank hung
-        at the end of a 2-process CPU run (tests/test_distributed.py, about 1 run in 25)."""
+        """Unwrap the modules and free the DDP wrappers while the process group is alive (the
+        command destroys it at its end): a wrapper freed after its group was destroyed left a
+        rank hung at the end of a 2-process CPU run (tests/test_distributed.py, 1 run in 25)."""
         acc = self.acc
         task.modules = {n: acc.unwrap_model(m) for n, m in run.modules.items()}
         run.modules.clear()
@@ -229,7 +229,8 @@ class Trainer:
         acc.free_memory()
         if agreed:  # after an error on one process only, a peer may never reach the barrier
             acc.wait_for_everyone()
-        acc.end_training()
+        for tracker in acc.trackers:  # not `end_training`: it also destroys the process group,
+            tracker.finish()  # which outlives a fit (eval trains many); the command ends it
 
     def _lr_factor(self, step: int) -> float:
         """Linear warm-up, then constant or cosine decay to 0 at the horizon (multiplies `lr`)."""

@@ -26,6 +26,7 @@ from synthgen.engine.checkpoint import list_checkpoints, versions
 from synthgen.errors import InputError
 from synthgen.metrics import classifier, fairness, utility
 from synthgen.metrics.inputs import EvalSet, load_real, load_synthetic
+from synthgen.pipeline.generator import process_state
 
 PARTS = ("fidelity", "utility", "fairness", "memorization")
 TRAIN_SPLITS, HELDOUT_SPLITS = ("train",), ("val", "test")
@@ -139,7 +140,10 @@ def evaluate(parts: tuple[str, ...], opts: EvalConfig) -> dict[str, Any]:
         report["memorization"] = found
         figures += pairs
     report["meta"]["seconds"] = round(time.monotonic() - started, 1)
-    html.write_report(opts.out, report, figures)
+    state = process_state()  # under `accelerate launch` every classifier trains data-parallel
+    if state.is_main_process:  # and every process holds the same report: one writes it
+        html.write_report(opts.out, report, figures)
+    state.wait_for_everyone()
     return report
 
 

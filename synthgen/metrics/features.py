@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from synthgen.data.progress import progress
 from synthgen.engine.checkpoint import UNSAFE_SUFFIXES
 from synthgen.errors import InputError
+from synthgen.pipeline.generator import process_state
 
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_HELP = (
@@ -52,8 +53,19 @@ class FeatureExtractor(nn.Module):
         return next(self.parameters(), torch.empty(0)).device
 
     def embed(self, images: Tensor, show: bool = False) -> Tensor:
-        """Features of every image, in order; a progress bar when `show`."""
+        """Features of every image, in order; a progress bar when `show`. Under `accelerate
+        launch` each process embeds a contiguous share and every process gets all features,
+        the same as one process computes (every process must call this with the same set)."""
         self._check(images)
+        state = process_state()
+        if state.num_processes == 1:
+            return self._embed(images, show)
+        from accelerate.utils import gather_object
+
+        share = torch.tensor_split(images, state.num_processes)[state.process_index]
+        return torch.cat(gather_object([self._embed(share, show and state.is_main_process)]))
+
+    def _embed(self, images: Tensor, show: bool) -> Tensor:
         starts = range(0, images.shape[0], self.batch_size)
         out = []
         with torch.no_grad():

@@ -61,7 +61,9 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
 
 def fid(real: Tensor, fake: Tensor) -> float:
     """FID between two feature sets (N, D) through torchmetrics' FrechetInceptionDistance."""
-    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
+    # every process holds every feature (FeatureExtractor.embed gathers them): no sync, which
+    # under `accelerate launch` would count each feature once per process
+    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), sync_on_compute=False)
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     return float(metric.compute())
@@ -74,8 +76,9 @@ def kid(
     with warnings.catch_warnings():  # its note that it keeps all features: so do we, by design
         warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save")
         metric = KernelInceptionDistance(
-            feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=subset_size
-        )
+            feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=subset_size,
+            sync_on_compute=False,  # as in `fid`
+        )  # fmt: skip
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     # torchmetrics draws its subsets from the global RNG: seed it only inside a fork
