@@ -15,6 +15,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,14 @@ def start_run(
         raise InputError(f"{out} is not empty: choose a new --out")
 
 
-def write_run(out: Path, body: dict[str, Any]) -> None:
+def write_run(
+    out: Path, body: dict[str, Any], seconds: float | None = None, **counts: int | None
+) -> None:
+    """run.json: the request and status stamped with the time; a finished run adds how long it
+    took and what it did (`counts`)."""
+    body = {**body, "time": datetime.now(UTC).isoformat(timespec="seconds")}
+    if seconds is not None:
+        body |= {"seconds": round(seconds, 2), **counts}
     atomic_write_bytes(out / RUN_FILE, json.dumps(body, indent=2, default=str).encode())
 
 

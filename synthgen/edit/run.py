@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from synthgen.data.runs import (
 from synthgen.data.schema import IntensityPolicy
 from synthgen.edit.plan import Region, check_changes, select_rows, shift_type
 from synthgen.edit.stored import Stored, read_stored
-from synthgen.engine.checkpoint import checkpoint_hash, versions
+from synthgen.engine.checkpoint import checkpoint_hash
 from synthgen.errors import InputError
 from synthgen.pipeline.generator import Generator, load_generator, process_state
 from synthgen.pipeline.space import resize, to_model_mask
@@ -163,7 +162,8 @@ def run_edit(opts: EditConfig, show: bool = True, gen: Generator | None = None) 
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     sweep_temporaries(out)  # a killed run's torn temp files
-    _write_run(out, record, gen, n, "running")
+    body = {**record, "kind": "edit", "n": n, **gen.run_fields()}
+    write_run(out, {**body, "status": "running"})
     start = time.perf_counter()
     shard = ShardWriter(out, 0)
     bar = Bar(n, "editing", unit="img", completed=len(done), show=show)
@@ -181,7 +181,8 @@ def run_edit(opts: EditConfig, show: bool = True, gen: Generator | None = None) 
             bar.close()
     seconds = time.perf_counter() - start
     merge_manifest(out, n)
-    _write_run(out, record, gen, n, "complete", seconds, len(todo), plan.skipped)
+    write_run(out, {**body, "status": "complete"}, seconds, edited_this_run=len(todo),
+              skipped=plan.skipped)  # fmt: skip
     return EditSummary(out, n, len(todo), plan.skipped, seconds, plan.shift)
 
 
@@ -364,28 +365,3 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-def _write_run(
-    out: Path,
-    record: dict[str, Any],
-    gen: Generator,
-    n: int,
-    status: str,
-    seconds: float | None = None,
-    edited: int | None = None,
-    skipped: int | None = None,
-) -> None:
-    body = {
-        **record,
-        "kind": "edit",
-        "status": status,
-        "n": n,
-        "checkpoint": str(gen.checkpoint.path),
-        "step": gen.checkpoint.meta.get("step"),
-        "versions": versions(),
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    if seconds is not None:
-        body |= {"seconds": round(seconds, 2), "edited_this_run": edited, "skipped": skipped}
-    write_run(out, body)

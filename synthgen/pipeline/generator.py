@@ -22,7 +22,7 @@ from synthgen.data.io import read_image
 from synthgen.diffusion.layout import ChannelLayout, Labels
 from synthgen.diffusion.objectives import make_train_scheduler
 from synthgen.diffusion.sampling import make_sampler, partial_start, sample
-from synthgen.engine.checkpoint import Checkpoint, load_into, open_checkpoint
+from synthgen.engine.checkpoint import Checkpoint, load_into, open_checkpoint, versions
 from synthgen.errors import InputError
 from synthgen.models.conditioning import (
     ConditionEncoder,
@@ -205,6 +205,14 @@ class Generator:
 
     def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn((n, self.space.channels, *self.space.shape), generator=generator)
+
+    def run_fields(self) -> dict[str, Any]:
+        """What a run folder's run.json records of the generator that made it."""
+        return {
+            "checkpoint": str(self.checkpoint.path),
+            "step": self.checkpoint.meta.get("step"),
+            "versions": versions(),
+        }
 
     def seeded_noise(self, run_seed: int, indices: Sequence[int]) -> torch.Tensor:
         """Item i's starting noise from its own generator (`sample_seed`): an image depends on

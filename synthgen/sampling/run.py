@@ -13,7 +13,6 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from synthgen.data.runs import (
     write_run,
 )
 from synthgen.data.schema import IntensityPolicy
-from synthgen.engine.checkpoint import checkpoint_hash, versions
+from synthgen.engine.checkpoint import checkpoint_hash
 from synthgen.pipeline.generator import Generator, load_generator, process_state, sample_seed
 from synthgen.provenance import Provenance
 from synthgen.sampling.conditions import ConditionSource, Row, condition_source
@@ -130,7 +129,7 @@ def run_sampling(
     done = complete_rows(out, opts.n)
     state.wait_for_everyone()
     if state.is_main_process:
-        _write_run(out, record, opts, gen, status="running")
+        write_run(out, _run_body(record, opts, gen, "running"))
     todo = [i for i in range(opts.n) if i not in done]
     blocks = batches(opts.n, state.process_index, state.num_processes, opts.batch_size)
     bar = Bar(
@@ -174,7 +173,8 @@ def run_sampling(
     seconds = time.perf_counter() - start
     if state.is_main_process:
         merge_manifest(out, opts.n)
-        _write_run(out, record, opts, gen, status="complete", seconds=seconds, generated=len(todo))
+        body = _run_body(record, opts, gen, "complete")
+        write_run(out, body, seconds, generated_this_run=len(todo))
     return SampleSummary(out, opts.n, len(todo), seconds, release_id)
 
 
@@ -225,26 +225,15 @@ class Writer:
         self.bar.close()
 
 
-def _write_run(
-    out: Path,
-    record: dict[str, Any],
-    opts: SampleConfig,
-    gen: Generator,
-    status: str,
-    seconds: float | None = None,
-    generated: int | None = None,
-) -> None:
-    body = {
+def _run_body(
+    record: dict[str, Any], opts: SampleConfig, gen: Generator, status: str
+) -> dict[str, Any]:
+    meta = gen.checkpoint.meta
+    return {
         **record,
         "status": status,
         "n": opts.n,
-        "checkpoint": str(gen.checkpoint.path),
-        "step": gen.checkpoint.meta.get("step"),
-        "data_fingerprint": gen.checkpoint.meta.get("data_fingerprint"),  # the release gate's
+        **gen.run_fields(),
+        "data_fingerprint": meta.get("data_fingerprint"),  # the release gate's
         "config": gen.cfg.model_dump(mode="json"),
-        "versions": versions(),
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    if seconds is not None:
-        body |= {"seconds": round(seconds, 2), "generated_this_run": generated}
-    write_run(out, body)
