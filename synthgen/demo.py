@@ -82,11 +82,12 @@ def noise_floor_psnr(manifest: Manifest, split: str, limit: int) -> float | None
     return float(np.mean(values))
 
 
-def _stage(fresh: bool, path: Path, label: str) -> bool:
-    """Whether `path` must be (re)made; with --fresh, remove it first."""
+def _stage(fresh: bool, path: Path, label: str, done: str | None = None) -> bool:
+    """Whether `path` must be (re)made: it is done when it exists (or holds the file `done`,
+    written last); with --fresh, remove it first."""
     if fresh and path.exists():
         shutil.rmtree(path)
-    if path.exists():
+    if (path / done if done else path).exists():
         print(f"[{label}] reusing {path}")
         return False
     return True
@@ -141,11 +142,7 @@ def run_samples(
     from synthgen.sampling.verify import verify_samples
 
     label = f"sample-{name}"
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    if (out / "manifest.csv").is_file():
-        print(f"[{label}] reusing {out}")
-    else:
+    if _stage(fresh, out, label, "manifest.csv"):
         print(f"[{label}] {cfg.n} samples balanced by {', '.join(cfg.balance)}")
         opts = SampleConfig.model_validate(
             {**cfg.model_dump(), "checkpoint": checkpoint, "out": out,
@@ -173,18 +170,15 @@ def run_evaluation(
 
     label = f"eval-{name}"
     report_file = out / "report.json"
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    if report_file.is_file():
-        print(f"[{label}] reusing {out}")
-        report = json.loads(report_file.read_text())
-    else:
+    if _stage(fresh, out, label, report_file.name):
         print(f"[{label}] fidelity, utility, fairness and memorisation of {samples}")
         opts = EvalConfig.model_validate(
             {**cfg.model_dump(), "real": manifest, "synthetic": samples, "out": out,
              "cache": cfg.cache or out / "cache"}
         )  # fmt: skip
         report = evaluate(PARTS, opts)
+    else:
+        report = json.loads(report_file.read_text())
     line = headline(report) + f"; report {out / 'report.html'}"
     print(f"[{label}] {line}")
     return line
@@ -228,11 +222,7 @@ def run_release(
     from synthgen.release.verify import verify_release
 
     label = f"release-{name}"
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    if (out / "release.json").is_file():
-        print(f"[{label}] reusing {out}")
-    else:
+    if _stage(fresh, out, label, "release.json"):
         print(f"[{label}] gates, then a release ({cfg.format}) of {samples}")
         opts = ReleaseConfig.model_validate(
             {**cfg.model_dump(), "samples": samples, "report": report, "out": out,
@@ -264,11 +254,8 @@ def run_stress(cfg: DemoStress, checkpoint: Path, out: Path, fresh: bool) -> str
     from synthgen.metrics.stress import stress_report
 
     label = "stress"
-    if fresh and out.exists():
-        shutil.rmtree(out)
     report_file = out / "report" / "report.json"
-    if report_file.is_file():
-        print(f"[{label}] reusing {out}")
+    if not _stage(fresh, out, label, "report/report.json"):
         return stress_headline(json.loads(report_file.read_text()), report_file.parent)
     data = out / "data"
     if not (data / "manifest.csv").is_file():
