@@ -82,6 +82,11 @@ class Kind(StrEnum):
     brain3d = "brain3d"
 
 
+class ReportPhrasing(StrEnum):
+    train = "train"
+    heldout = "heldout"
+
+
 @app.command(
     epilog="Example: synthgen phantoms --kind chest2d --n 500 --shortcut 0.9 --out data/chest"
 )
@@ -114,6 +119,13 @@ def phantoms(
     write_clean: Annotated[
         bool, typer.Option(help="also write each noise-free image to clean/")
     ] = False,
+    report_phrasing: Annotated[
+        ReportPhrasing,
+        typer.Option(
+            help="chest2d: train = the training wordings of the reports; heldout = sentence "
+            "structures train never uses (an evaluation set for text conditioning)"
+        ),
+    ] = ReportPhrasing.train,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Write a ground-truth phantom dataset: images, masks, manifest.csv, schema.yaml, README.md."""
@@ -138,6 +150,7 @@ def phantoms(
             "prevalence": prevalences,
             "min_nodule_px": min_nodule_px,
             "write_clean": write_clean,
+            "report_phrasing": report_phrasing.value,
         },
         "phantoms",
     )
@@ -436,14 +449,29 @@ def field_list(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(f.strip() for f in text.split(",") if f.strip())
 
 
+def prompt_list(typed: list[str] | None, file: Path | None) -> list[str] | None:
+    """--prompt texts, then the non-empty lines of --prompts FILE; None when neither is given."""
+    if file is None:
+        return typed
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{file}: cannot read prompts ({e})") from None
+    found = [line.strip() for line in lines if line.strip()]
+    if not found:
+        raise InputError(f"{file}: no prompts (one per line)")
+    return [*(typed or []), *found]
+
+
 def sampler_name(sampler: Sampler | None) -> str | None:
     return None if sampler is None else sampler.value
 
 
 @app.command(
     epilog="Examples: synthgen sample --checkpoint runs/ldm-chest --n 10000 --balance sex,nodule "
-    "--size 256 --out synth/chest  |  synthgen sample --config configs/sample.yaml "
-    "checkpoint=runs/ldm-chest out=synth/chest n=500"
+    "--size 256 --out synth/chest  |  synthgen sample --checkpoint runs/ldm-text --n 50 "
+    "--prompt 'Small left pleural effusion.' --prompt 'No pneumothorax.' --out synth/text  |  "
+    "synthgen sample --config configs/sample.yaml checkpoint=runs/ldm-chest out=synth/chest n=500"
 )
 def sample(
     overrides: Overrides = None,
@@ -490,6 +518,24 @@ def sample(
                 "column's real cells verbatim (default: a keyed hash; repeat per column; "
                 "the release card states it)",
             )
+        ),
+    ] = None,  # fmt: skip
+    prompt: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=key_help(
+                SampleConfig,
+                "prompts",
+                "text for a text-conditioned model "
+                "(repeatable): --n samples per prompt; the other fields from --balance, "
+                "--match or --conditions, else null",
+            )
+        ),
+    ] = None,  # fmt: skip
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="a text file of prompts, one per line (added to any --prompt) [key: prompts]"
         ),
     ] = None,  # fmt: skip
     seed: Annotated[int | None, typer.Option(help=key_help(SampleConfig, "seed"))] = None,
@@ -549,9 +595,11 @@ def sample(
         "guide_fields": field_list(guide), "batch_size": batch_size, "bits": bits, "size": size,
         "watermark_id": watermark_id, "watermark": False if no_watermark else None,
         "workers": workers, "resume": resume or None,
+        "prompts": prompt_list(prompt, prompts),
     }  # fmt: skip
     cfg = command_config(SampleConfig, config, overrides, "sample", flags,
-                         {"guide_fields": "--guide", "watermark": "--no-watermark"})  # fmt: skip
+                         {"guide_fields": "--guide", "watermark": "--no-watermark",
+                          "prompts": "--prompt/--prompts"})  # fmt: skip
     try:
         summary = run_sampling(cfg, show=not quiet)
     finally:

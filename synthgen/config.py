@@ -42,6 +42,11 @@ class PhantomConfig(StrictModel):
         None, description="chest2d: smallest nodule radius in pixels; None = 0.75"
     )
     write_clean: bool = False
+    report_phrasing: Literal["train", "heldout"] = Field(
+        "train",
+        description="chest2d: the report wordings; heldout: sentence structures never used in "
+        "train reports, for measuring text conditioning on new wording",
+    )
 
 
 AXIS_PAIRS = ("LR", "PA", "IS")
@@ -413,7 +418,12 @@ class SampleSettings(TrainedSampling):
         {"n", "batch_size", "workers", "checkpoint", "out", "conditions", "match"}
     )  # paths: their content (checkpoint hash, conditions) is in the identity instead
 
-    n: int = Field(ge=1, description="number of samples (ids 0..n-1)")
+    n: int = Field(ge=1, description="number of samples (ids 0..n-1); with prompts, per prompt")
+    prompts: tuple[str, ...] = Field(
+        (),
+        description="text for the model's text field: sample i takes prompt i mod P, its other "
+        "fields from the other options (or null: guided on the text alone)",
+    )
     conditions: Path | None = Field(
         None, description="CSV/YAML of condition rows, used in turn (sample i: row i mod rows)"
     )
@@ -450,6 +460,18 @@ class SampleSettings(TrainedSampling):
         if v is not None:
             release_number(v)
         return v
+
+    @field_validator("prompts")
+    @classmethod
+    def _some_text(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not p.strip() for p in v):
+            raise ValueError("a prompt is empty")
+        return tuple(p.strip() for p in v)
+
+    @property
+    def total(self) -> int:
+        """How many samples the run makes: n, or n per prompt."""
+        return self.n * max(1, len(self.prompts))
 
 
 class SampleConfig(SampleSettings):

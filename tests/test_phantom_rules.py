@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from synthgen.data.phantoms import brain3d, chest2d
+from synthgen.data.phantoms import brain3d, chest2d, reports
 
 ALL_FINDINGS = {"nodule": 1.0, "effusion": 1.0}
 NO_FINDINGS = {"nodule": 0.0, "effusion": 0.0}
@@ -40,6 +40,16 @@ def reported_side(report: str, pattern: str) -> str:
     return match.group(1)
 
 
+def claims(case: chest2d.ChestCase) -> tuple[dict[str, tuple[str, str]], set[str]]:
+    """What the case's report asserts: finding -> (side, size class) present, and the findings
+    it says are absent; the report text is exactly its sentences."""
+    sentences = chest2d.report_sentences(case)
+    assert chest2d.render(case).row["report"] == " ".join(s.text for s in sentences)
+    present = {s.present[0]: s.present[1:] for s in sentences if s.present}
+    absent = {a for s in sentences for a in s.absent}
+    return present, absent
+
+
 @pytest.mark.parametrize("size", [32, 64])
 def test_chest_finding_masks_are_exactly_where_the_image_changed(size: int) -> None:
     for case in chest_cases(40, 1, size=size, prevalence=ALL_FINDINGS):
@@ -52,11 +62,13 @@ def test_chest_finding_masks_are_exactly_where_the_image_changed(size: int) -> N
             assert not without.masks[mask].any()
 
 
-def test_chest_negatives_have_empty_finding_masks() -> None:
-    for phantom in chest_samples(30, 2, prevalence=NO_FINDINGS):
+def test_chest_negatives_have_empty_finding_masks_and_reports_that_say_so() -> None:
+    for case in chest_cases(30, 2, prevalence=NO_FINDINGS):
+        phantom = chest2d.render(case)
         assert phantom.row["nodule"] == 0 and phantom.row["effusion"] == 0
         assert phantom.row["nodule_side"] == phantom.row["effusion_side"] == ""
-        assert phantom.row["report"].endswith("No acute findings.")
+        present, absent = claims(case)
+        assert not present and {"nodule", "effusion"} <= absent, phantom.row["report"]
         for mask in ("nodule_mask", "effusion_mask"):
             assert phantom.masks[mask].shape == phantom.image.shape
             assert not phantom.masks[mask].any()
@@ -65,25 +77,81 @@ def test_chest_negatives_have_empty_finding_masks() -> None:
 def test_chest_findings_lie_in_the_reported_lung_with_matching_size_words() -> None:
     label = chest2d.SIDE_LABEL
     areas: dict[str, dict[str, list[float]]] = {"nodule": {}, "effusion": {}}
-    for phantom in chest_samples(60, 3, size=128, prevalence=ALL_FINDINGS):
-        report, anatomy = phantom.row["report"], phantom.masks["anatomy"]
-        nodule_side = reported_side(report, r"nodule in the (left|right) lung")
-        fluid_side = reported_side(report, r"(left|right) pleural effusion")
+    for case in chest_cases(60, 3, size=128, prevalence=ALL_FINDINGS):
+        phantom = chest2d.render(case)
+        (present, absent), anatomy = claims(case), phantom.masks["anatomy"]
+        (nodule_side, nodule_size), (fluid_side, fluid_size) = (
+            present["nodule"],
+            present["effusion"],
+        )
+        assert not absent & {"nodule", "effusion"}
         assert (phantom.row["nodule_side"], phantom.row["effusion_side"]) == (
             nodule_side,
             fluid_side,
         )
         nodule = phantom.masks["nodule_mask"].astype(bool)
         fluid = phantom.masks["effusion_mask"].astype(bool)
-        assert (anatomy[nodule] == label[nodule_side]).all(), report
-        assert (anatomy[fluid] == label[fluid_side]).all(), report
-        nodule_word = reported_side(report, r"(Small|Large) nodule").lower()
-        fluid_word = reported_side(report, r"(Small|Large) (?:left|right) pleural").lower()
+        assert (anatomy[nodule] == label[nodule_side]).all(), phantom.row["report"]
+        assert (anatomy[fluid] == label[fluid_side]).all(), phantom.row["report"]
         lung_area = (anatomy == label[fluid_side]).sum() + fluid.sum()
-        areas["nodule"].setdefault(nodule_word, []).append(nodule.sum())
-        areas["effusion"].setdefault(fluid_word, []).append(fluid.sum() / lung_area)
+        areas["nodule"].setdefault(nodule_size, []).append(nodule.sum())
+        areas["effusion"].setdefault(fluid_size, []).append(fluid.sum() / lung_area)
     for finding, by_word in areas.items():
         assert max(by_word["small"]) < min(by_word["large"]), finding
+
+
+def test_report_sentences_state_their_claims_in_words_and_negate_only_absent_findings() -> None:
+    sizes = {name: {w: c for c, ws in words.items() for w in ws}
+             for name, words in reports.SIZE_WORDS.items()}  # fmt: skip
+    for phrasing in reports.PHRASINGS:
+        for case in chest_cases(80, 5, prevalence={"nodule": 0.5, "effusion": 0.5},
+                                report_phrasing=phrasing):  # fmt: skip
+            for sentence in chest2d.report_sentences(case):
+                text = sentence.text.lower()
+                if sentence.present:
+                    name, side, size = sentence.present
+                    other = "left" if side == "right" else "right"
+                    assert side in text and other not in text, text
+                    words = [w for w in sizes[name] if re.search(rf"\b{w}\b", text)]
+                    mm = re.search(r"(\d+) mm", text)
+                    said = sizes[name][max(words, key=len)] if words else None
+                    if mm:
+                        lo, hi = reports.NODULE_MM[size]
+                        assert lo <= int(mm.group(1)) <= hi, text
+                    else:
+                        assert said == size, text
+                else:
+                    assert not re.search(r"\b(left|right)\b", text), text
+                for name in sentence.absent:
+                    assert getattr(case, name, None) is None, (name, text)
+
+
+def test_heldout_phrasings_are_new_sentences_over_the_training_words() -> None:
+    def reports_of(phrasing: str) -> list[str]:
+        cases = chest_cases(300, 6, prevalence={"nodule": 0.5, "effusion": 0.5},
+                            report_phrasing=phrasing)  # fmt: skip
+        return [chest2d.render(c).row["report"] for c in cases]
+
+    def sentences(texts: list[str]) -> set[str]:
+        out = set()
+        for t in texts:  # numbers (age, mm) and sizes aside: the wording itself
+            for s in re.split(r"(?<=\.) ", t):
+                out.add(re.sub(r"\d+", "#", s.lower()))
+        return out
+
+    train, heldout = reports_of("train"), reports_of("heldout")
+    assert not sentences(train) & sentences(heldout)
+    vocabulary = {w for t in train for w in re.findall(r"[a-z]+", t.lower())}
+    new = {w for t in heldout for w in re.findall(r"[a-z]+", t.lower())} - vocabulary
+    assert not new, new  # a tokenizer fitted on train reports knows every word
+
+
+def test_the_phrasing_never_changes_an_image() -> None:
+    for a, b in zip(chest_cases(10, 7), chest_cases(10, 7, report_phrasing="heldout"),
+                    strict=True):  # fmt: skip
+        pa, pb = chest2d.render(a), chest2d.render(b)
+        np.testing.assert_array_equal(pa.image, pb.image)
+        assert pa.row["report"] != pb.row["report"]
 
 
 def test_heart_and_left_lung_are_on_the_image_right() -> None:

@@ -313,6 +313,49 @@ class Matched:
         }
 
 
+@dataclass
+class Prompted:
+    """Prompts the user typed: sample i takes prompt i mod P in the model's text field and the
+    other fields of `base` row i // P, so each prompt gets the base's sequence (balanced within
+    it) and a resume that raises n keeps every earlier sample's prompt. Prompts are the user's
+    own text: recorded as typed, with a hash for provenance."""
+
+    base: ConditionSource
+    text_field: str
+    prompts: list[str]
+
+    def row(self, i: int) -> Row:
+        return {**self.base.row(i // len(self.prompts)), self.text_field: self._prompt(i)}
+
+    def record(self, i: int) -> Row:
+        prompt = self._prompt(i)
+        return {**self.base.record(i // len(self.prompts)), self.text_field: prompt,
+                "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest()}  # fmt: skip
+
+    def _prompt(self, i: int) -> str:
+        return self.prompts[i % len(self.prompts)]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "prompts",
+            "prompts_sha256": [hashlib.sha256(p.encode()).hexdigest() for p in self.prompts],
+            "base": self.base.describe(),
+        }
+
+
+def with_prompts(
+    base: ConditionSource, specs: Sequence[FieldSpec], prompts: Sequence[str]
+) -> ConditionSource:
+    """`base` with the model's text field set from `prompts` (unchanged without prompts)."""
+    if not prompts:
+        return base
+    text = [s.name for s in specs if s.kind == "text"]
+    if not text:
+        fields = ", ".join(s.name for s in specs)
+        raise InputError(f"--prompt: this model has no text condition (its fields: {fields})")
+    return Prompted(base, text[0], list(prompts))
+
+
 def condition_source(
     specs: Sequence[FieldSpec],
     mask: str | None,
@@ -321,10 +364,26 @@ def condition_source(
     match: Path | None = None,
     balance: Sequence[str] = (),
     keep_text: Sequence[str] = (),
+    prompts: Sequence[str] = (),
 ) -> ConditionSource:
     """The source the CLI options ask for: a file, a manifest (optionally balanced within),
-    or a balance over levels alone. `keep_text` (matched text columns recorded verbatim)
-    applies to --match only: the other sources hold no real text."""
+    or a balance over levels alone, with `prompts` in the text field if given. `keep_text`
+    (matched text columns recorded verbatim) applies to --match only: the other sources hold
+    no real text."""
+    return with_prompts(
+        _source(specs, mask, seed, conditions, match, balance, keep_text), specs, prompts
+    )
+
+
+def _source(
+    specs: Sequence[FieldSpec],
+    mask: str | None,
+    seed: int,
+    conditions: Path | None,
+    match: Path | None,
+    balance: Sequence[str],
+    keep_text: Sequence[str],
+) -> ConditionSource:
     from synthgen.data.manifest import load_manifest
 
     if conditions is not None and (match is not None or balance):

@@ -107,7 +107,7 @@ def run_sampling(
     if source is None:
         mask = gen.cfg.conditioning.mask
         source = condition_source(gen.specs, mask, opts.seed, opts.conditions, opts.match,
-                                  opts.balance, opts.keep_text)  # fmt: skip
+                                  opts.balance, opts.keep_text, opts.prompts)  # fmt: skip
     sha = checkpoint_hash(gen.checkpoint)
     release_id = None
     if opts.watermark:
@@ -126,14 +126,14 @@ def run_sampling(
         sweep_temporaries(out)  # a killed run's torn temp files, before any writer starts
     state.wait_for_everyone()
     start = time.perf_counter()
-    done = complete_rows(out, opts.n)
+    done = complete_rows(out, opts.total)
     state.wait_for_everyone()
     if state.is_main_process:
         write_run(out, _run_body(record, opts, gen, "running"))
-    todo = [i for i in range(opts.n) if i not in done]
-    blocks = batches(opts.n, state.process_index, state.num_processes, opts.batch_size)
+    todo = [i for i in range(opts.total) if i not in done]
+    blocks = batches(opts.total, state.process_index, state.num_processes, opts.batch_size)
     bar = Bar(
-        opts.n, "sampling", unit="img", completed=len(done), show=show and state.is_main_process
+        opts.total, "sampling", unit="img", completed=len(done), show=show and state.is_main_process
     )
     writer = Writer(
         out,
@@ -172,10 +172,10 @@ def run_sampling(
     state.wait_for_everyone()
     seconds = time.perf_counter() - start
     if state.is_main_process:
-        merge_manifest(out, opts.n)
+        merge_manifest(out, opts.total)
         body = _run_body(record, opts, gen, "complete")
         write_run(out, body, seconds, generated_this_run=len(todo))
-    return SampleSummary(out, opts.n, len(todo), seconds, release_id)
+    return SampleSummary(out, opts.total, len(todo), seconds, release_id)
 
 
 class Writer:
@@ -232,7 +232,7 @@ def _run_body(
     return {
         **record,
         "status": status,
-        "n": opts.n,
+        "n": opts.total,
         **gen.run_fields(),
         "data_fingerprint": meta.get("data_fingerprint"),  # the release gate's
         "config": gen.cfg.model_dump(mode="json"),

@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from synthgen.data.phantoms import reports
 from synthgen.data.phantoms.common import Phantom, check_prevalence, check_probability, check_size
 
 SIZE_RANGE = (32, 512)
@@ -50,6 +51,7 @@ MIN_RADIUS_PX_RANGE = (0.5, 2.0)
 EFFUSION_LEVEL = MappingProxyType({"small": (0.60, 0.72), "large": (0.25, 0.40)})
 MENISCUS_RISE = 0.25
 MAX_PLACEMENT_TRIES = 10_000
+REPORT_STREAM = 1  # the report's wording generator: (noise seed, this)
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,12 @@ class ChestOptions:
     hidden_stratum: float = 0.0
     prevalence: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PREVALENCE))
     min_nodule_px: float = MIN_RADIUS_PX
+    report_phrasing: str = "train"
 
     def __post_init__(self) -> None:
         check_size("ChestOptions.size", self.size, SIZE_RANGE)
+        if self.report_phrasing not in reports.PHRASINGS:
+            raise ValueError(f"ChestOptions.report_phrasing must be one of {reports.PHRASINGS}")
         if self.shortcut is not None:
             check_probability("ChestOptions.shortcut", self.shortcut)
         check_probability("ChestOptions.hidden_stratum", self.hidden_stratum)
@@ -129,6 +134,7 @@ class ChestCase:
     nodule: Nodule | None
     effusion: Effusion | None
     noise_seed: int
+    report_phrasing: str = "train"
 
 
 def sample(rng: np.random.Generator, opts: ChestOptions) -> Phantom:
@@ -159,6 +165,7 @@ def draw_case(rng: np.random.Generator, opts: ChestOptions) -> ChestCase:
         nodule=nodule,
         effusion=effusion,
         noise_seed=int(rng.integers(np.iinfo(np.int64).max)),
+        report_phrasing=opts.report_phrasing,
     )
 
 
@@ -393,17 +400,18 @@ def _row(case: ChestCase) -> dict[str, object]:
 
 
 def _report(case: ChestCase) -> str:
-    """Templated radiology-style text that names side (patient's) and size of each finding."""
-    sentences = [f"{case.age}-year-old {'male' if case.sex == 'M' else 'female'}."]
-    if case.nodule is not None:
-        sentences.append(f"{case.nodule.size.capitalize()} nodule in the {case.nodule.side} lung.")
-    if case.effusion is not None:
-        sentences.append(
-            f"{case.effusion.size.capitalize()} {case.effusion.side} pleural effusion."
-        )
-    if case.nodule is None and case.effusion is None:
-        sentences.append("No acute findings.")
-    return " ".join(sentences)
+    return reports.report(report_sentences(case))
+
+
+def report_sentences(case: ChestCase) -> list[reports.Sentence]:
+    """The case's report as sentences with their claims. The wording draws come from their own
+    generator (from the noise seed), so the phrasing never changes the image."""
+    findings = {
+        "nodule": None if case.nodule is None else (case.nodule.side, case.nodule.size),
+        "effusion": None if case.effusion is None else (case.effusion.side, case.effusion.size),
+    }
+    rng = np.random.default_rng([case.noise_seed, REPORT_STREAM])
+    return reports.report_sentences(rng, case.age, case.sex, findings, case.report_phrasing)
 
 
 def _rules() -> str:
@@ -482,10 +490,7 @@ site's SD, 0, 1).
 **Hidden stratum** (`nodule_subtype`, role ignore): each nodule-positive case is `subtle` with
 probability `hidden_stratum` (default 0), else `typical`; negatives are `none`.
 
-**Report.** "<age>-year-old <male|female>." followed by "<Small|Large> nodule in the <right|left>
-lung." and/or "<Small|Large> <right|left> pleural effusion.", or "No acute findings." when both
-labels are 0. Size words are the drawn size classes; sides are the patient's.
-"""
+{reports.RULES}"""
 
 
 RULES: str = _rules()
