@@ -378,3 +378,39 @@ def test_a_local_text_encoder_conditions_the_monai_denoiser(sd: dict, tmp_path: 
     assert tokens.shape == (2, 1 + 1 + MAX_TOKENS, 16)
     null = gen.model.encoder.nulls["report"]
     assert torch.equal(tokens[1, 2:], null.expand(MAX_TOKENS, -1))
+
+
+def test_a_bert_family_folder_reads_reports_with_padding_masked(tmp_path: Path) -> None:
+    """The other family a chest-X-ray text encoder comes in (CXR-BERT, RadBERT): a BERT
+    tokenizer (WordPiece vocab.txt) and model saved as safetensors, read as its own code does,
+    padding masked so a report's tokens do not depend on how long the batch's longest is."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "small", "large", "left",
+             "right", "pleural", "effusion", "nodule", "lungs", "are", "clear", "."]  # fmt: skip
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    folder = tmp_path / "bert"
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    BertModel(config).eval().save_pretrained(folder, safe_serialization=True)  # fmt: skip
+    enc = HFTextEncoder(folder, 16, finetune=False)
+    assert enc.hidden_size == 16
+    reports = ["Small left pleural effusion.", "No nodule. Lungs are clear."]
+    ids = enc.tokenize(reports)
+    assert ids.shape == (2, 16) and int(ids[0, 0]) == 2  # [CLS] first
+    reference = BertModel.from_pretrained(folder, use_safetensors=True).eval()
+    with torch.no_grad():
+        want = reference(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state
+    torch.testing.assert_close(enc(ids), want, rtol=0, atol=0)
+    alone = enc(enc.tokenize(reports[:1]))  # the same report in a batch of one
+    real = int((ids[0] != 0).sum())
+    torch.testing.assert_close(alone[0, :real], enc(ids)[0, :real], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(enc(ids)[0, 1], enc(ids)[1, 1])  # other words, other tokens

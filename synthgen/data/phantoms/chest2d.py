@@ -235,6 +235,15 @@ def schema_columns(opts: ChestOptions) -> dict[str, dict]:
             "role": "ignore",
             "description": "hidden stratum: " + " / ".join(SUBTYPES) + "; never a model input",
         },
+        "nodule_size": {
+            "role": "ignore",
+            "description": "the nodule's size class (small/large; empty without one): ground "
+            "truth for what a report's size words say, never a model input",
+        },
+        "effusion_size": {
+            "role": "ignore",
+            "description": "the effusion's size class (small/large; empty without one)",
+        },
     }
 
 
@@ -396,6 +405,8 @@ def _row(case: ChestCase) -> dict[str, object]:
         "effusion_side": "" if case.effusion is None else case.effusion.side,
         "report": _report(case),
         "nodule_subtype": "none" if case.nodule is None else case.nodule.subtype,
+        "nodule_size": "" if case.nodule is None else case.nodule.size,
+        "effusion_size": "" if case.effusion is None else case.effusion.size,
     }
 
 
