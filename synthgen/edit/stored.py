@@ -90,8 +90,6 @@ def read_stored(path: Path) -> Stored:
     if not path.is_file():
         raise ImageReadError(path, "file not found")
     kind = image_format(path)
-    if kind == "dicom":
-        _refuse_modality_lut(path)  # before the reader applies a LUT edit cannot invert
     image = read_image(path)  # sizes, decoders and DICOM rules: the one reader's
     try:
         if kind == "pillow":
@@ -125,24 +123,15 @@ def _read_png(path: Path, image: Image) -> Stored:
     return Stored(path, "png", array.copy(), image.array)
 
 
-def _refuse_modality_lut(path: Path) -> None:
+def _read_dicom(path: Path, image: Image) -> Stored:
     import pydicom
 
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception:  # the reader names what is wrong with the file
-        return
+    ds = pydicom.dcmread(path)
     if ds.get("ModalityLUTSequence"):
         raise ImageReadError(
             path, "its values come through a Modality LUT Sequence, which edit cannot write back "
             "losslessly; convert the file to rescaled values first"
         )  # fmt: skip
-
-
-def _read_dicom(path: Path, image: Image) -> Stored:
-    import pydicom
-
-    ds = pydicom.dcmread(path)
     stored = np.array(ds.pixel_array)
     slope, intercept = _rescale(ds, stored.shape[0] if stored.ndim == 3 else 1, path)
     return Stored(
