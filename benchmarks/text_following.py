@@ -140,14 +140,22 @@ def train(root: Path, name: str, manifest: Path, overrides: list[str]) -> Path:
     return root / name
 
 
-def generate(run: Path, rows: list[dict[str, Any]], seed: int, steps: int) -> torch.Tensor:
+def generate(
+    run: Path, rows: list[dict[str, Any]], seed: int, steps: int, guidance: float | None
+) -> torch.Tensor:
     gen = load_generator(run)
     images = []
     for start in range(0, len(rows), 64):
         block = list(range(start, min(start + 64, len(rows))))
         noise = gen.seeded_noise(seed, block)
-        images.append(gen.generate([rows[i] for i in block], noise, steps=steps))
+        images.append(gen.generate([rows[i] for i in block], noise, steps=steps,
+                                   guidance=guidance))  # fmt: skip
     return torch.cat(images)
+
+
+def variant(model: str, guidance: float | None) -> str:
+    """The table's name for a model sampled at `guidance` (None: the recipe's)."""
+    return model if guidance is None else f"{model}_g{guidance:g}"
 
 
 def main() -> None:
@@ -157,6 +165,20 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=2000, help="training phantoms")
     parser.add_argument("--n-eval", type=int, default=400, help="held-out-wording cases asked")
     parser.add_argument("--steps", type=int, default=25, help="sampler steps")
+    parser.add_argument("--models", default="text,labels", help="which of text,labels to train")
+    parser.add_argument(
+        "--guidance",
+        type=lambda v: [float(g) for g in v.split(",")],
+        default=[None],
+        help="at sampling, a comma list [the recipe's]",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe override for both models (a lever), repeatable",
+    )
     parser.add_argument("--threads", type=int, help="torch threads [2; --tiny 1]")
     parser.add_argument("--out", type=Path, help="work folder (kept) [default: a temp folder]")
     parser.add_argument("--quick", action="store_true", help="1-minute models, one seed")
@@ -188,28 +210,30 @@ def main() -> None:
         "labels": [{c: None if v == "" else float(v) if c == "age" else v for c, v in row.items()}
                    for row in eval_set.table[LABELS].astype(str).to_dict("records")],
     }  # fmt: skip
+    models = args.models.split(",")
     for seed in range(args.seeds):
-        for model in ("text", "labels"):
+        for model in models:
             fields = [] if model == "text" else [f"conditioning.fields=[{','.join(LABELS)}]"]
             # the recipe on the clock (docs/conditioning.md): the cosine fitted to the minutes
             clock = [f"train.max_minutes={args.minutes}", "train.steps=1000000"]
             run = train(root, f"{model}-{seed}", train_manifest,
-                        [f"train.seed={seed}", *clock, *fields, *extra])  # fmt: skip
-            images = generate(run, requests[model], seed, args.steps)
-            table[f"{model} s{seed}"] = score(images, want, probes)
+                        [f"train.seed={seed}", *clock, *fields, *args.set, *extra])  # fmt: skip
+            for g in args.guidance:
+                images = generate(run, requests[model], seed, args.steps, g)
+                table[f"{variant(model, g)} s{seed}"] = score(images, want, probes)
     names = list(table["real"])
     print(f"\n{'figure':<26}" + "".join(f"{k:>11}" for k in table))
     for name in names:
         print(f"{name:<26}" + "".join(f"{table[k][name]:>11.3f}" for k in table))
     print(f"\n{len(eval_set)} held-out-wording cases, {args.seeds} seed(s), {args.minutes:g} min "
           f"per model; {time.perf_counter() - start:.0f} s")  # fmt: skip
-    for model in ("text", "labels"):
-        runs = [table[f"{model} s{s}"] for s in range(args.seeds)]
+    for key in [variant(m, g) for m in models for g in args.guidance]:
+        runs = [table[f"{key} s{s}"] for s in range(args.seeds)]
         for name in names:
             mean = float(np.nanmean([r[name] for r in runs]))
-            print(f"{model}_{name}: {mean:.3f}")
+            print(f"{key}_{name}: {mean:.3f}")
             if name != "nodule_when_negated":
-                print(f"{model}_{name}_vs_real: {mean / max(table['real'][name], 1e-9):.3f}")
+                print(f"{key}_{name}_vs_real: {mean / max(table['real'][name], 1e-9):.3f}")
     tmp.cleanup()
 
 

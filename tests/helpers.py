@@ -81,9 +81,10 @@ def tiny_diffusion(
     stage: str = "ldm",
     shortcut: float | None = None,
     manifest: Path | None = None,
+    conditioning: dict | None = None,
 ) -> Path:
-    """Train a 2-step diffusion model into root/run on `manifest` (default: 24 new phantoms);
-    return the manifest."""
+    """Train a 2-step diffusion model into root/run on `manifest` (default: 24 new phantoms),
+    with `conditioning` keys beyond the fields; return the manifest."""
     from synthgen.config import (
         ConditioningConfig,
         DataConfig,
@@ -107,7 +108,7 @@ def tiny_diffusion(
         data=DataConfig(manifest=manifest),
         out=root / "run",
         denoiser=unet,
-        conditioning=ConditioningConfig(fields=fields, token_dim=8),
+        conditioning=ConditioningConfig(fields=fields, token_dim=8, **(conditioning or {})),
         sampling=SamplingConfig(steps=4, per_cell=1),
         train=TrainConfig(steps=2, batch_size=4, checkpoint_every=2, log_every=1),
         val_images=4,

@@ -157,6 +157,26 @@ def test_text_encoder_ignores_padding_and_empty_text_is_null():
     assert not torch.equal(tokens[0, 1], enc.nulls["report"].detach())
 
 
+def test_sentence_attention_keeps_each_sentence_to_itself():
+    tok = build_tokenizer(REPORTS + ["left right effusion."], vocab_size=100)
+    period = tok.token_to_id(".")
+    torch.manual_seed(1)
+    local = SmallTextEncoder(tok.get_vocab_size(), 16, 16, layers=2, heads=4, sentence_end=period)
+    torch.manual_seed(1)
+    whole = SmallTextEncoder(tok.get_vocab_size(), 16, 16, layers=2, heads=4)
+    a = tokenize(tok, ["left effusion. large nodule."], 16)
+    b = tokenize(tok, ["left effusion. small nodule."], 16)
+    first = 3  # "left", "effusion", "."
+    with torch.no_grad():
+        torch.testing.assert_close(local(a)[0, :first], local(b)[0, :first])
+        assert not torch.allclose(local(a)[0, first:5], local(b)[0, first:5])
+        assert not torch.allclose(whole(a)[0, :first], whole(b)[0, :first])
+        # Padding changes nothing, and a lone sentence reads as it does inside a report.
+        torch.testing.assert_close(local(tokenize(tok, ["left effusion."], 8))[0, :first],
+                                   local(a)[0, :first])  # fmt: skip
+        assert torch.isfinite(local(tokenize(tok, ["", "."], 8))).all()
+
+
 def test_encode_values_scales_by_the_schema_and_marks_absent_cells():
     specs = field_specs(SCHEMA, ConditioningConfig())
     values = encode_values(specs, [{"nodule": "1", "sex": "M", "age": 55}, {}], None, 4)

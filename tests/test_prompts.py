@@ -24,7 +24,10 @@ PROMPTS = ("Small left pleural effusion. No pneumothorax.", "Lungs are clear.")
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory, one_thread) -> Path:
     root = tmp_path_factory.mktemp("prompts")
-    tiny_diffusion(root, "chest2d", 32, ("report", "nodule"))
+    # sentence attention: trained, saved and loaded through the whole path (#24)
+    tiny_diffusion(
+        root, "chest2d", 32, ("report", "nodule"), conditioning={"text_attention": "sentence"}
+    )
     return root / "run"
 
 
@@ -47,6 +50,8 @@ def test_each_prompt_gets_n_samples_recorded_as_typed_with_its_hash(text_model, 
 
 def test_the_prompt_reaches_the_model(text_model, tmp_path):
     gen = load_generator(text_model)
+    text = gen.model.encoder.encoders["report"]
+    assert text.sentence_end == gen.tokenizer.token_to_id(".") is not None
     source = condition_source(gen.specs, None, 0, prompts=PROMPTS)
     rows = [source.row(0), source.row(1)]
     assert [r["report"] for r in rows] == list(PROMPTS) and rows[0]["nodule"] is None

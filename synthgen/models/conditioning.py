@@ -137,9 +137,22 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> torch.Ten
 
 
 class SmallTextEncoder(nn.Module):
-    """A few transformer layers over word embeddings, trained jointly with the denoiser."""
+    """A few transformer layers over word embeddings, trained jointly with the denoiser.
 
-    def __init__(self, vocab: int, max_tokens: int, dim: int, layers: int, heads: int) -> None:
+    With `sentence_end` (the id of '.'), each word attends only to the words of its own
+    sentence: a report is a bag of self-contained sentences, and a word that sees other
+    sentences can lend its side or size to the wrong finding (#24 measured this binding
+    failure: side at chance where two findings lie on opposite sides)."""
+
+    def __init__(
+        self,
+        vocab: int,
+        max_tokens: int,
+        dim: int,
+        layers: int,
+        heads: int,
+        sentence_end: int | None = None,
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise InputError(f"conditioning.token_dim {dim} must divide by text_heads {heads}")
@@ -150,12 +163,25 @@ class SmallTextEncoder(nn.Module):
         )
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
+        self.heads = heads
+        self.sentence_end = sentence_end
+
+    def sentence_blocked(self, ids: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """(N * heads, L, L) True where query i may not attend to key j: padding keys and keys
+        of another sentence. Each word may attend to itself, so no row is fully blocked."""
+        end = ids == self.sentence_end
+        sentence = torch.cumsum(end, dim=1) - end.long()  # a '.' closes its own sentence
+        blocked = pad[:, None, :] | (sentence[:, :, None] != sentence[:, None, :])
+        blocked = blocked & ~torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)
+        return blocked.repeat_interleave(self.heads, dim=0)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids) + self.position[: ids.shape[1]]
         pad = ids == 0
+        if self.sentence_end is not None:
+            return self.norm(self.layers(x, mask=self.sentence_blocked(ids, pad)))
         # A row of pure padding would mask every key; let it attend to its own padding instead.
         pad = pad & ~pad.all(dim=1, keepdim=True)
-        x = self.embed(ids) + self.position[: ids.shape[1]]
         return self.norm(self.layers(x, src_key_padding_mask=pad))
 
 
@@ -189,6 +215,7 @@ class ConditionEncoder(nn.Module):
         cfg: ConditioningConfig,
         text_vocab: int | None = None,
         text_module: nn.Module | None = None,
+        sentence_end: int | None = None,
     ) -> None:
         super().__init__()
         self.specs = list(specs)
@@ -212,7 +239,12 @@ class ConditionEncoder(nn.Module):
                 if text_vocab is None:
                     raise ValueError("a text field needs a tokenizer vocabulary size")
                 encoders[s.name] = SmallTextEncoder(
-                    text_vocab, cfg.text_max_tokens, dim, cfg.text_layers, cfg.text_heads
+                    text_vocab,
+                    cfg.text_max_tokens,
+                    dim,
+                    cfg.text_layers,
+                    cfg.text_heads,
+                    sentence_end if cfg.text_attention == "sentence" else None,
                 )
         self.encoders = nn.ModuleDict(encoders)
         self.text_pad = int(getattr(text_module, "pad_id", None) or 0)

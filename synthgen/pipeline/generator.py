@@ -97,9 +97,16 @@ def build_stack(
             conditioning.text_encoder, conditioning.text_max_tokens, conditioning.text_finetune
         )
     if text_module is not None:
+        if conditioning.text_attention == "sentence":
+            raise InputError(
+                "conditioning.text_attention: 'sentence' is for the small fitted text encoder; "
+                "a pretrained text encoder attends as it was trained"
+            )
         tokenizer = text_module
-    vocab = tokenizer.get_vocab_size() if has_text and text_module is None else None
-    encoder = ConditionEncoder(specs, conditioning, vocab, text_module)
+    fitted = has_text and text_module is None
+    vocab = tokenizer.get_vocab_size() if fitted else None
+    period = tokenizer.token_to_id(".") if fitted else None
+    encoder = ConditionEncoder(specs, conditioning, vocab, text_module, period)
     layout = ChannelLayout.build(cfg.stage == "inpaint", space.channels, mask_labels)
     extra = layout.channels
     if sd_unet is not None:
