@@ -162,6 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="per model and seed")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from here")
     parser.add_argument("--n-train", type=int, default=2000, help="training phantoms")
     parser.add_argument("--n-eval", type=int, default=400, help="held-out-wording cases asked")
     parser.add_argument("--steps", type=int, default=25, help="sampler steps")
@@ -211,7 +212,8 @@ def main() -> None:
                    for row in eval_set.table[LABELS].astype(str).to_dict("records")],
     }  # fmt: skip
     models = args.models.split(",")
-    for seed in range(args.seeds):
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    for seed in seeds:
         for model in models:
             fields = [] if model == "text" else [f"conditioning.fields=[{','.join(LABELS)}]"]
             # the recipe on the clock (docs/conditioning.md): the cosine fitted to the minutes
@@ -228,7 +230,7 @@ def main() -> None:
     print(f"\n{len(eval_set)} held-out-wording cases, {args.seeds} seed(s), {args.minutes:g} min "
           f"per model; {time.perf_counter() - start:.0f} s")  # fmt: skip
     for key in [variant(m, g) for m in models for g in args.guidance]:
-        runs = [table[f"{key} s{s}"] for s in range(args.seeds)]
+        runs = [table[f"{key} s{s}"] for s in seeds]
         for name in names:
             mean = float(np.nanmean([r[name] for r in runs]))
             print(f"{key}_{name}: {mean:.3f}")

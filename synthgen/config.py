@@ -248,11 +248,12 @@ class ConditioningConfig(StrictModel):
     text_vocab_size: int = Field(512, ge=32, description="tokenizer built from the reports")
     text_layers: int = Field(2, ge=1)
     text_heads: int = Field(4, ge=1)
-    text_attention: Literal["report", "sentence"] = Field(
+    text_attention: Literal["report", "sentence", "sentence-report"] = Field(
         "report",
-        description="what each word of the small text encoder attends to: the whole report, "
-        "or only its own sentence (sentences end at '.'), so a side or size word binds to the "
-        "finding of its sentence",
+        description="what each word of the small text encoder attends to: the whole report; "
+        "only its own sentence (sentences end at '.'), so a side or size word binds to the "
+        "finding of its sentence; or its sentence in every layer but the last, which reads the "
+        "whole report",
     )
     drop_field: float = Field(0.1, ge=0, le=1, description="P(drop) per field (guidance)")
     drop_all: float = Field(0.0, ge=0, le=1, description="P(drop every field together)")

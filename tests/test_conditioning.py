@@ -15,6 +15,7 @@ from synthgen.models.conditioning import (
     build_tokenizer,
     encode_values,
     field_specs,
+    local_layers,
     mask_labels,
     tokenize,
 )
@@ -159,22 +160,37 @@ def test_text_encoder_ignores_padding_and_empty_text_is_null():
 
 def test_sentence_attention_keeps_each_sentence_to_itself():
     tok = build_tokenizer(REPORTS + ["left right effusion."], vocab_size=100)
-    period = tok.token_to_id(".")
-    torch.manual_seed(1)
-    local = SmallTextEncoder(tok.get_vocab_size(), 16, 16, layers=2, heads=4, sentence_end=period)
-    torch.manual_seed(1)
-    whole = SmallTextEncoder(tok.get_vocab_size(), 16, 16, layers=2, heads=4)
+
+    def encoder(local: int) -> SmallTextEncoder:
+        torch.manual_seed(1)
+        period = tok.token_to_id(".")
+        return SmallTextEncoder(tok.get_vocab_size(), 16, 16, 2, 4, period, local).eval()
+
+    report, local, hybrid = encoder(0), encoder(2), encoder(1)
     a = tokenize(tok, ["left effusion. large nodule."], 16)
     b = tokenize(tok, ["left effusion. small nodule."], 16)
     first = 3  # "left", "effusion", "."
     with torch.no_grad():
+        # Whole-report attention is the plain encoder the earlier checkpoints were trained with.
+        torch.testing.assert_close(report(a), report.norm(report.layers(
+            report.embed(a) + report.position, src_key_padding_mask=a == 0)))  # fmt: skip
         torch.testing.assert_close(local(a)[0, :first], local(b)[0, :first])
         assert not torch.allclose(local(a)[0, first:5], local(b)[0, first:5])
-        assert not torch.allclose(whole(a)[0, :first], whole(b)[0, :first])
-        # Padding changes nothing, and a lone sentence reads as it does inside a report.
-        torch.testing.assert_close(local(tokenize(tok, ["left effusion."], 8))[0, :first],
-                                   local(a)[0, :first])  # fmt: skip
+        for whole in (report, hybrid):  # a last whole-report layer sees the other sentence
+            assert not torch.allclose(whole(a)[0, :first], whole(b)[0, :first])
+        # The modes differ only across sentences: one sentence reads the same in all three,
+        # and padding changes nothing.
+        one = tokenize(tok, ["left effusion."], 8)
+        for other in (report, hybrid):
+            torch.testing.assert_close(other(one)[0, :first], local(one)[0, :first])
+        torch.testing.assert_close(local(one)[0, :first], local(a)[0, :first])
         assert torch.isfinite(local(tokenize(tok, ["", "."], 8))).all()
+
+
+def test_local_layers_follow_the_attention_setting():
+    assert local_layers(ConditioningConfig(text_layers=3)) == 0
+    assert local_layers(ConditioningConfig(text_layers=3, text_attention="sentence")) == 3
+    assert local_layers(ConditioningConfig(text_layers=3, text_attention="sentence-report")) == 2
 
 
 def test_encode_values_scales_by_the_schema_and_marks_absent_cells():

@@ -136,13 +136,22 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> torch.Ten
     return out
 
 
+def local_layers(cfg: ConditioningConfig) -> int:
+    """How many of the text encoder's first layers attend within sentences only."""
+    if cfg.text_attention == "report":
+        return 0
+    return cfg.text_layers - (cfg.text_attention == "sentence-report")
+
+
 class SmallTextEncoder(nn.Module):
     """A few transformer layers over word embeddings, trained jointly with the denoiser.
 
-    With `sentence_end` (the id of '.'), each word attends only to the words of its own
-    sentence: a report is a bag of self-contained sentences, and a word that sees other
-    sentences can lend its side or size to the wrong finding (#24 measured this binding
-    failure: side at chance where two findings lie on opposite sides)."""
+    The first `local_layers` layers let each word attend only to the words of its own
+    sentence (sentences end at the token `sentence_end`, the id of '.'); the rest attend over
+    the whole report. A word that sees other sentences from the start can lend its side or
+    size to the wrong finding (#24 measured this binding failure: side at chance where two
+    findings lie on opposite sides); a last whole-report layer still lets a finding's words
+    see the rest of the report."""
 
     def __init__(
         self,
@@ -152,6 +161,7 @@ class SmallTextEncoder(nn.Module):
         layers: int,
         heads: int,
         sentence_end: int | None = None,
+        local_layers: int = 0,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -165,6 +175,7 @@ class SmallTextEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.heads = heads
         self.sentence_end = sentence_end
+        self.local_layers = local_layers if sentence_end is not None else 0
 
     def sentence_blocked(self, ids: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """(N * heads, L, L) True where query i may not attend to key j: padding keys and keys
@@ -178,11 +189,15 @@ class SmallTextEncoder(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids) + self.position[: ids.shape[1]]
         pad = ids == 0
-        if self.sentence_end is not None:
-            return self.norm(self.layers(x, mask=self.sentence_blocked(ids, pad)))
+        local = self.sentence_blocked(ids, pad) if self.local_layers else None
         # A row of pure padding would mask every key; let it attend to its own padding instead.
         pad = pad & ~pad.all(dim=1, keepdim=True)
-        return self.norm(self.layers(x, src_key_padding_mask=pad))
+        for i, layer in enumerate(self.layers.layers):
+            if i < self.local_layers:
+                x = layer(x, src_mask=local)
+            else:
+                x = layer(x, src_key_padding_mask=pad)
+        return self.norm(x)
 
 
 # --- field encoders ---------------------------------------------------------------------------
@@ -244,7 +259,8 @@ class ConditionEncoder(nn.Module):
                     dim,
                     cfg.text_layers,
                     cfg.text_heads,
-                    sentence_end if cfg.text_attention == "sentence" else None,
+                    sentence_end,
+                    local_layers(cfg),
                 )
         self.encoders = nn.ModuleDict(encoders)
         self.text_pad = int(getattr(text_module, "pad_id", None) or 0)

@@ -97,9 +97,10 @@ def build_stack(
             conditioning.text_encoder, conditioning.text_max_tokens, conditioning.text_finetune
         )
     if text_module is not None:
-        if conditioning.text_attention == "sentence":
+        if conditioning.text_attention != "report":
             raise InputError(
-                "conditioning.text_attention: 'sentence' is for the small fitted text encoder; "
+                f"conditioning.text_attention: {conditioning.text_attention!r} is for the small "
+                "fitted text encoder; "
                 "a pretrained text encoder attends as it was trained"
             )
         tokenizer = text_module
