@@ -258,6 +258,12 @@ class ConditioningConfig(StrictModel):
     drop_field: float = Field(0.1, ge=0, le=1, description="P(drop) per field (guidance)")
     drop_all: float = Field(0.0, ge=0, le=1, description="P(drop every field together)")
 
+    @model_validator(mode="after")
+    def _a_layer_left_to_read_the_report(self) -> ConditioningConfig:
+        if self.text_attention == "sentence-report" and self.text_layers < 2:
+            raise ValueError("text_attention 'sentence-report' needs text_layers >= 2")
+        return self
+
 
 class DenoiserConfig(StrictModel):
     """MONAI DiffusionModelUNet settings; input channels come from the conditioning."""

@@ -191,6 +191,8 @@ def test_local_layers_follow_the_attention_setting():
     assert local_layers(ConditioningConfig(text_layers=3)) == 0
     assert local_layers(ConditioningConfig(text_layers=3, text_attention="sentence")) == 3
     assert local_layers(ConditioningConfig(text_layers=3, text_attention="sentence-report")) == 2
+    with pytest.raises(ValueError, match="text_layers >= 2"):
+        ConditioningConfig(text_layers=1, text_attention="sentence-report")
 
 
 def test_encode_values_scales_by_the_schema_and_marks_absent_cells():
