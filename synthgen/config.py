@@ -248,12 +248,13 @@ class ConditioningConfig(StrictModel):
     text_vocab_size: int = Field(512, ge=32, description="tokenizer built from the reports")
     text_layers: int = Field(2, ge=1)
     text_heads: int = Field(4, ge=1)
-    text_attention: Literal["report", "sentence", "sentence-report"] = Field(
+    text_attention: Literal["report", "sentence", "sentence-report", "split-heads"] = Field(
         "report",
         description="what each word of the small text encoder attends to: the whole report; "
         "only its own sentence (sentences end at '.'), so a side or size word binds to the "
-        "finding of its sentence; or its sentence in every layer but the last, which reads the "
-        "whole report",
+        "finding of its sentence; its sentence in every layer but the last, which reads the "
+        "whole report; or, in every layer, its sentence with half the heads and the whole "
+        "report with the other half",
     )
     drop_field: float = Field(0.1, ge=0, le=1, description="P(drop) per field (guidance)")
     drop_all: float = Field(0.0, ge=0, le=1, description="P(drop every field together)")
@@ -262,6 +263,8 @@ class ConditioningConfig(StrictModel):
     def _a_layer_left_to_read_the_report(self) -> ConditioningConfig:
         if self.text_attention == "sentence-report" and self.text_layers < 2:
             raise ValueError("text_attention 'sentence-report' needs text_layers >= 2")
+        if self.text_attention == "split-heads" and self.text_heads < 2:
+            raise ValueError("text_attention 'split-heads' needs text_heads >= 2")
         return self
 
 

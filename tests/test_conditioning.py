@@ -15,6 +15,7 @@ from synthgen.models.conditioning import (
     build_tokenizer,
     encode_values,
     field_specs,
+    local_heads,
     local_layers,
     mask_labels,
     tokenize,
@@ -187,12 +188,62 @@ def test_sentence_attention_keeps_each_sentence_to_itself():
         assert torch.isfinite(local(tokenize(tok, ["", "."], 8))).all()
 
 
+def test_split_heads_read_the_sentence_with_half_the_heads_and_the_report_with_the_rest():
+    tok = build_tokenizer(REPORTS + ["left right effusion."], vocab_size=100)
+
+    def encoder(layers: int, heads: int) -> SmallTextEncoder:
+        torch.manual_seed(2)
+        period = tok.token_to_id(".")
+        return SmallTextEncoder(tok.get_vocab_size(), 16, 16, 2, 4, period, layers, heads).eval()
+
+    split, every_head, local = encoder(0, 2), encoder(0, 4), encoder(2, 0)
+    ids = tokenize(tok, ["left effusion. large nodule.", "small nodule."], 16)
+    pad = ids == 0
+    blocked = split.sentence_blocked(ids, pad).view(2, 4, 16, 16)
+    sentence = local.sentence_blocked(ids, pad).view(2, 4, 16, 16)
+    own = ~torch.eye(16, dtype=torch.bool)
+    assert torch.equal(blocked[:, :2], sentence[:, :2])
+    assert torch.equal(blocked[:, 2:], (pad[:, None, None, :] & own).expand(2, 2, 16, 16))
+    assert blocked[0, 0, 0, 3:6].tolist() == [True] * 3  # "left" cannot see "large nodule."
+    assert not blocked[0, 2, 0, :6].any()  # ... with the first two heads only
+    a = tokenize(tok, ["left effusion. large nodule."], 16)
+    b = tokenize(tok, ["left effusion. small nodule."], 16)
+    first = 3
+    with torch.no_grad():
+        torch.testing.assert_close(every_head(ids), local(ids))  # every head local = sentence
+        assert not torch.allclose(split(a)[0, :first], split(b)[0, :first])
+        one = tokenize(tok, ["left effusion."], 8)
+        torch.testing.assert_close(split(one)[0, :first], local(one)[0, :first])
+
+
 def test_local_layers_follow_the_attention_setting():
     assert local_layers(ConditioningConfig(text_layers=3)) == 0
     assert local_layers(ConditioningConfig(text_layers=3, text_attention="sentence")) == 3
     assert local_layers(ConditioningConfig(text_layers=3, text_attention="sentence-report")) == 2
+    split = ConditioningConfig(text_layers=3, text_heads=4, text_attention="split-heads")
+    assert (local_layers(split), local_heads(split)) == (0, 2)
+    assert local_heads(ConditioningConfig(text_heads=4, text_attention="sentence")) == 0
     with pytest.raises(ValueError, match="text_layers >= 2"):
         ConditioningConfig(text_layers=1, text_attention="sentence-report")
+    with pytest.raises(ValueError, match="text_heads >= 2"):
+        ConditioningConfig(text_heads=1, token_dim=16, text_attention="split-heads")
+
+
+def test_sentence_attention_without_any_period_in_the_reports_is_refused(tmp_path):
+    from synthgen.config import DataConfig, DiffusionTrainConfig
+    from synthgen.pipeline.generator import build_stack
+
+    tok = build_tokenizer(["small left effusion", "no nodule"], vocab_size=64)
+    for mode in ("sentence", "split-heads"):
+        cfg = DiffusionTrainConfig(
+            data=DataConfig(manifest=tmp_path / "m.csv"),
+            out=tmp_path / "run",
+            conditioning=ConditioningConfig(fields=("report",), text_attention=mode),
+        )
+        specs = field_specs(SCHEMA, cfg.conditioning)
+        with pytest.raises(InputError, match="text_attention.*no report in the data has one"):
+            build_stack(cfg, specs, (16, 16), tok, None)
+    assert not (tmp_path / "run").exists()
 
 
 def test_encode_values_scales_by_the_schema_and_marks_absent_cells():

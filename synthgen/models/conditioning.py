@@ -138,20 +138,27 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> torch.Ten
 
 def local_layers(cfg: ConditioningConfig) -> int:
     """How many of the text encoder's first layers attend within sentences only."""
-    if cfg.text_attention == "report":
+    if cfg.text_attention in ("report", "split-heads"):
         return 0
     return cfg.text_layers - (cfg.text_attention == "sentence-report")
+
+
+def local_heads(cfg: ConditioningConfig) -> int:
+    """How many heads of every other layer attend within sentences only (the rest read the
+    whole report)."""
+    return cfg.text_heads // 2 if cfg.text_attention == "split-heads" else 0
 
 
 class SmallTextEncoder(nn.Module):
     """A few transformer layers over word embeddings, trained jointly with the denoiser.
 
     The first `local_layers` layers let each word attend only to the words of its own
-    sentence (sentences end at the token `sentence_end`, the id of '.'); the rest attend over
-    the whole report. A word that sees other sentences from the start can lend its side or
-    size to the wrong finding (#24 measured this binding failure: side at chance where two
-    findings lie on opposite sides); a last whole-report layer still lets a finding's words
-    see the rest of the report."""
+    sentence (sentences end at the token `sentence_end`, the id of '.'); in the rest the first
+    `local_heads` heads do so and the others attend over the whole report. A word that sees
+    other sentences from the start can lend its side or size to the wrong finding (#24
+    measured this binding failure: side at chance where two findings lie on opposite sides);
+    whole-report attention later, or in some heads, still lets a finding's words see the rest
+    of the report."""
 
     def __init__(
         self,
@@ -162,6 +169,7 @@ class SmallTextEncoder(nn.Module):
         heads: int,
         sentence_end: int | None = None,
         local_layers: int = 0,
+        local_heads: int = 0,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -176,24 +184,30 @@ class SmallTextEncoder(nn.Module):
         self.heads = heads
         self.sentence_end = sentence_end
         self.local_layers = local_layers if sentence_end is not None else 0
+        self.local_heads = local_heads if sentence_end is not None else 0
 
     def sentence_blocked(self, ids: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        """(N * heads, L, L) True where query i may not attend to key j: padding keys and keys
-        of another sentence. Each word may attend to itself, so no row is fully blocked."""
+        """(N * heads, L, L) True where query i may not attend to key j: padding keys, and keys
+        of another sentence for the heads that read sentences (all of them, or the first
+        `local_heads`). Each word may attend to itself, so no row is fully blocked."""
         end = ids == self.sentence_end
         sentence = torch.cumsum(end, dim=1) - end.long()  # a '.' closes its own sentence
-        blocked = pad[:, None, :] | (sentence[:, :, None] != sentence[:, None, :])
-        blocked = blocked & ~torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)
-        return blocked.repeat_interleave(self.heads, dim=0)
+        own = ~torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)
+        report = pad[:, None, :] & own
+        local = report | ((sentence[:, :, None] != sentence[:, None, :]) & own)
+        if not self.local_heads:
+            return local.repeat_interleave(self.heads, dim=0)
+        per_head = [local] * self.local_heads + [report] * (self.heads - self.local_heads)
+        return torch.stack(per_head, dim=1).flatten(0, 1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids) + self.position[: ids.shape[1]]
         pad = ids == 0
-        local = self.sentence_blocked(ids, pad) if self.local_layers else None
+        local = self.sentence_blocked(ids, pad) if self.local_layers or self.local_heads else None
         # A row of pure padding would mask every key; let it attend to its own padding instead.
         pad = pad & ~pad.all(dim=1, keepdim=True)
         for i, layer in enumerate(self.layers.layers):
-            if i < self.local_layers:
+            if i < self.local_layers or self.local_heads:
                 x = layer(x, src_mask=local)
             else:
                 x = layer(x, src_key_padding_mask=pad)
@@ -261,6 +275,7 @@ class ConditionEncoder(nn.Module):
                     cfg.text_heads,
                     sentence_end,
                     local_layers(cfg),
+                    local_heads(cfg),
                 )
         self.encoders = nn.ModuleDict(encoders)
         self.text_pad = int(getattr(text_module, "pad_id", None) or 0)

@@ -107,6 +107,11 @@ def build_stack(
     fitted = has_text and text_module is None
     vocab = tokenizer.get_vocab_size() if fitted else None
     period = tokenizer.token_to_id(".") if fitted else None
+    if fitted and period is None and conditioning.text_attention != "report":
+        raise InputError(
+            f"conditioning.text_attention: {conditioning.text_attention!r} splits reports at "
+            "'.', and no report in the data has one"
+        )
     encoder = ConditionEncoder(specs, conditioning, vocab, text_module, period)
     layout = ChannelLayout.build(cfg.stage == "inpaint", space.channels, mask_labels)
     extra = layout.channels
