@@ -180,6 +180,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a recipe override for both models (a lever), repeatable",
     )
+    parser.add_argument(
+        "--train-prevalence",
+        action="append",
+        default=[],
+        metavar="FINDING=P",
+        help="training phantoms' prevalence (a lever; the asked cases use 0.5 each) [0.3, 0.2]",
+    )
     parser.add_argument("--threads", type=int, help="torch threads [2; --tiny 1]")
     parser.add_argument("--out", type=Path, help="work folder (kept) [default: a temp folder]")
     parser.add_argument("--quick", action="store_true", help="1-minute models, one seed")
@@ -195,9 +202,9 @@ def main() -> None:
     root = args.out or Path(tmp.name)
     start = time.perf_counter()
     common = {"kind": "chest2d", "size": 32, "min_nodule_px": 1.5}
-    train_manifest = generate_phantoms(
-        PhantomConfig(**common, n=args.n_train, seed=0), root / "train", show_progress=False
-    )
+    prevalence = dict(item.split("=", 1) for item in args.train_prevalence)
+    trained_on = PhantomConfig(**common, n=args.n_train, seed=0, prevalence=prevalence)
+    train_manifest = generate_phantoms(trained_on, root / "train", show_progress=False)
     asked = PhantomConfig(**common, n=args.n_eval, seed=1, report_phrasing="heldout",
                           prevalence={"nodule": 0.5, "effusion": 0.5})  # fmt: skip
     eval_set = load_real(load_manifest(generate_phantoms(asked, root / "heldout", False)),
