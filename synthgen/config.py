@@ -256,13 +256,6 @@ class ConditioningConfig(StrictModel):
         "whole report; or, in every layer, its sentence with half the heads and the whole "
         "report with the other half",
     )
-    text_word_drop: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="P(a word of a training report is blanked; sentence ends kept), so a "
-        "finding is read from its evidence (side, size, 'no') rather than its name alone",
-    )
     drop_field: float = Field(0.1, ge=0, le=1, description="P(drop) per field (guidance)")
     drop_all: float = Field(0.0, ge=0, le=1, description="P(drop every field together)")
 

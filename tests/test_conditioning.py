@@ -216,33 +216,6 @@ def test_split_heads_read_the_sentence_with_half_the_heads_and_the_report_with_t
         torch.testing.assert_close(split(one)[0, :first], local(one)[0, :first])
 
 
-def test_word_dropout_blanks_words_of_training_reports_but_keeps_sentence_ends():
-    tok = build_tokenizer(REPORTS, vocab_size=100)
-    period = tok.token_to_id(".")
-    rows = [{"report": REPORTS[k % 3], "nodule": str(k % 2)} for k in range(300)]
-
-    def encoder(rate: float) -> ConditionEncoder:
-        config = ConditioningConfig(
-            fields=("report", "nodule"), token_dim=16, text_max_tokens=16, text_word_drop=rate
-        )
-        return ConditionEncoder(field_specs(SCHEMA, config), config, 100, None, period)
-
-    values = encode_values(encoder(0).specs, rows, tok, 16)
-    before = {k: v.clone() for k, v in values.items()}
-    assert encoder(0).drop_words(values)["report"] is values["report"]
-    dropped = encoder(0.3).drop_words(values, torch.Generator().manual_seed(4))
-    ids, out = values["report"], dropped["report"]
-    words = (ids != 0) & (ids != period)
-    blanked = out != ids
-    assert torch.equal(out[blanked], torch.zeros(int(blanked.sum()), dtype=torch.long))
-    assert not blanked[~words].any()  # sentence ends and padding stay
-    assert 0.27 < blanked[words].float().mean() < 0.33  # 3,100 words at P = 0.3
-    assert torch.equal(dropped["nodule"], values["nodule"])
-    assert all(torch.equal(values[k], before[k]) for k in values)  # the batch is not modified
-    again = encoder(0.3).drop_words(values, torch.Generator().manual_seed(4))
-    assert torch.equal(again["report"], out)
-
-
 def test_local_layers_follow_the_attention_setting():
     assert local_layers(ConditioningConfig(text_layers=3)) == 0
     assert local_layers(ConditioningConfig(text_layers=3, text_attention="sentence")) == 3

@@ -320,23 +320,6 @@ class ConditionEncoder(nn.Module):
             tokens.append(token)
         return torch.cat(tokens, dim=1)
 
-    def drop_words(self, values: Values, generator: torch.Generator | None = None) -> Values:
-        """Training reports with each word blanked (made padding) with P = text_word_drop;
-        sentence ends stay. A name without its "no" or its side and size then stands for either
-        answer, so the encoder learns to read a finding from that evidence (#24: an unseen
-        negation, "Nodules: none.", read as a mention)."""
-        rate = self.cfg.text_word_drop
-        out = dict(values)
-        for s in self.specs:
-            encoder = self.encoders[s.name]
-            if s.kind != "text" or not rate or not isinstance(encoder, SmallTextEncoder):
-                continue
-            ids = values[s.name]
-            kept = (ids == 0) | (ids == encoder.sentence_end)
-            blank = (torch.rand(ids.shape, generator=generator) < rate).to(ids.device) & ~kept
-            out[s.name] = ids.masked_fill(blank, 0)
-        return out
-
     def null_drop(self, n: int, fields: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Drop flags that null `fields` (all fields when None): the unconditional branch."""
         chosen = {s.name for s in self.specs} if fields is None else set(fields)

@@ -103,11 +103,6 @@ def build_stack(
                 "fitted text encoder; "
                 "a pretrained text encoder attends as it was trained"
             )
-        if conditioning.text_word_drop:
-            raise InputError(
-                "conditioning.text_word_drop is for the small fitted text encoder (its words are "
-                "whole words); a pretrained encoder reads subwords"
-            )
         tokenizer = text_module
     fitted = has_text and text_module is None
     vocab = tokenizer.get_vocab_size() if fitted else None

@@ -209,7 +209,7 @@ class DiffusionTask:
         device = next(model.parameters()).device
         x0 = self.x0(self.train, rows).to(device)
         encoder = _unwrap(model).encoder
-        values = encoder.drop_words({k: v[rows] for k, v in self.train.values.items()})
+        values = {k: v[rows] for k, v in self.train.values.items()}
         tokens = encoder(values, encoder.draw_drop(len(rows)))
         cond = Conditioning(tokens, self.concat(self.train, rows, x0))
         weights = None if self.train.weights is None else self.train.weights[rows]
