@@ -199,8 +199,8 @@ def test_split_heads_read_the_sentence_with_half_the_heads_and_the_report_with_t
     split, every_head, local = encoder(0, 2), encoder(0, 4), encoder(2, 0)
     ids = tokenize(tok, ["left effusion. large nodule.", "small nodule."], 16)
     pad = ids == 0
-    blocked = split.sentence_blocked(ids, pad).view(2, 4, 16, 16)
-    sentence = local.sentence_blocked(ids, pad).view(2, 4, 16, 16)
+    blocked = split.sentence_blocked(ids, pad, 2).view(2, 4, 16, 16)
+    sentence = local.sentence_blocked(ids, pad, 4).view(2, 4, 16, 16)
     own = ~torch.eye(16, dtype=torch.bool)
     assert torch.equal(blocked[:, :2], sentence[:, :2])
     assert torch.equal(blocked[:, 2:], (pad[:, None, None, :] & own).expand(2, 2, 16, 16))

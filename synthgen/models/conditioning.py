@@ -186,29 +186,30 @@ class SmallTextEncoder(nn.Module):
         self.local_layers = local_layers if sentence_end is not None else 0
         self.local_heads = local_heads if sentence_end is not None else 0
 
-    def sentence_blocked(self, ids: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        """(N * heads, L, L) True where query i may not attend to key j: padding keys, and keys
-        of another sentence for the heads that read sentences (all of them, or the first
-        `local_heads`). Each word may attend to itself, so no row is fully blocked."""
+    def sentence_blocked(self, ids: torch.Tensor, pad: torch.Tensor, local: int) -> torch.Tensor:
+        """(N * heads, L, L) True where query i may not attend to key j: padding keys, and for
+        the first `local` heads keys of another sentence. Each word may attend to itself, so no
+        row is fully blocked."""
         end = ids == self.sentence_end
         sentence = torch.cumsum(end, dim=1) - end.long()  # a '.' closes its own sentence
         own = ~torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)
         report = pad[:, None, :] & own
-        local = report | ((sentence[:, :, None] != sentence[:, None, :]) & own)
-        if not self.local_heads:
-            return local.repeat_interleave(self.heads, dim=0)
-        per_head = [local] * self.local_heads + [report] * (self.heads - self.local_heads)
+        within = report | ((sentence[:, :, None] != sentence[:, None, :]) & own)
+        per_head = [within] * local + [report] * (self.heads - local)
         return torch.stack(per_head, dim=1).flatten(0, 1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids) + self.position[: ids.shape[1]]
         pad = ids == 0
-        local = self.sentence_blocked(ids, pad) if self.local_layers or self.local_heads else None
+        local = self.sentence_blocked(ids, pad, self.heads) if self.local_layers else None
+        mixed = self.sentence_blocked(ids, pad, self.local_heads) if self.local_heads else None
         # A row of pure padding would mask every key; let it attend to its own padding instead.
         pad = pad & ~pad.all(dim=1, keepdim=True)
         for i, layer in enumerate(self.layers.layers):
-            if i < self.local_layers or self.local_heads:
+            if i < self.local_layers:
                 x = layer(x, src_mask=local)
+            elif mixed is not None:
+                x = layer(x, src_mask=mixed)
             else:
                 x = layer(x, src_key_padding_mask=pad)
         return self.norm(x)
