@@ -35,6 +35,7 @@ import torch
 from synthgen.config import DiffusionTrainConfig, PhantomConfig, load_config
 from synthgen.data.manifest import load_manifest
 from synthgen.data.phantoms import generate_phantoms
+from synthgen.edit.plan import parse_assignments
 from synthgen.metrics import phantom_probes as pp
 from synthgen.metrics.inputs import EvalSet, load_real
 from synthgen.pipeline.generator import load_generator
@@ -202,7 +203,7 @@ def main() -> None:
     root = args.out or Path(tmp.name)
     start = time.perf_counter()
     common = {"kind": "chest2d", "size": 32, "min_nodule_px": 1.5}
-    prevalence = dict(item.split("=", 1) for item in args.train_prevalence)
+    prevalence = parse_assignments(args.train_prevalence, "--train-prevalence")
     trained_on = PhantomConfig(**common, n=args.n_train, seed=0, prevalence=prevalence)
     train_manifest = generate_phantoms(trained_on, root / "train", show_progress=False)
     asked = PhantomConfig(**common, n=args.n_eval, seed=1, report_phrasing="heldout",

@@ -260,7 +260,7 @@ class ConditioningConfig(StrictModel):
     drop_all: float = Field(0.0, ge=0, le=1, description="P(drop every field together)")
 
     @model_validator(mode="after")
-    def _a_layer_left_to_read_the_report(self) -> ConditioningConfig:
+    def _text_attention_fits_the_encoder(self) -> ConditioningConfig:
         if self.text_attention == "sentence-report" and self.text_layers < 2:
             raise ValueError("text_attention 'sentence-report' needs text_layers >= 2")
         if self.text_attention == "split-heads" and self.text_heads < 2:
