@@ -11,7 +11,9 @@ effusion large) and by the nodule disk rule; the same probes on the held-out rea
 the reference a perfect generator reaches (printed beside, and as ratios).
 
 Figures (issue #24's goals in brackets): nodule AUROC from text [>= 0.9]; share of reports that
-negate a nodule whose sample holds one by the disk rule [<= 5 %]; side agreement where the
+negate a nodule whose sample holds one by the disk rule [<= 5 %], also apart for negations
+that open with "no" (a form training reports use, in new sentences) and for "Nodules: none."
+(a form no training report uses: "none" negates nothing there); side agreement where the
 report names a side, nodule and effusion [>= 90 %]; effusion size-class accuracy [>= 0.8].
 The label model gets no size (no label holds it): its size accuracy is the no-information
 reference.
@@ -60,13 +62,28 @@ def truth(table: Any) -> dict[str, torch.Tensor]:
             values = np.where(table[present].astype(str).to_numpy() == "1", values, -1)
         return torch.tensor(values)
 
+    negated_by_none = [
+        -1 if present == "1" else int(postfix_negation(report, "nodule"))
+        for present, report in zip(table["nodule"].astype(str), table["report"], strict=True)
+    ]
     return {
         "nodule": coded("nodule", "1"),
+        "nodule_negated_by_none": torch.tensor(negated_by_none),
         "nodule_left": coded("nodule_side", "left", "nodule"),
         "effusion": coded("effusion", "1"),
         "effusion_left": coded("effusion_side", "left", "effusion"),
         "effusion_large": coded("effusion_size", "large", "effusion"),
     }
+
+
+def postfix_negation(report: str, finding: str) -> bool:
+    """Whether the report negates `finding` as "Nodules: none." does, the one negation form no
+    training report uses ("none" negates nothing in training; every training negation opens
+    with "no")."""
+    return any(
+        finding in sentence.lower() and sentence.rstrip(".").endswith(": none")
+        for sentence in report.split(". ")
+    )
 
 
 def halves(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,11 +136,17 @@ def score(images: torch.Tensor, asked: dict[str, torch.Tensor], probes: dict) ->
             return float("nan")
         return float(((p[name][rows] > 0.5).long() == asked[name][rows]).float().mean())
 
-    negated = asked["nodule"] == 0
-    counts = pp.nodule_count(images[negated])
+    found = pp.nodule_count(images) >= 1
+
+    def found_share(rows: torch.Tensor) -> float:
+        return float(found[rows].float().mean()) if bool(rows.any()) else float("nan")
+
+    form = asked["nodule_negated_by_none"]
     return {
         "nodule_auroc": pp.auroc(p["nodule"], asked["nodule"]),
-        "nodule_when_negated": float((counts >= 1).float().mean()),
+        "nodule_when_negated": found_share(asked["nodule"] == 0),
+        "nodule_when_negated_no": found_share(form == 0),
+        "nodule_when_negated_none": found_share(form == 1),
         "nodule_side_agreement": agreement("nodule_left"),
         "effusion_auroc": pp.auroc(p["effusion"], asked["effusion"]),
         "effusion_side_agreement": agreement("effusion_left"),
@@ -242,7 +265,7 @@ def main() -> None:
         for name in names:
             mean = float(np.nanmean([r[name] for r in runs]))
             print(f"{key}_{name}: {mean:.3f}")
-            if name != "nodule_when_negated":
+            if not name.startswith("nodule_when_negated"):
                 print(f"{key}_{name}_vs_real: {mean / max(table['real'][name], 1e-9):.3f}")
     tmp.cleanup()
 

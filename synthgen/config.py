@@ -248,13 +248,17 @@ class ConditioningConfig(StrictModel):
     text_vocab_size: int = Field(512, ge=32, description="tokenizer built from the reports")
     text_layers: int = Field(2, ge=1)
     text_heads: int = Field(4, ge=1)
-    text_attention: Literal["report", "sentence", "sentence-report", "split-heads"] = Field(
+    text_attention: Literal[
+        "report", "sentence", "sentence-report", "split-heads", "two-streams"
+    ] = Field(
         "report",
         description="what each word of the small text encoder attends to: the whole report; "
         "only its own sentence (sentences end at '.'), so a side or size word binds to the "
         "finding of its sentence; its sentence in every layer but the last, which reads the "
-        "whole report; or, in every layer, its sentence with half the heads and the whole "
-        "report with the other half",
+        "whole report; in every layer, its sentence with half the heads and the whole "
+        "report with the other half; or two streams of layers, one within sentences and one "
+        "over the whole report, whose tokens the denoiser reads side by side (twice the text "
+        "tokens)",
     )
     drop_field: float = Field(0.1, ge=0, le=1, description="P(drop) per field (guidance)")
     drop_all: float = Field(0.0, ge=0, le=1, description="P(drop every field together)")

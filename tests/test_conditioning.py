@@ -18,6 +18,7 @@ from synthgen.models.conditioning import (
     local_heads,
     local_layers,
     mask_labels,
+    text_streams,
     tokenize,
 )
 
@@ -214,6 +215,41 @@ def test_split_heads_read_the_sentence_with_half_the_heads_and_the_report_with_t
         assert not torch.allclose(split(a)[0, :first], split(b)[0, :first])
         one = tokenize(tok, ["left effusion."], 8)
         torch.testing.assert_close(split(one)[0, :first], local(one)[0, :first])
+
+
+def test_two_streams_give_the_sentence_view_then_the_whole_report_view():
+    tok = build_tokenizer(REPORTS + ["left right effusion."], vocab_size=100)
+    period = tok.token_to_id(".")
+
+    def encoder(**kw) -> SmallTextEncoder:
+        torch.manual_seed(3)
+        return SmallTextEncoder(tok.get_vocab_size(), 16, 16, 2, 4, period, **kw).eval()
+
+    both, local = encoder(local_layers=2, report_stream=True), encoder(local_layers=2)
+    whole = encoder()  # given the report stream's weights below
+    whole.layers.load_state_dict(both.report_stream["layers"].state_dict())
+    whole.norm.load_state_dict(both.report_stream["norm"].state_dict())
+    a = tokenize(tok, ["left effusion. large nodule."], 16)
+    b = tokenize(tok, ["left effusion. small nodule."], 16)
+    first = 3  # "left", "effusion", "."
+    with torch.no_grad():
+        out = both(a)
+        assert out.shape == (1, 32, 16)
+        torch.testing.assert_close(out[:, :16], local(a))  # the sentence stream, unchanged
+        torch.testing.assert_close(out[:, 16:], whole(a))  # then the whole-report stream
+        torch.testing.assert_close(both(a)[0, :first], both(b)[0, :first])
+        assert not torch.allclose(both(a)[0, 16 : 16 + first], both(b)[0, 16 : 16 + first])
+    config = ConditioningConfig(
+        fields=("report", "sex"), token_dim=16, text_max_tokens=8, text_attention="two-streams"
+    )
+    assert (text_streams(config), local_layers(config)) == (2, config.text_layers)
+    enc = ConditionEncoder(field_specs(SCHEMA, config), config, tok.get_vocab_size(), None, period)
+    values = encode_values(enc.specs, [{"report": "left effusion.", "sex": "F"},
+                                       {"report": None, "sex": "M"}], tok, 8)  # fmt: skip
+    tokens = enc(values)
+    assert enc.num_tokens == 1 + 2 * 8 + 1 == tokens.shape[1]
+    assert torch.equal(tokens[1, 1:17], enc.nulls["report"].detach().expand(16, -1))
+    assert text_streams(ConditioningConfig(text_attention="sentence-report")) == 1
 
 
 def test_local_layers_follow_the_attention_setting():

@@ -143,6 +143,12 @@ def local_layers(cfg: ConditioningConfig) -> int:
     return cfg.text_layers - (cfg.text_attention == "sentence-report")
 
 
+def text_streams(cfg: ConditioningConfig) -> int:
+    """Token sequences a report becomes: two where a whole-report stream runs beside the
+    sentence stream."""
+    return 2 if cfg.text_attention == "two-streams" else 1
+
+
 def local_heads(cfg: ConditioningConfig) -> int:
     """How many heads of every other layer attend within sentences only (the rest read the
     whole report)."""
@@ -158,7 +164,10 @@ class SmallTextEncoder(nn.Module):
     other sentences from the start can lend its side or size to the wrong finding (#24
     measured this binding failure: side at chance where two findings lie on opposite sides);
     whole-report attention later, or in some heads, still lets a finding's words see the rest
-    of the report."""
+    of the report. With `report_stream`, layers of their own read the same embeddings over the
+    whole report and their tokens follow the sentence stream's, so the denoiser reads both
+    views apart (sentence attention binds sides; whole-report attention generalised negation
+    to new wording)."""
 
     def __init__(
         self,
@@ -170,6 +179,7 @@ class SmallTextEncoder(nn.Module):
         sentence_end: int | None = None,
         local_layers: int = 0,
         local_heads: int = 0,
+        report_stream: bool = False,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -181,6 +191,16 @@ class SmallTextEncoder(nn.Module):
         )
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
+        self.report_stream = (
+            nn.ModuleDict(
+                {
+                    "layers": nn.TransformerEncoder(layer, layers, enable_nested_tensor=False),
+                    "norm": nn.LayerNorm(dim),
+                }
+            )
+            if report_stream
+            else None
+        )
         self.heads = heads
         self.sentence_end = sentence_end
         self.local_layers = local_layers if sentence_end is not None else 0
@@ -199,7 +219,8 @@ class SmallTextEncoder(nn.Module):
         return torch.stack(per_head, dim=1).flatten(0, 1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.embed(ids) + self.position[: ids.shape[1]]
+        embedded = self.embed(ids) + self.position[: ids.shape[1]]
+        x = embedded
         pad = ids == 0
         local = self.sentence_blocked(ids, pad, self.heads) if self.local_layers else None
         mixed = self.sentence_blocked(ids, pad, self.local_heads) if self.local_heads else None
@@ -212,7 +233,10 @@ class SmallTextEncoder(nn.Module):
                 x = layer(x, src_mask=mixed)
             else:
                 x = layer(x, src_key_padding_mask=pad)
-        return self.norm(x)
+        if self.report_stream is None:
+            return self.norm(x)
+        whole = self.report_stream["layers"](embedded, src_key_padding_mask=pad)
+        return torch.cat([self.norm(x), self.report_stream["norm"](whole)], dim=1)
 
 
 # --- field encoders ---------------------------------------------------------------------------
@@ -277,14 +301,17 @@ class ConditionEncoder(nn.Module):
                     sentence_end,
                     local_layers(cfg),
                     local_heads(cfg),
+                    text_streams(cfg) == 2,
                 )
         self.encoders = nn.ModuleDict(encoders)
         self.text_pad = int(getattr(text_module, "pad_id", None) or 0)
+        self.text_fitted = text_module is None
 
     @property
     def num_tokens(self) -> int:
         text = sum(s.kind == "text" for s in self.specs)
-        return 1 + len(self.specs) - text + text * self.cfg.text_max_tokens
+        per_text = self.cfg.text_max_tokens * (text_streams(self.cfg) if self.text_fitted else 1)
+        return 1 + len(self.specs) - text + text * per_text
 
     def draw_drop(
         self, n: int, generator: torch.Generator | None = None
