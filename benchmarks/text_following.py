@@ -5,10 +5,11 @@ its label-conditioned twin (the same recipe conditioned on nodule, nodule_side, 
 effusion_side, sex and age) are trained on chest2d phantoms whose reports use the training
 wordings (nodule and effusion at prevalence 0.5, as asked), then asked for the cases of a second
 phantom set whose reports use the held-out wordings (`phantoms --report-phrasing heldout`):
-sentence structures the text encoder never read. Each sample is scored against its case's truth by CNN probes trained on the real
-training images (nodule present; nodule on the left; effusion present; effusion on the left;
-effusion large) and by the nodule disk rule; the same probes on the held-out real images give
-the reference a perfect generator reaches (printed beside, and as ratios).
+sentence structures the text encoder never read. Each sample is scored against its case's truth
+by CNN probes trained on the real training images (nodule present; nodule on the left; effusion
+present; effusion on the left; effusion large) and by the nodule disk rule; the same probes on
+the held-out real images give the reference a perfect generator reaches (printed beside, and as
+ratios).
 
 Figures (issue #24's goals in brackets): nodule AUROC from text [>= 0.9]; share of reports that
 negate a nodule whose sample holds one by the disk rule [<= 5 %], also apart for negations
