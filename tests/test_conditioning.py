@@ -227,8 +227,8 @@ def test_two_streams_give_the_sentence_view_then_the_whole_report_view():
 
     both, local = encoder(local_layers=2, report_stream=True), encoder(local_layers=2)
     whole = encoder()  # given the report stream's weights below
-    whole.layers.load_state_dict(both.report_stream["layers"].state_dict())
-    whole.norm.load_state_dict(both.report_stream["norm"].state_dict())
+    whole.layers.load_state_dict(both.report_layers.state_dict())
+    whole.norm.load_state_dict(both.report_norm.state_dict())
     a = tokenize(tok, ["left effusion. large nodule."], 16)
     b = tokenize(tok, ["left effusion. small nodule."], 16)
     first = 3  # "left", "effusion", "."

@@ -191,16 +191,12 @@ class SmallTextEncoder(nn.Module):
         )
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
-        self.report_stream = (
-            nn.ModuleDict(
-                {
-                    "layers": nn.TransformerEncoder(layer, layers, enable_nested_tensor=False),
-                    "norm": nn.LayerNorm(dim),
-                }
-            )
+        self.report_layers = (
+            nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
             if report_stream
             else None
         )
+        self.report_norm = nn.LayerNorm(dim) if report_stream else None
         self.heads = heads
         self.sentence_end = sentence_end
         self.local_layers = local_layers if sentence_end is not None else 0
@@ -233,10 +229,10 @@ class SmallTextEncoder(nn.Module):
                 x = layer(x, src_mask=mixed)
             else:
                 x = layer(x, src_key_padding_mask=pad)
-        if self.report_stream is None:
+        if self.report_layers is None or self.report_norm is None:
             return self.norm(x)
-        whole = self.report_stream["layers"](embedded, src_key_padding_mask=pad)
-        return torch.cat([self.norm(x), self.report_stream["norm"](whole)], dim=1)
+        whole = self.report_norm(self.report_layers(embedded, src_key_padding_mask=pad))
+        return torch.cat([self.norm(x), whole], dim=1)
 
 
 # --- field encoders ---------------------------------------------------------------------------
@@ -305,13 +301,12 @@ class ConditionEncoder(nn.Module):
                 )
         self.encoders = nn.ModuleDict(encoders)
         self.text_pad = int(getattr(text_module, "pad_id", None) or 0)
-        self.text_fitted = text_module is None
 
     @property
     def num_tokens(self) -> int:
         text = sum(s.kind == "text" for s in self.specs)
-        per_text = self.cfg.text_max_tokens * (text_streams(self.cfg) if self.text_fitted else 1)
-        return 1 + len(self.specs) - text + text * per_text
+        # build_stack refuses every mode but 'report' for a pretrained encoder: one stream there
+        return 1 + len(self.specs) - text + text * self.cfg.text_max_tokens * text_streams(self.cfg)
 
     def draw_drop(
         self, n: int, generator: torch.Generator | None = None
