@@ -1,5 +1,5 @@
-"""The invisible watermark: round trips, image quality, JPEG, false alarms, 16-bit, volumes,
-files, and the wavelet band order the library gets wrong."""
+"""The invisible watermark: the code, round trips, every attack family at 128 px, false alarms,
+old (scheme 1) marks, 16-bit, volumes and files."""
 
 import io
 
@@ -12,7 +12,10 @@ from PIL import Image
 from scipy import ndimage
 
 from synthgen import watermark as wm
+from synthgen.data.io import read_image
 from synthgen.data.phantoms import chest2d
+from synthgen.watermark import code, legacy, tile
+from tests.helpers import shipped_dicom
 
 cv2.setNumThreads(1)
 PSNR_FLOOR = 40.0
@@ -34,6 +37,12 @@ def gray8(seed: int, shape: tuple[int, int] = (256, 256)) -> np.ndarray:
     return np.round(smooth(seed, shape) * 255).astype(np.uint8)
 
 
+def ct128() -> np.ndarray:
+    pixels = read_image(shipped_dicom("CT_small.dcm")).array
+    lo, hi = np.percentile(pixels, [0.5, 99.5])
+    return np.round(np.clip((pixels - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float(10 * np.log10(255.0**2 / mse))
@@ -45,81 +54,157 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())))
 
 
-def test_payload_is_tag_then_release_id():
-    bits = wm.payload(0x89ABCDEF)
-    assert bits.shape == (wm.PAYLOAD_BITS,) and set(np.unique(bits)) <= {0, 1}
-    assert int("".join(map(str, bits)), 2) == (wm.TAG << 32) | 0x89ABCDEF
-    for bad in (-1, 2**32, 1.5, True):
-        with pytest.raises(wm.WatermarkError, match="release id"):
-            wm.payload(bad)
+def resized(image: np.ndarray, factor: float) -> np.ndarray:
+    size = (round(image.shape[1] * factor), round(image.shape[0] * factor))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
 
 
-def test_release_id_from_is_stable_and_32_bit():
-    a, b = wm.release_id_from("ckpt:abc:seed=0"), wm.release_id_from("ckpt:abc:seed=1")
-    assert a == wm.release_id_from("ckpt:abc:seed=0") and a != b
-    assert 0 <= a < 2**32 and 0 <= b < 2**32
+def rotated(image: np.ndarray, degrees: float) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).rotate(degrees, Image.Resampling.BICUBIC))
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_code_corrects_errors_and_its_crc_tells_a_wrong_id():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        release = int(rng.integers(0, 2**32))
+        message = code.message(release)
+        coded = code.encode(message)
+        assert coded.shape == (code.CODED_BITS,) and code.release_of(message) == release
+        signs = 2.0 * coded - 1.0
+        flipped = signs.copy()
+        flipped[rng.choice(code.CODED_BITS, 4, replace=False)] *= -1  # 4 hard errors
+        assert np.array_equal(code.decode(flipped), message)
+        noisy = signs + rng.normal(0.0, 0.5, signs.shape)  # ~2 % raw bit errors
+        assert np.array_equal(code.decode(noisy), message)
+    wrong = [code.release_of(rng.integers(0, 2, code.MESSAGE_BITS)) for _ in range(2000)]
+    assert sum(w is not None for w in wrong) <= 1  # CRC-16: 1 in 65,536 by chance
+    assert code.release_of(code.message(7) ^ np.eye(code.MESSAGE_BITS, dtype=np.uint8)[3]) is None
+
+
+def test_tile_is_periodic_balanced_and_at_the_set_strength():
+    mark = tile.pattern((200, 150), 0x12345678)
+    assert np.array_equal(mark[: 200 - tile.TILE], mark[tile.TILE :])
+    assert np.array_equal(mark[:, : 150 - tile.TILE], mark[:, tile.TILE :])
+    one = tile.tile(0x12345678)
+    assert abs(one.mean()) < 0.1 and np.sqrt((one**2).mean()) == pytest.approx(1.0, abs=0.02)
+    other = tile.tile(0x12345679)
+    assert np.corrcoef(one.ravel() - tile.ALPHA * tile.SYNC_TILE.ravel(),
+                       other.ravel() - tile.ALPHA * tile.SYNC_TILE.ravel())[0, 1] < 0.8  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [0, 1])
 def test_round_trip_recovers_the_release_id_at_high_psnr(seed):
     release = wm.release_id_from(f"run-{seed}")
     for image in (chest(seed), gray8(seed)):
         marked = wm.embed(image, release)
         assert marked.shape == image.shape and marked.dtype == np.uint8
         assert psnr(image, marked) > PSNR_FLOOR
-        found = wm.detect(marked)
-        assert found == wm.Detection(detected=True, bit_accuracy=1.0, release_id=release)
-        assert wm.detect(marked, release_id=release).bit_accuracy == 1.0
-        assert not wm.detect(marked, release_id=release ^ 0xFFFF).detected
+        assert wm.detect(marked) == wm.Detection(True, 1.0, release, 2)
+        assert wm.detect(marked, release_id=release) == wm.Detection(True, 1.0, release, 2)
+        for other in (release ^ 1, release ^ 0xFFFF, release ^ 0x80000000):
+            assert not wm.detect(marked, release_id=other).detected
 
 
-def test_smallest_size_carries_the_payload_and_smaller_is_refused():
-    side = wm.min_size()
-    for shape in ((side, side), (101, 90)):  # sides need not be multiples of the 8 px block
-        marked = wm.embed(gray8(3, shape), 77)
-        assert wm.detect(marked).release_id == 77
-    too_small = gray8(3, (side - 1, side - 1))
-    with pytest.raises(wm.WatermarkError, match="too small"):
-        wm.embed(too_small, 77)
-    with pytest.raises(wm.WatermarkError, match="too small"):
-        wm.detect(too_small)
+def test_alignment_recovers_rotation_and_scale():
+    marked = wm.embed(gray8(4, (320, 320)), 31)
+    for degrees, factor in ((3.0, 1.0), (0.0, 0.75), (-4.0, 1.5)):
+        attacked = rotated(resized(marked, factor), degrees)
+        found = tile.align(tile.residual(attacked), tile.SYNC_TILE, wm.BLIND_BUDGET)
+        assert found.found
+        assert np.rad2deg(found.angle) == pytest.approx(degrees, abs=0.3)
+        assert found.scale == pytest.approx(factor, rel=0.01)
 
 
-def test_saturated_images_carry_the_exact_id():
-    """An untrained model's noise, enlarged 2x by pixel repeats: clipping at 0 and 255 undid a
-    bit in 2 of these 40 with one marking pass; marking again what clipping left fixes them."""
+ATTACKS = {
+    "jpeg50": lambda x: jpeg(x, 50),
+    "jpeg75": lambda x: jpeg(x, 75),
+    "resize0.5": lambda x: resized(x, 0.5),
+    "resize2": lambda x: resized(x, 2.0),
+    "crop80": lambda x: x[7:121, 3:117],  # 80 % of the area, off the tile and 8 px grids
+    "rot+5": lambda x: rotated(x, 5.0),
+    "rot-5": lambda x: rotated(x, -5.0),
+    "noise3": lambda x: (
+        np.clip(x + np.random.default_rng(0).normal(0, 3, x.shape), 0, 255).round().astype(np.uint8)
+    ),
+    "gamma0.8": lambda x: np.round(255 * (x / 255.0) ** 0.8).astype(np.uint8),
+    "gamma1.2": lambda x: np.round(255 * (x / 255.0) ** 1.2).astype(np.uint8),
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_every_attack_family_keeps_the_id_at_128(attack):
+    for k, image in enumerate((ct128(), gray8(5, (128, 128)))):
+        release = wm.release_id_from(f"{attack}-{k}")
+        attacked = ATTACKS[attack](wm.embed(image, release))
+        assert wm.detect(attacked).release_id == release, k
+        assert wm.detect(attacked, release_id=release).detected, k
+
+
+def test_resize_then_jpeg_keeps_the_id_at_256():
+    """Two losses together need more pixels than one: at 128 px the id is not always read."""
+    for k, image in enumerate((chest(12), gray8(12))):
+        release = wm.release_id_from(f"pair-{k}")
+        attacked = jpeg(resized(wm.embed(image, release), 0.75), 75)
+        assert wm.detect(attacked).release_id == release, k
+
+
+def test_unmarked_images_and_scans_are_not_detected():
+    images = [chest(seed) for seed in range(100, 106)] + [gray8(s) for s in range(100, 106)]
+    images += [np.zeros((256, 256), np.uint8), np.full((256, 256), 255, np.uint8), ct128()]
+    images.append(np.random.default_rng(0).integers(0, 256, (256, 256), dtype=np.uint8))
+    images.append(resized(ct128(), 0.5))  # a 64 px scan: the exhaustive scale search runs
+    for image in images:
+        assert wm.detect(image) == wm.Detection(False, wm.detect(image).bit_accuracy, None)
+        assert not wm.detect(image, release_id=0x2EB0F37D).detected
+
+
+def test_threshold_is_the_bonferroni_bound_over_every_alignment_and_offset():
+    from scipy.stats import norm
+
+    for n in (1, 25, 300):
+        z = tile.threshold(1e-3, n)
+        assert norm.sf(z) * n * tile.TILE**2 == pytest.approx(1e-3, rel=1e-6)
+    assert tile.threshold(1e-3, 300) > tile.threshold(1e-3, 25) > tile.threshold(1e-2, 25)
+
+
+def test_marks_made_by_scheme_1_are_still_found():
+    image = chest(11)
+    old = legacy.embed(image, 0x0BADCAFE)
+    assert wm.detect(old) == wm.Detection(True, 1.0, 0x0BADCAFE, 1)
+    assert wm.detect(jpeg(old, 75), release_id=0x0BADCAFE).scheme == 1
+    assert not wm.detect(old, release_id=0x0BADCAFE ^ 0xFFFF).detected
+
+
+def test_images_whose_content_drowns_the_tile_fall_back_to_scheme_1():
+    """An untrained model's noise, enlarged 2x by pixel repeats: the tile cannot be read back
+    from under ±110 gray levels of noise, so these get the block mark (exact id, scheme 1)."""
     found = []
-    for seed in range(40):
+    for seed in range(6):
         small = np.random.default_rng(seed).normal(127, 110, (32, 32))
         image = np.kron(np.clip(small, 0, 255).round(), np.ones((2, 2))).astype(np.uint8)
-        found.append(wm.detect(wm.embed(image, 0x00C0FFEE)).release_id)
-    assert found == [0x00C0FFEE] * 40
+        found.append(wm.detect(wm.embed(image, 0x00C0FFEE)))
+    assert [(f.release_id, f.scheme) for f in found] == [(0x00C0FFEE, 1)] * 6
 
 
-def test_embed_refuses_wrong_shape_or_dtype():
+def test_smallest_size_is_one_tile_and_smaller_is_refused():
+    side = wm.min_size()
+    for shape in ((side, side), (101, 90)):
+        marked = wm.embed(gray8(3, shape), 77)
+        assert wm.detect(marked).release_id == 77
+    with pytest.raises(wm.WatermarkError, match="too small"):
+        wm.embed(gray8(3, (side - 1, side + 40)), 77)
+    with pytest.raises(wm.WatermarkError, match="too small"):
+        wm.detect(gray8(3, (wm.DETECT_MIN - 1, 80)))
+
+
+def test_embed_refuses_wrong_shape_dtype_or_id():
     with pytest.raises(wm.WatermarkError, match="2D"):
         wm.embed(np.zeros((64, 64, 3), np.uint8), 1)
     with pytest.raises(wm.WatermarkError, match="uint8"):
         wm.embed(np.zeros((64, 64), np.float32), 1)
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_survives_jpeg_75_at_256(seed):
-    release = wm.release_id_from(f"jpeg-{seed}")
-    for image in (chest(seed), gray8(seed)):
-        found = wm.detect(jpeg(wm.embed(image, release), 75))
-        assert found.detected and found.release_id == release
-
-
-def test_unmarked_images_are_not_detected():
-    images = [chest(seed) for seed in range(100, 110)] + [gray8(seed) for seed in range(100, 110)]
-    images += [np.zeros((256, 256), np.uint8), np.full((256, 256), 255, np.uint8)]
-    rng = np.random.default_rng(0)
-    images.append(rng.integers(0, 256, (256, 256), dtype=np.uint8))
-    found = [wm.detect(image) for image in images]
-    assert not any(f.detected for f in found)
-    assert all(f.release_id is None for f in found)
-    assert max(f.bit_accuracy for f in found) < wm.DETECT_THRESHOLD
+    for bad in (-1, 2**32, 1.5, True):
+        with pytest.raises(wm.WatermarkError, match="release id"):
+            wm.embed(gray8(0, (64, 64)), bad)
 
 
 def test_16_bit_and_float_arrays_keep_dtype_and_carry_the_mark():
@@ -127,7 +212,8 @@ def test_16_bit_and_float_arrays_keep_dtype_and_carry_the_mark():
     as16 = np.round(1000 + base * 30000).astype(np.uint16)
     marked16 = wm.embed_array(as16, 1000.0, 31000.0, 4242)
     assert marked16.dtype == np.uint16 and marked16.shape == as16.shape
-    assert np.abs(marked16.astype(np.int64) - as16).max() > 0
+    quality = 10 * np.log10(30000.0**2 / np.mean((marked16.astype(float) - as16) ** 2))
+    assert quality > PSNR_FLOOR
     assert wm.detect(marked16, 1000.0, 31000.0).release_id == 4242
     assert not wm.detect(as16, 1000.0, 31000.0).detected
     floats = (base * 2 - 1).astype(np.float32)
@@ -140,19 +226,24 @@ def test_16_bit_and_float_arrays_keep_dtype_and_carry_the_mark():
         wm.embed_array(np.full((64, 64), np.nan), 0.0, 1.0, 99)
 
 
-def test_volume_round_trip_pools_slices():
-    volume = smooth(6, (64, 64, 12)).astype(np.float32)
+def test_volumes_survive_reslicing_and_axial_crops():
+    volume = smooth(6, (96, 96, 24)).astype(np.float32)
     marked = wm.embed_volume(volume, 0.0, 1.0, 2024, axis=-1)
     assert marked.shape == volume.shape and marked.dtype == np.float32
-    assert wm.detect_volume(marked, 0.0, 1.0) == wm.Detection(True, 1.0, 2024)
+    assert wm.detect_volume(marked, 0.0, 1.0) == wm.Detection(True, 1.0, 2024, 2)
     assert not wm.detect_volume(volume, 0.0, 1.0).detected
-    noise = np.random.default_rng(0).normal(0.0, 0.03, volume.shape).astype(np.float32)
-    noisy = marked + noise  # too much for one 64x64 slice, not for twelve pooled
-    alone = [wm.detect(noisy[..., k], 0.0, 1.0, release_id=2024) for k in range(12)]
-    assert not any(d.detected for d in alone)
+    for changed in (
+        ndimage.zoom(marked, (1, 1, 0.6), order=1),  # thicker slices
+        ndimage.zoom(marked, (1, 1, 1.7), order=1),  # thinner slices
+        marked[..., 5:13],  # an axial crop
+    ):
+        assert wm.detect_volume(changed, 0.0, 1.0).release_id == 2024
+    noisy = marked + np.random.default_rng(0).normal(0.0, 0.2, marked.shape).astype(np.float32)
+    alone = [wm.detect(noisy[..., k], 0.0, 1.0, release_id=2024) for k in range(24)]
+    assert not any(d.detected for d in alone)  # too much noise for one slice, not for 24
     assert wm.detect_volume(noisy, 0.0, 1.0).release_id == 2024
     with pytest.raises(wm.WatermarkError, match="too small"):
-        wm.embed_volume(volume, 0.0, 1.0, 2024, axis=0)  # slices of 64x12
+        wm.embed_volume(volume, 0.0, 1.0, 2024, axis=0)  # slices of 96x24
 
 
 def test_detect_file_reads_png_jpeg_and_nifti(tmp_path):
@@ -160,7 +251,7 @@ def test_detect_file_reads_png_jpeg_and_nifti(tmp_path):
     marked = wm.embed(chest(7), release)
     Image.fromarray(marked).save(tmp_path / "a.png")
     Image.fromarray(marked).save(tmp_path / "a.jpg", quality=90)
-    as16 = wm.embed_array(marked.astype(np.uint16) * 257, 0.0, 65535.0, release)
+    as16 = wm.embed_array(chest(7).astype(np.uint16) * 257, 0.0, 65535.0, release)
     Image.fromarray(as16).save(tmp_path / "b.png")
     for name in ("a.png", "a.jpg", "b.png"):
         assert wm.detect_file(tmp_path / name).release_id == release, name
@@ -183,10 +274,10 @@ def test_detect_file_reads_png_jpeg_and_nifti(tmp_path):
         wm.detect_file(tmp_path / "bad.png")
 
 
-def test_band_order_reconstructs_exactly_where_the_library_order_does_not():
+def test_scheme_1_band_order_reconstructs_exactly_where_the_library_order_does_not():
     image = gray8(9).astype(np.float64)
-    approx, details = wm._bands(image)
-    assert np.abs(wm._merge(approx, details) - image).max() < 1e-6
+    approx, details = legacy.bands(image)
+    assert np.abs(legacy.merge(approx, details) - image).max() < 1e-6
     h, v, d = details
     swapped = pywt.idwt2((approx, (v, h, d)), "haar")  # imwatermark's encode() order
     assert psnr(image, swapped) < PSNR_FLOOR

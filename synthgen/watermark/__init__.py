@@ -1,101 +1,60 @@
-"""Invisible watermark for synthetic exports: 48 bits (a synthgen tag + a release id) hidden in
-the gray values, so a file can be traced to its release after JPEG or resizing.
+"""Invisible watermark for synthetic exports: a release id hidden in the gray values, so a
+file can be traced to its release after what happens to images once released (JPEG, resizing,
+cropping, small rotations, gamma, noise).
 
-Built on invisible-watermark (`imwatermark`): its DWT-DCT-SVD block routines quantise the top
-singular value of each 4×4 block of the Haar approximation band (an 8×8 pixel block, aligned
-with JPEG's grid, so the mark rides on block brightness that JPEG and resizing keep). The
-library's own `encode`/`decode` cannot be used on scans: they embed in a colour channel (lost
-when a gray image is saved as gray), refuse images under 256×256 and swap two wavelet bands on
-reconstruction. Here the same block routines run on the single gray channel, the bands go back
-in the right order, and the payload is repeated over every block and read back by majority.
+Scheme 2 (`tile.py`, `code.py`) makes every new mark: a periodic spread-spectrum tile that
+finds its own geometry, carrying the 32-bit release id with a CRC under a convolutional code.
+Scheme 1 (`legacy.py`, the DWT-DCT-SVD block mark of earlier releases) is still looked for when
+scheme 2 finds nothing, so files marked before are still recognised; `Detection.scheme` says
+which one was found. docs/watermark.md has the design, the limits and the measured figures.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
-import pywt
-from imwatermark.dwtDctSvd import EmbedDwtDctSvd
 
-from synthgen.errors import InputError
+from synthgen.watermark import code, legacy, tile
+from synthgen.watermark.base import (
+    TAG,
+    Detection,
+    WatermarkError,
+    check_release_id,
+    release_id_from,
+)
 
-PAYLOAD_BITS = 48
-TAG_BITS, ID_BITS = 16, 32
-TAG = 0xC5A3  # 8 ones and 8 zeros: an image that decodes to all-equal bits matches half of it
-BLOCK = 4  # the library's block side in the approximation band, i.e. 8×8 pixels
-BLOCK_PX = 2 * BLOCK
-SCALE = 44.0  # quantisation step of a block's top singular value: ~44 dB PSNR (docs/watermark.md)
-# Bits that must match: 15 of the 16 tag bits (blind) or 45 of 48 (given the release id). By
-# the binomial tail an image without the mark passes with P = 17/2**16 = 0.026% (blind) or
-# 7e-11 (given the id); docs/watermark.md has the measured rate.
-DETECT_THRESHOLD = 15 / 16
-EMBED_PASSES = 4  # marking again what clipping undid; one pass suffices unless pixels saturate
+__all__ = [
+    "TAG", "Detection", "WatermarkError", "detect", "detect_file", "detect_volume", "embed",
+    "embed_array", "embed_volume", "marked_file", "min_size", "release_id_from",
+]  # fmt: skip
+
+SCHEME = 2
+# False-alarm budgets of scheme 2's search (Bonferroni over every alignment it tries). Blind,
+# a found sync must also decode to an id whose 16-bit CRC matches (P = 2^-16 by chance): at
+# most 0.2 / 65536 = 3e-6, plus scheme 1's 2.6e-4. Given the id, the id's own chips are the
+# reference: at most 5e-7, plus scheme 1's 7e-11. docs/watermark.md has the measured rates.
+BLIND_BUDGET = 0.2
+EXPECT_BUDGET = 5e-7
+DETECT_MIN = tile.TILE // 2  # a 128 px image halved and cropped is still read
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-class WatermarkError(InputError, ValueError):
-    """An image or file that cannot carry or be checked for the mark (one readable line)."""
-
-
-@dataclass(frozen=True)
-class Detection:
-    """Outcome of a check: bit accuracy is over the tag (blind) or all 48 bits (id given)."""
-
-    detected: bool
-    bit_accuracy: float
-    release_id: int | None
-
-
-class _GrayBlocks(EmbedDwtDctSvd):
-    """The library's block routines with a nearest-code quantiser.
-
-    The library moves the singular value to the code of the right bit inside its current step,
-    up to 3/4 of a step away; the nearest such code is at most 1/2 a step away: ~2 dB more PSNR
-    at the same decoding margin (measured in docs/watermark.md).
-    """
-
-    def diffuse_dct_svd(self, block: np.ndarray, bit: int, scale: float) -> np.ndarray:
-        u, s, v = np.linalg.svd(cv2.dct(block))
-        offset = (0.25 + 0.5 * bit) * scale
-        s[0] = max(round((s[0] - offset) / scale), 0) * scale + offset
-        return cv2.idct(u @ np.diag(s) @ v)
-
-
-def payload(release_id: int) -> np.ndarray:
-    """The 48 bits (uint8 0/1) carried by the mark: TAG then the release id, both MSB first."""
-    if isinstance(release_id, bool) or not isinstance(release_id, int | np.integer):
-        raise WatermarkError(f"release id must be an integer, got {release_id!r}")
-    if not 0 <= release_id < 2**ID_BITS:
-        raise WatermarkError(f"release id must fit {ID_BITS} bits, got {release_id}")
-    value = (TAG << ID_BITS) | int(release_id)
-    return np.array([(value >> k) & 1 for k in range(PAYLOAD_BITS - 1, -1, -1)], dtype=np.uint8)
-
-
-def release_id_from(text: str) -> int:
-    """A stable 32-bit release id from a run's identity (first 4 bytes of its sha256)."""
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big")
-
-
 def min_size() -> int:
-    """Smallest square side whose 8×8 blocks hold the 48-bit payload once (more is sturdier)."""
-    return BLOCK_PX * math.ceil(math.sqrt(PAYLOAD_BITS))
+    """Smallest side of an image (or a volume's slice) that carries the mark: one whole tile.
+    Crops, rotations and resizes are survived from 128 px up (docs/watermark.md)."""
+    return tile.TILE
 
 
-def _check_shape(shape: tuple[int, ...], what: str) -> None:
-    blocks = (shape[0] // BLOCK_PX) * (shape[1] // BLOCK_PX)
-    if blocks < PAYLOAD_BITS:
-        size = min_size()
+def _check_shape(shape: tuple[int, ...], what: str, side: int | None = None) -> None:
+    side = side or min_size()
+    if min(shape) < side:
         raise WatermarkError(
             f"{what} of {shape[0]}x{shape[1]} px is too small to carry the watermark: it needs "
-            f"{PAYLOAD_BITS} blocks of {BLOCK_PX}x{BLOCK_PX} px (at least {size}x{size})"
+            f"at least {side}x{side} px"
         )
 
 
@@ -104,42 +63,16 @@ def _check_image(image: np.ndarray) -> None:
         raise WatermarkError(f"expected a 2D gray image, got shape {np.shape(image)}")
     if image.dtype != np.uint8:
         raise WatermarkError(f"expected a uint8 image, got {image.dtype} (use embed_array)")
-    _check_shape(image.shape, "image")
-
-
-def _bands(view: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """Haar DWT of the block-aligned part: approximation band and detail bands."""
-    rows, cols = (n // BLOCK_PX * BLOCK_PX for n in view.shape)
-    approx, details = pywt.dwt2(view[:rows, :cols].astype(np.float64), "haar")
-    return approx, details
-
-
-def _merge(approx: np.ndarray, details: tuple[np.ndarray, ...]) -> np.ndarray:
-    # pywt's (H, V, D) order: imwatermark passes (V, H, D), alone a 25-39 dB PSNR ceiling.
-    return pywt.idwt2((approx, details), "haar")
 
 
 def embed(image: np.ndarray, release_id: int) -> np.ndarray:
-    """Mark a 2D uint8 gray image with `payload(release_id)`; returns a marked copy.
-
-    Rounding and clipping to 0..255 can undo a block's move where the image saturates (a
-    burned-in marker, an enlarged noisy sample), so the copy is read back and marked again,
-    from what clipping left, until every bit reads right or EMBED_PASSES run out."""
+    """Mark a 2D uint8 gray image with the release's tile; returns a marked copy."""
     _check_image(image)
-    bits = payload(release_id)
-    out = image.copy()
-    for _ in range(EMBED_PASSES):
-        approx, details = _bands(out)
-        _GrayBlocks(list(bits), wmLen=PAYLOAD_BITS, block=BLOCK).encode_frame(approx, SCALE)
-        marked = _merge(approx, details)
-        out[: marked.shape[0], : marked.shape[1]] = np.clip(np.round(marked), 0, 255)
-        if (_bits(_votes(out, [[] for _ in range(PAYLOAD_BITS)])) == bits).all():
-            break
-    return out
+    return embed_array(image, 0.0, 255.0, release_id)
 
 
 def _check_window(lo: float, hi: float) -> tuple[float, float]:
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
         raise WatermarkError(f"window needs finite lo < hi, got lo={lo}, hi={hi}")
     return float(lo), float(hi)
 
@@ -154,23 +87,68 @@ def _view(array: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(np.round((values - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
 
 
-def embed_array(array: np.ndarray, lo: float, hi: float, release_id: int) -> np.ndarray:
-    """Mark any-dtype 2D data (uint16, float, ...) through its 8-bit view of the window [lo, hi].
-
-    The view's change is carried back scaled by (hi - lo) / 255, so the file keeps its dtype and
-    units and `detect(..., lo, hi)` sees the same marked view. Values outside the window carry
-    no mark; integer dtypes are rounded and clipped to their range.
-    """
+def _checked_array(array: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
     lo, hi = _check_window(lo, hi)
     if not isinstance(array, np.ndarray) or array.ndim != 2:
         raise WatermarkError(f"expected a 2D array, got shape {np.shape(array)}")
-    view = _view(array, lo, hi)
-    delta = embed(view, release_id).astype(np.float64) - view
+    _check_shape(array.shape, "image")
+    return lo, hi
+
+
+def _carry_back(array: np.ndarray, delta: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """`array` plus a change of its 8-bit view, in the array's units and dtype."""
     marked = array.astype(np.float64) + delta * ((hi - lo) / 255.0)
     if array.dtype.kind in "ui":
         info = np.iinfo(array.dtype)
         marked = np.clip(np.round(marked), info.min, info.max)
     return marked.astype(array.dtype)
+
+
+def _tile_delta(view: np.ndarray, release_id: int) -> np.ndarray:
+    """Scheme 2's change of an 8-bit view: the tile added, clipped to 0..255."""
+    values = view.astype(np.float64)
+    return np.clip(values + tile.pattern(view.shape, release_id), 0, 255) - values
+
+
+def _legacy_delta(view: np.ndarray, release_id: int) -> np.ndarray:
+    return legacy.embed(view, release_id).astype(np.float64) - view
+
+
+def _reads_back(residuals: list[np.ndarray], release_id: int) -> bool:
+    """Whether the untouched mark is read blind at the detector's early bar: an image whose
+    own content drowns the tile (pure noise, a saturated export) gets scheme 1 instead."""
+    r = np.mean(residuals, axis=0)
+    early = tile.threshold(BLIND_BUDGET * tile.EARLY, 1)
+    folded = tile.fold(r, 0.0, 1.0)
+    z, offset = tile.peak(folded, tile.SYNC_TILE)
+    found = tile.Alignment(z, early, 0.0, 1.0, offset, folded)
+    return found.found and code.release_of(code.decode(tile.soft_bits(found))) == release_id
+
+
+def _mark_views(views: list[np.ndarray], release_id: int) -> list[np.ndarray]:
+    """The changes that mark these views (one image, or a volume's slices) with one scheme:
+    scheme 2 when it reads back, else scheme 1 where the views hold its payload."""
+    deltas = [_tile_delta(v, release_id) for v in views]
+    marked = [np.clip(np.round(v + d), 0, 255) for v, d in zip(views, deltas, strict=True)]
+    if _reads_back([tile.residual(tile.centre(m)) for m in marked], release_id):
+        return deltas
+    if not legacy.fits(views[0].shape):
+        return deltas
+    return [_legacy_delta(v, release_id) for v in views]
+
+
+def embed_array(array: np.ndarray, lo: float, hi: float, release_id: int) -> np.ndarray:
+    """Mark any-dtype 2D data (uint8, uint16, float, ...) through its 8-bit view of [lo, hi].
+
+    The mark is added to the view, clipped to 0..255 there, and carried back scaled by
+    (hi - lo) / 255, so the file keeps its dtype and units and `detect(..., lo, hi)` sees the
+    marked view. Values outside the window gain at most the mark's positive (below lo) or
+    negative (above hi) half; integer dtypes are rounded and clipped to their range.
+    """
+    lo, hi = _checked_array(array, lo, hi)
+    release_id = check_release_id(release_id)
+    (delta,) = _mark_views([_view(array, lo, hi)], release_id)
+    return _carry_back(array, delta, lo, hi)
 
 
 def _slices(volume: np.ndarray, axis: int) -> np.ndarray:
@@ -186,33 +164,46 @@ def _slices(volume: np.ndarray, axis: int) -> np.ndarray:
 def embed_volume(
     volume: np.ndarray, lo: float, hi: float, release_id: int, axis: int = -1
 ) -> np.ndarray:
-    """Mark every slice across `axis` (axial for NIfTI's last axis) with `embed_array`."""
+    """Mark every slice across `axis` (axial for NIfTI's last) with the same tile, so the mark
+    survives reslicing along that axis (slices blend marks that agree) and dropping slices."""
+    lo, hi = _check_window(lo, hi)
+    release_id = check_release_id(release_id)
     slices = _slices(volume, axis)
-    marked = np.stack([embed_array(s, lo, hi, release_id) for s in slices])
-    return np.moveaxis(marked, 0, axis)
+    deltas = _mark_views([_view(s, lo, hi) for s in slices], release_id)
+    marked = [_carry_back(s, d, lo, hi) for s, d in zip(slices, deltas, strict=True)]
+    return np.moveaxis(np.stack(marked), 0, axis)
 
 
-def _votes(view: np.ndarray, votes: list[list[int]]) -> list[list[int]]:
-    """Append each block's read bit to its payload position (the library's decoder)."""
-    approx, _ = _bands(view)
-    reader = EmbedDwtDctSvd(watermarks=[], wmLen=PAYLOAD_BITS, block=BLOCK)
-    return reader.decode_frame(approx, SCALE, votes)
-
-
-def _bits(votes: list[list[int]]) -> np.ndarray:
-    """Each payload position's majority vote; a tie reads 0."""
-    return np.array([np.mean(v) > 0.5 for v in votes], dtype=np.uint8)
-
-
-def _decide(votes: list[list[int]], release_id: int | None) -> Detection:
-    bits = _bits(votes)
+def _read_tile(r: np.ndarray, release_id: int | None) -> Detection:
+    """Scheme 2 on a residual. Blind: the sync finds the geometry and the code gives the id,
+    which must pass its CRC. Given the id: the id's own chips (not the sync every release
+    shares) are the reference, and an id that decodes cleanly to another release refuses it."""
     if release_id is None:
-        accuracy = float(np.mean(bits[:TAG_BITS] == payload(0)[:TAG_BITS]))  # the tag, any id
+        found = tile.align(r, tile.SYNC_TILE, BLIND_BUDGET)
     else:
-        accuracy = float(np.mean(bits == payload(release_id)))
-    detected = accuracy >= DETECT_THRESHOLD
-    found = int("".join(map(str, bits[TAG_BITS:])), 2) if detected else None
-    return Detection(detected=detected, bit_accuracy=accuracy, release_id=found)
+        found = tile.align(r, tile.payload_tile(release_id), EXPECT_BUDGET)
+    soft = tile.soft_bits(found)
+    message = code.decode(soft)
+    read = code.release_of(message)
+    if release_id is None:
+        release = read if found.found else None
+        coded = code.encode(message)
+    else:
+        release = release_id if found.found and read in (None, release_id) else None
+        coded = code.encode(code.message(release_id))
+    accuracy = float(np.mean((soft > 0) == coded))
+    return Detection(
+        release is not None, accuracy, release, SCHEME if release is not None else None
+    )
+
+
+def _either(r: np.ndarray, tally: list[list[int]] | None, release_id: int | None) -> Detection:
+    """Scheme 2's finding, else scheme 1's (old files) when that finds its mark."""
+    found = _read_tile(r, release_id)
+    if found.detected or tally is None:
+        return found
+    old = legacy.decide(tally, release_id)
+    return old if old.detected else found
 
 
 def _window_view(image: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:
@@ -220,11 +211,13 @@ def _window_view(image: np.ndarray, lo: float | None, hi: float | None) -> np.nd
         raise WatermarkError(f"expected a 2D gray image, got shape {np.shape(image)}")
     if lo is None and hi is None:
         _check_image(image)
-        return image
-    if lo is None or hi is None:
+        view = image
+    elif lo is None or hi is None:
         raise WatermarkError("give both lo and hi, or neither for a uint8 image")
-    _check_shape(image.shape, "image")
-    return _view(image, *_check_window(lo, hi))
+    else:
+        view = _view(image, *_check_window(lo, hi))
+    _check_shape(view.shape, "image", DETECT_MIN)
+    return view
 
 
 def detect(
@@ -234,10 +227,13 @@ def detect(
     release_id: int | None = None,
 ) -> Detection:
     """Look for the mark in a uint8 image, or in any 2D array through the window it was marked
-    with. Blind, the 16 tag bits decide; given the expected `release_id`, all 48 bits do."""
-    return _decide(
-        _votes(_window_view(image, lo, hi), [[] for _ in range(PAYLOAD_BITS)]), release_id
-    )
+    with. Blind, the id is read and must pass its CRC; given the expected `release_id`, the
+    whole expected mark is looked for (the stricter bound)."""
+    view = _window_view(image, lo, hi)
+    if release_id is not None:
+        release_id = check_release_id(release_id)
+    tally = legacy.votes(view) if legacy.fits(view.shape) else None
+    return _either(tile.residual(tile.centre(view)), tally, release_id)
 
 
 def detect_volume(
@@ -247,12 +243,19 @@ def detect_volume(
     axis: int = -1,
     release_id: int | None = None,
 ) -> Detection:
-    """Look for the mark in a volume marked by `embed_volume`, pooling every slice's votes."""
+    """Look for the mark in a volume marked by `embed_volume`: the slices' residuals are
+    averaged (the mark is the same in each, the anatomy is not), scheme 1 pools their votes."""
     lo, hi = _check_window(lo, hi)
-    votes: list[list[int]] = [[] for _ in range(PAYLOAD_BITS)]
-    for s in _slices(volume, axis):
-        votes = _votes(_view(s, lo, hi), votes)
-    return _decide(votes, release_id)
+    if release_id is not None:
+        release_id = check_release_id(release_id)
+    views = [_view(s, lo, hi) for s in _slices(volume, axis)]
+    r = np.mean([tile.residual(tile.centre(v)) for v in views], axis=0)
+    tally = None
+    if legacy.fits(views[0].shape):
+        tally = [[] for _ in range(legacy.PAYLOAD_BITS)]
+        for v in views:
+            tally = legacy.votes(v, tally)
+    return _either(r, tally, release_id)
 
 
 def _read_pillow(source: Path | io.BytesIO) -> np.ndarray:

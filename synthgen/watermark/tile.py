@@ -1,0 +1,234 @@
+"""Scheme 2: a periodic spread-spectrum tile that finds its own geometry.
+
+The mark is one 64×64 px tile repeated over the image: 32×32 chips of 2×2 px, each chip
+`ALPHA·sync + BETA·key·(±1 coded bit)`, added at `AMP` gray levels (rms, 8-bit view). The sync
+part is the same for every release; the rest carries the coded release id (`code.py`).
+
+Detection undoes what happened to the image: a crop only moves the tile (found by circular
+correlation of the folded tile with the sync), a rotation or resize turns and scales the tile's
+period, which shows as a lattice of peaks in the autocorrelation of the image's fine residual
+(Kutter's self-reference). The detector scores candidate lattices (angle, scale), folds the
+residual onto one tile under each, keeps the best correlation peak, refines it, and reads the
+bits by correlation. Every threshold comes from the number of alignments it tried (a Bonferroni
+bound on a standard normal peak), so the false-positive rate holds by construction and is
+measured in docs/watermark.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage
+from scipy.stats import norm
+
+from synthgen.watermark import code
+
+CHIPS = 32  # chips per tile side
+CHIP_PX = 2  # pixels per chip side: survives a 0.5× resize and JPEG's loss of fine detail
+TILE = CHIPS * CHIP_PX
+ALPHA = 0.5  # the sync's share of the amplitude; the coded bits get sqrt(1 - ALPHA²)
+BETA = float(np.sqrt(1 - ALPHA**2))
+AMP = 2.3  # rms of the mark in 8-bit gray levels: ~41 dB PSNR before clipping
+KEY_SEED = 0xC5A3  # the synthgen tag: the sync, the chip key and the bit layout derive from it
+WINDOW = 512  # detection reads at most this centred square: a crop leaves the mark whole
+SMALL = 160  # at or under this side, every scale is tried too (the lattice has <= 2 periods)
+ANGLES = np.deg2rad(np.arange(-6.0, 6.01, 0.5))
+SCALES = np.exp(np.linspace(np.log(0.45), np.log(2.3), 120))
+LINE_STEP = 0.006  # log-scale step of the exhaustive scale line for small images
+TOP = 4  # lattice candidates folded besides the identity
+EARLY = 1e-3  # the identity's share of the false-alarm budget when it stops the search early
+REFINE = ((np.deg2rad(0.25), 0.01), (np.deg2rad(0.1), 0.004))  # (angle, scale) steps, 3×3 each
+
+
+def _key() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(KEY_SEED)
+    sync = rng.choice([-1.0, 1.0], size=(CHIPS, CHIPS))
+    key = rng.choice([-1.0, 1.0], size=(CHIPS, CHIPS))
+    layout = rng.permutation(np.arange(CHIPS * CHIPS) % code.CODED_BITS).reshape(CHIPS, CHIPS)
+    return sync, key, layout
+
+
+SYNC, KEY, LAYOUT = _key()
+
+
+def _pixels(chips: np.ndarray) -> np.ndarray:
+    return np.kron(chips, np.ones((CHIP_PX, CHIP_PX)))
+
+
+SYNC_TILE = _pixels(SYNC)
+
+
+@lru_cache(maxsize=16)
+def tile(release_id: int) -> np.ndarray:
+    """The release's (TILE, TILE) tile, rms 1 (read-only: cached)."""
+    coded = code.encode(code.message(release_id))
+    chips = ALPHA * SYNC + BETA * KEY * (2.0 * coded[LAYOUT] - 1.0)
+    out = _pixels(chips)
+    out.setflags(write=False)
+    return out
+
+
+def payload_tile(release_id: int) -> np.ndarray:
+    """The part of the release's tile that only this release has (the sync taken out)."""
+    return tile(release_id) - ALPHA * SYNC_TILE
+
+
+def pattern(shape: tuple[int, int], release_id: int) -> np.ndarray:
+    """The mark for an image of `shape` in 8-bit gray levels, anchored at its top-left pixel."""
+    reps = (-(-shape[0] // TILE), -(-shape[1] // TILE))
+    return AMP * np.tile(tile(release_id), reps)[: shape[0], : shape[1]]
+
+
+def residual(view: np.ndarray) -> np.ndarray:
+    """The fine detail that carries the mark: the image less its 5×5 local mean, divided by
+    its local spread (so edges and noisy regions do not outvote the rest), clipped at ±3."""
+    x = view.astype(np.float64)
+    r = x - ndimage.uniform_filter(x, 5, mode="reflect")
+    power = np.maximum(ndimage.uniform_filter(r * r, 9, mode="reflect"), 0.0)
+    return np.clip(r / (np.sqrt(power) + 1.0), -3.0, 3.0)
+
+
+def centre(array: np.ndarray) -> np.ndarray:
+    """The centred WINDOW-square part of the last two axes (detection time stays bounded)."""
+    h, w = array.shape[-2:]
+    top, left = max(0, (h - WINDOW) // 2), max(0, (w - WINDOW) // 2)
+    return array[..., top : top + WINDOW, left : left + WINDOW]
+
+
+def fold(r: np.ndarray, angle: float, scale: float) -> np.ndarray:
+    """Mean residual per tile pixel, each pixel's centre mapped back by rotating by -angle and
+    dividing by scale (the tile's unknown offset is left to `peak`)."""
+    h, w = r.shape
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    c, s = np.cos(angle), np.sin(angle)
+    u = np.floor((c * y + s * x) / scale).astype(np.int64) % TILE
+    v = np.floor((-s * y + c * x) / scale).astype(np.int64) % TILE
+    index = (u * TILE + v).ravel()
+    total = np.bincount(index, r.ravel(), TILE * TILE)
+    count = np.bincount(index, None, TILE * TILE)
+    return (total / np.maximum(count, 1)).reshape(TILE, TILE)
+
+
+def peak(folded: np.ndarray, reference: np.ndarray) -> tuple[float, tuple[int, int]]:
+    """(z, offset): the largest circular correlation with `reference` over all TILE² offsets,
+    in standard deviations of the correlation surface (about N(0, 1) per offset without mark)."""
+    surface = np.real(np.fft.ifft2(np.fft.fft2(folded) * np.conj(np.fft.fft2(reference))))
+    k = int(np.argmax(surface))
+    z = (surface.flat[k] - surface.mean()) / (surface.std() + 1e-12)
+    return float(z), (k // TILE, k % TILE)
+
+
+def autocorrelation(r: np.ndarray) -> np.ndarray:
+    """Linear (zero-padded) autocorrelation per overlapping pixel, 1 at lag 0."""
+    h, w = r.shape
+    size = (2 * h, 2 * w)
+    spectrum = np.fft.rfft2(r - r.mean(), s=size)
+    acf = np.fft.irfft2(np.abs(spectrum) ** 2, s=size)
+    overlap = np.fft.irfft2(np.abs(np.fft.rfft2(np.ones_like(r), s=size)) ** 2, s=size)
+    return acf / np.maximum(overlap, 0.25 * h * w) / (acf[0, 0] / (h * w))
+
+
+_LATTICE = np.array([(1, 0), (0, 1), (1, 1), (1, -1), (2, 0), (0, 2), (2, 1), (1, 2)], float)
+_BETWEEN = np.array([(0.5, 0), (0, 0.5), (0.5, 0.5), (0.5, -0.5)], float)
+
+
+def lattice_candidates(r: np.ndarray, top: int = TOP) -> list[tuple[float, float]]:
+    """The `top` (angle, scale) pairs whose tile lattice best matches the autocorrelation
+    peaks: mean autocorrelation at the lattice points less at the points halfway between
+    (which are peaks when the true period is half the candidate's). Lags past 0.6 of the image
+    are not scored; candidates closer than 1° and 4 % are merged."""
+    acf = autocorrelation(r)
+    h, w = r.shape
+    angle, scale = (g.ravel() for g in np.meshgrid(ANGLES, SCALES, indexing="ij"))
+    c, s = np.cos(angle)[:, None], np.sin(angle)[:, None]
+
+    def mean_at(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dy = scale[:, None] * TILE * (c * points[:, 0] - s * points[:, 1])
+        dx = scale[:, None] * TILE * (s * points[:, 0] + c * points[:, 1])
+        inside = (np.abs(dy) <= 0.6 * h) & (np.abs(dx) <= 0.6 * w)
+        coords = [dy.ravel() % (2 * h), dx.ravel() % (2 * w)]
+        values = ndimage.map_coordinates(acf, coords, order=1, mode="wrap").reshape(dy.shape)
+        n = inside.sum(axis=1)
+        return np.where(inside, values, 0.0).sum(axis=1) / np.maximum(n, 1), n
+
+    on, n_on = mean_at(_LATTICE)
+    score = np.where(n_on >= 2, on - mean_at(_BETWEEN)[0], -np.inf)
+    chosen: list[tuple[float, float]] = []
+    for k in np.argsort(-score):
+        if len(chosen) == top or not np.isfinite(score[k]):
+            break
+        a, z = float(angle[k]), float(scale[k])
+        if all(abs(a - a0) > np.deg2rad(1.0) or abs(np.log(z / z0)) > 0.04 for a0, z0 in chosen):
+            chosen.append((a, z))
+    return chosen
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The best fold found: its peak z, the threshold its search earned, and the geometry."""
+
+    z: float
+    threshold: float
+    angle: float
+    scale: float
+    offset: tuple[int, int]
+    folded: np.ndarray
+
+    @property
+    def found(self) -> bool:
+        return self.z >= self.threshold
+
+
+def threshold(budget: float, alignments: int) -> float:
+    """The z a best-of-`alignments` fold must reach for P(false alarm) <= budget (Bonferroni
+    over every alignment and every tile offset)."""
+    return float(norm.isf(budget / (alignments * TILE * TILE)))
+
+
+def align(r: np.ndarray, reference: np.ndarray, budget: float) -> Alignment:
+    """Find the geometry under which `r` folds onto `reference`.
+
+    The identity is tried first: an untouched or cropped image needs nothing more when its
+    peak clears a bar `EARLY` times stricter than the budget. Otherwise the lattice candidates
+    (and, for small images, every scale) are folded too, the best is refined on a finer grid,
+    and its threshold counts every alignment tried (the identity's own share included)."""
+
+    def at(angle: float, scale: float) -> tuple[float, float, float]:
+        return peak(fold(r, angle, scale), reference)[0], angle, scale
+
+    tried = [at(0.0, 1.0)]
+    early = threshold(budget * EARLY, 1)
+    if tried[0][0] >= early:
+        return _result(r, reference, tried[0], early)
+    candidates = lattice_candidates(r)
+    if min(r.shape) <= SMALL:
+        line = np.exp(np.arange(np.log(SCALES[0]), np.log(SCALES[-1]), LINE_STEP))
+        candidates += [(0.0, float(z)) for z in line]
+    tried += [at(a, z) for a, z in candidates]
+    best = max(tried)
+    for angle_step, scale_step in REFINE:
+        grid = [(best[1] + i * angle_step, best[2] * (1 + j * scale_step)) for i in (-1, 0, 1)
+                for j in (-1, 0, 1) if i or j]  # fmt: skip
+        tried += [at(a, z) for a, z in grid]
+        best = max([best, *tried[-len(grid) :]])
+    return _result(r, reference, best, threshold(budget * (1 - EARLY), len(tried)))
+
+
+def _result(
+    r: np.ndarray, reference: np.ndarray, best: tuple[float, float, float], bar: float
+) -> Alignment:
+    folded = fold(r, best[1], best[2])
+    z, offset = peak(folded, reference)
+    return Alignment(z, bar, best[1], best[2], offset, folded)
+
+
+def soft_bits(alignment: Alignment) -> np.ndarray:
+    """Per coded bit, the correlation of its chips with the key (> 0 reads 1), after taking
+    out the sync's known share."""
+    aligned = np.roll(alignment.folded, (-alignment.offset[0], -alignment.offset[1]), (0, 1))
+    chips = aligned.reshape(CHIPS, CHIP_PX, CHIPS, CHIP_PX).sum(axis=(1, 3))
+    gain = float((chips * SYNC).mean())
+    values = (chips - gain * SYNC) * KEY
+    return np.bincount(LAYOUT.ravel(), values.ravel(), code.CODED_BITS)
