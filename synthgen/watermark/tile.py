@@ -33,7 +33,8 @@ BETA = float(np.sqrt(1 - ALPHA**2))
 AMP = 2.3  # rms of the mark in 8-bit gray levels: ~41 dB PSNR before clipping
 KEY_SEED = 0xC5A3  # the synthgen tag: the sync, the chip key and the bit layout derive from it
 WINDOW = 512  # detection reads at most this centred square: a crop leaves the mark whole
-SMALL = 160  # at or under this side, every scale is tried too (the lattice has <= 2 periods)
+SMALL = 160  # at or under this side, every scale and every angle are tried too (the lattice
+# has two periods at most)
 ANGLES = np.deg2rad(np.arange(-6.0, 6.01, 0.5))
 SCALES = np.exp(np.linspace(np.log(0.45), np.log(2.3), 120))
 LINE_STEP = 0.006  # log-scale step of the exhaustive scale line for small images
@@ -206,6 +207,7 @@ def align(r: np.ndarray, reference: np.ndarray, budget: float) -> Alignment:
     if min(r.shape) <= SMALL:
         line = np.exp(np.arange(np.log(SCALES[0]), np.log(SCALES[-1]), LINE_STEP))
         candidates += [(0.0, float(z)) for z in line]
+        candidates += [(float(a), 1.0) for a in np.deg2rad(np.arange(-6.0, 6.01, 0.25)) if a]
     tried += [at(a, z) for a, z in candidates]
     best = max(tried)
     for angle_step, scale_step in REFINE:
