@@ -217,17 +217,17 @@ def real_scans() -> list[np.ndarray]:
     return images
 
 
-def unmarked(task: tuple[int, int]) -> tuple[bool, bool, int]:
-    """(blind detected, detected given an arbitrary id, scheme) for unmarked phantom `k`."""
+def unmarked(task: tuple[int, int]) -> tuple[bool, bool | None]:
+    """(blind detected, detected given an arbitrary id or None: not checked) for unmarked
+    phantom `k` (every fifth is also checked given an id)."""
     k, size = task
     image = quantise(source_image("chest2d" if k % 3 else "chest2d-32up", 10**6 + k, size), 8)
-    return _false(image)
+    return _false(image, k % 5 == 0)
 
 
-def _false(image: np.ndarray) -> tuple[bool, bool, int]:
-    blind = wm.detect(image)
-    given = wm.detect(image, release_id=0x2EB0F37D)
-    return blind.detected, given.detected, blind.scheme or given.scheme or 0
+def _false(image: np.ndarray, given: bool = True) -> tuple[bool, bool | None]:
+    expect = wm.detect(image, release_id=0x2EB0F37D).detected if given else None
+    return wm.detect(image).detected, expect
 
 
 def volume_cell(seed: int) -> dict[str, float]:
@@ -296,9 +296,10 @@ def main() -> None:
         plan[("CT_small", 256, 16)] = 4
         references, n_unmarked, n_volumes, scans = 6, 300, 2, False
     else:
-        plan = {(s, 256, 8): 100 for s in SOURCES}
-        plan |= {(s, z, 8): 30 for s in SOURCES for z in (128, 512)}
-        plan |= {(s, 256, 16): 30 for s in ("chest2d", "CT_small", "RG3_UNCR")}
+        plan = {(s, 256, 8): 100 if s in ("chest2d", "CT_small", "RG3_UNCR") else 50
+                for s in SOURCES}  # fmt: skip
+        plan |= {(s, z, 8): 20 for s in SOURCES for z in (128, 512)}
+        plan |= {(s, 256, 16): 20 for s in ("chest2d", "CT_small", "RG3_UNCR")}
         references, n_unmarked, n_volumes, scans = 30, 10_000, 10, True
     n_unmarked = args.unmarked if args.unmarked is not None else n_unmarked
 
@@ -327,8 +328,8 @@ def main() -> None:
     for name in volumes[0]:
         print(f"  {name}: {np.mean([v[name] for v in volumes]):.3f}")
 
-    blind_hits = sum(b for b, _, _ in false)
-    given_hits = sum(g for _, g, _ in false)
+    blind_hits = sum(b for b, _ in false)
+    given = [g for _, g in false if g is not None]
     n_false = len(false)
     print(
         f"\nunmarked: {n_false} images ({n_unmarked} phantoms at {sizes}, {len(real)} real frames)"
@@ -348,7 +349,8 @@ def main() -> None:
 
     def survived(scheme: int) -> int:
         """Attacks every reference source at 256² 8-bit survives at TPR >= 0.99 blind."""
-        keys = [(s, 256, 8, scheme) for s in ("chest2d", "CT_small") if (s, 256, 8, 1) in rows]
+        both = [s for s in SOURCES if {(s, 256, 8, 1), (s, 256, 8, 2)} <= rows.keys()]
+        keys = [(s, 256, 8, scheme) for s in both]
         return sum(all(rows[k][f"tpr_{a}"] >= 0.99 for k in keys) for a in ATTACKS)
 
     print(f"seconds: {time.perf_counter() - start:.0f}")
@@ -363,7 +365,7 @@ def main() -> None:
     print(f"attacks_survived_vs_scheme1: {survived(2) / max(survived(1), 1):.2f}")
     print(f"psnr_min: {min(r['psnr'] for key, r in rows.items() if key[3] == 2):.2f}")
     print(f"false_positive_blind: {blind_hits}/{n_false}")
-    print(f"false_positive_expect: {given_hits}/{n_false}")
+    print(f"false_positive_expect: {sum(given)}/{len(given)}")
     print(f"false_positive_bound_blind: {wm.BLIND_BUDGET / 2**code.CRC_BITS + 17 / 2**16:.1e}")
     print(f"false_positive_bound_expect: {wm.EXPECT_BUDGET + 7e-11:.1e}")
     print(f"embed_ms_512: {1000 * float(np.median(times)):.1f}")
