@@ -15,8 +15,10 @@ from synthgen.release.gates import Gate
 from synthgen.release.inputs import Samples
 
 WATERMARK_SCHEME = (
-    "invisible-watermark DWT-DCT-SVD on the gray channel: 48 bits (a synthgen tag and the "
-    "32-bit release id) repeated over every 8×8 block and read back by majority"
+    "synthgen scheme 2: a 64-px spread-spectrum tile repeated over the gray values, carrying "
+    "the 32-bit release id with a CRC-16 under a convolutional code; found again after JPEG, "
+    "resizing, cropping, small rotations, gamma and noise; images too noisy to carry it get "
+    "scheme 1, a block mark (docs/watermark.md)"
 )
 INTENDED = [
     "augmenting the training data of medical image classifiers and segmenters",
