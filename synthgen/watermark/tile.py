@@ -193,8 +193,9 @@ def align(r: np.ndarray, reference: np.ndarray, budget: float) -> Alignment:
 
     The identity is tried first: an untouched or cropped image needs nothing more when its
     peak clears a bar `EARLY` times stricter than the budget. Otherwise the lattice candidates
-    (and, for small images, every scale) are folded too, the best is refined on a finer grid,
-    and its threshold counts every alignment tried (the identity's own share included)."""
+    (and, for small images, every scale and every angle) are folded too, the best is refined
+    on a finer grid, and its threshold counts every alignment tried (the identity's own share
+    included)."""
 
     def at(angle: float, scale: float) -> tuple[float, float, float]:
         return peak(fold(r, angle, scale), reference)[0], angle, scale
