@@ -236,6 +236,7 @@ def test_volumes_survive_reslicing_and_axial_crops():
         ndimage.zoom(marked, (1, 1, 0.6), order=1),  # thicker slices
         ndimage.zoom(marked, (1, 1, 1.7), order=1),  # thinner slices
         marked[..., 5:13],  # an axial crop
+        ndimage.zoom(marked, (0.6, 0.6, 1), order=1),  # in-plane: slices of 58 px, under 64
     ):
         assert wm.detect_volume(changed, 0.0, 1.0).release_id == 2024
     noisy = marked + np.random.default_rng(0).normal(0.0, 0.2, marked.shape).astype(np.float32)

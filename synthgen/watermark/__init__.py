@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -151,13 +152,13 @@ def embed_array(array: np.ndarray, lo: float, hi: float, release_id: int) -> np.
     return _carry_back(array, delta, lo, hi)
 
 
-def _slices(volume: np.ndarray, axis: int) -> np.ndarray:
+def _slices(volume: np.ndarray, axis: int, side: int | None = None) -> np.ndarray:
     if not isinstance(volume, np.ndarray) or volume.ndim != 3:
         raise WatermarkError(f"expected a 3D volume, got shape {np.shape(volume)}")
     if not -3 <= axis < 3:
         raise WatermarkError(f"axis must be -3..2 for a volume, got {axis}")
     slices = np.moveaxis(volume, axis, 0)
-    _check_shape(slices.shape[1:], f"each slice (axis {axis})")
+    _check_shape(slices.shape[1:], f"each slice (axis {axis})", side)
     return slices
 
 
@@ -197,12 +198,15 @@ def _read_tile(r: np.ndarray, release_id: int | None) -> Detection:
     )
 
 
-def _either(r: np.ndarray, tally: list[list[int]] | None, release_id: int | None) -> Detection:
-    """Scheme 2's finding, else scheme 1's (old files) when that finds its mark."""
+def _either(
+    r: np.ndarray, tally: Callable[[], list[list[int]]] | None, release_id: int | None
+) -> Detection:
+    """Scheme 2's finding, else scheme 1's (old files; its votes are counted only then) when
+    that finds its mark."""
     found = _read_tile(r, release_id)
     if found.detected or tally is None:
         return found
-    old = legacy.decide(tally, release_id)
+    old = legacy.decide(tally(), release_id)
     return old if old.detected else found
 
 
@@ -227,12 +231,12 @@ def detect(
     release_id: int | None = None,
 ) -> Detection:
     """Look for the mark in a uint8 image, or in any 2D array through the window it was marked
-    with. Blind, the id is read and must pass its CRC; given the expected `release_id`, the
-    whole expected mark is looked for (the stricter bound)."""
+    with. Blind, the id is read and must pass its CRC; given the expected `release_id`, that
+    release's own chips are looked for (the stricter bound)."""
     view = _window_view(image, lo, hi)
     if release_id is not None:
         release_id = check_release_id(release_id)
-    tally = legacy.votes(view) if legacy.fits(view.shape) else None
+    tally = (lambda: legacy.votes(view)) if legacy.fits(view.shape) else None
     return _either(tile.residual(tile.centre(view)), tally, release_id)
 
 
@@ -248,14 +252,16 @@ def detect_volume(
     lo, hi = _check_window(lo, hi)
     if release_id is not None:
         release_id = check_release_id(release_id)
-    views = [_view(s, lo, hi) for s in _slices(volume, axis)]
+    views = [_view(s, lo, hi) for s in _slices(volume, axis, DETECT_MIN)]
     r = np.mean([tile.residual(tile.centre(v)) for v in views], axis=0)
-    tally = None
-    if legacy.fits(views[0].shape):
-        tally = [[] for _ in range(legacy.PAYLOAD_BITS)]
+
+    def pooled() -> list[list[int]]:
+        tally: list[list[int]] = [[] for _ in range(legacy.PAYLOAD_BITS)]
         for v in views:
             tally = legacy.votes(v, tally)
-    return _either(r, tally, release_id)
+        return tally
+
+    return _either(r, pooled if legacy.fits(views[0].shape) else None, release_id)
 
 
 def _read_pillow(source: Path | io.BytesIO) -> np.ndarray:
