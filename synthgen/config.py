@@ -260,13 +260,6 @@ class ConditioningConfig(StrictModel):
         "over the whole report, whose tokens the denoiser reads side by side (twice the text "
         "tokens)",
     )
-    text_stream_drop: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="two-streams only: P(a training report's sentence-stream tokens become a "
-        "learned null), so the whole-report stream must carry every finding on its own",
-    )
     drop_field: float = Field(0.1, ge=0, le=1, description="P(drop) per field (guidance)")
     drop_all: float = Field(0.0, ge=0, le=1, description="P(drop every field together)")
 
@@ -276,8 +269,6 @@ class ConditioningConfig(StrictModel):
             raise ValueError("text_attention 'sentence-report' needs text_layers >= 2")
         if self.text_attention == "split-heads" and self.text_heads < 2:
             raise ValueError("text_attention 'split-heads' needs text_heads >= 2")
-        if self.text_stream_drop and self.text_attention != "two-streams":
-            raise ValueError("text_stream_drop needs text_attention 'two-streams'")
         return self
 
 

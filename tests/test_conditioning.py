@@ -252,37 +252,6 @@ def test_two_streams_give_the_sentence_view_then_the_whole_report_view():
     assert text_streams(ConditioningConfig(text_attention="sentence-report")) == 1
 
 
-def test_stream_drop_nulls_the_sentence_stream_of_that_share_of_training_reports_only():
-    tok = build_tokenizer(REPORTS + ["left right effusion."], vocab_size=100)
-    period = tok.token_to_id(".")
-
-    def encoder(drop: float) -> SmallTextEncoder:
-        torch.manual_seed(4)
-        return SmallTextEncoder(tok.get_vocab_size(), 16, 16, 2, 4, period, 2, 0, True, drop)
-
-    plain, dropping = encoder(0.0), encoder(0.3)
-    assert dropping.sentence_null is not None and plain.sentence_null is None
-    ids = tokenize(tok, REPORTS * 400, 16)
-    with torch.no_grad():
-        reference = plain.eval()(ids)
-        torch.testing.assert_close(dropping.eval()(ids), reference)  # sampling never drops
-        torch.manual_seed(5)
-        out = dropping.train()(ids)
-    null = dropping.sentence_null.detach().expand(16, -1)
-    dropped = torch.tensor([torch.equal(row, null) for row in out[:, :16]])
-    torch.manual_seed(5)
-    assert torch.equal(dropped, torch.rand(len(ids)) < 0.3)  # one draw per report
-    assert 0.25 < dropped.float().mean().item() < 0.35
-    torch.testing.assert_close(out[~dropped, :16], reference[~dropped, :16])
-    torch.testing.assert_close(out[:, 16:], reference[:, 16:])  # the whole-report stream stays
-    config = ConditioningConfig(fields=("report",), token_dim=16, text_attention="two-streams",
-                                text_stream_drop=0.5)  # fmt: skip
-    enc = ConditionEncoder(field_specs(SCHEMA, config), config, tok.get_vocab_size(), None, period)
-    assert enc.encoders["report"].stream_drop == 0.5
-    with pytest.raises(ValueError, match="text_stream_drop needs text_attention 'two-streams'"):
-        ConditioningConfig(text_attention="sentence-report", text_stream_drop=0.5)
-
-
 def test_local_layers_follow_the_attention_setting():
     assert local_layers(ConditioningConfig(text_layers=3)) == 0
     assert local_layers(ConditioningConfig(text_layers=3, text_attention="sentence")) == 3

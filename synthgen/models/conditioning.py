@@ -167,8 +167,7 @@ class SmallTextEncoder(nn.Module):
     of the report. With `report_stream`, layers of their own read the same embeddings over the
     whole report and their tokens follow the sentence stream's, so the denoiser reads both
     views apart (sentence attention binds sides; whole-report attention generalised negation
-    to new wording). `stream_drop` replaces the sentence stream's tokens of a share of
-    training reports by a learned null, so presence cannot be read from that stream alone."""
+    to new wording)."""
 
     def __init__(
         self,
@@ -181,7 +180,6 @@ class SmallTextEncoder(nn.Module):
         local_layers: int = 0,
         local_heads: int = 0,
         report_stream: bool = False,
-        stream_drop: float = 0.0,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -199,10 +197,6 @@ class SmallTextEncoder(nn.Module):
             else None
         )
         self.report_norm = nn.LayerNorm(dim) if report_stream else None
-        self.stream_drop = stream_drop
-        self.sentence_null = (
-            nn.Parameter(torch.randn(dim) * 0.02) if report_stream and stream_drop else None
-        )
         self.heads = heads
         self.sentence_end = sentence_end
         self.local_layers = local_layers if sentence_end is not None else 0
@@ -238,11 +232,7 @@ class SmallTextEncoder(nn.Module):
         if self.report_layers is None or self.report_norm is None:
             return self.norm(x)
         whole = self.report_norm(self.report_layers(embedded, src_key_padding_mask=pad))
-        sentences = self.norm(x)
-        if self.training and self.sentence_null is not None:
-            dropped = torch.rand(ids.shape[0], device=ids.device) < self.stream_drop
-            sentences = torch.where(dropped[:, None, None], self.sentence_null, sentences)
-        return torch.cat([sentences, whole], dim=1)
+        return torch.cat([self.norm(x), whole], dim=1)
 
 
 # --- field encoders ---------------------------------------------------------------------------
@@ -308,7 +298,6 @@ class ConditionEncoder(nn.Module):
                     local_layers(cfg),
                     local_heads(cfg),
                     text_streams(cfg) == 2,
-                    cfg.text_stream_drop,
                 )
         self.encoders = nn.ModuleDict(encoders)
         self.text_pad = int(getattr(text_module, "pad_id", None) or 0)
