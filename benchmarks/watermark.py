@@ -33,6 +33,7 @@ from scipy import ndimage
 from synthgen import watermark as wm
 from synthgen.data.io import read_image
 from synthgen.data.phantoms import brain3d, chest2d
+from synthgen.data.progress import progress
 from synthgen.pipeline import space
 from synthgen.watermark import code, legacy
 
@@ -307,8 +308,9 @@ def main() -> None:
     tasks += [(s, 256, 8, seed, 1) for s in ("chest2d", "CT_small") for seed in range(references)]
     sizes = (64, 128, 256, 512)
     with Pool(args.workers, initializer=_init) as pool:
-        figures = pool.map(cell, tasks, chunksize=1)
-        false = pool.map(unmarked, [(k, sizes[k % 4]) for k in range(n_unmarked)], chunksize=8)
+        figures = list(progress(pool.imap(cell, tasks), len(tasks), "marked images"))
+        checks = pool.imap(unmarked, [(k, sizes[k % 4]) for k in range(n_unmarked)], chunksize=8)
+        false = list(progress(checks, n_unmarked, "unmarked images"))
         real = real_scans() if scans else []
         false += pool.map(_false, real, chunksize=1)
         volumes = pool.map(volume_cell, range(n_volumes), chunksize=1)

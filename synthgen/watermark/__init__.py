@@ -118,11 +118,7 @@ def _legacy_delta(view: np.ndarray, release_id: int) -> np.ndarray:
 def _reads_back(residuals: list[np.ndarray], release_id: int) -> bool:
     """Whether the untouched mark is read blind at the detector's early bar: an image whose
     own content drowns the tile (pure noise, a saturated export) gets scheme 1 instead."""
-    r = np.mean(residuals, axis=0)
-    early = tile.threshold(BLIND_BUDGET * tile.EARLY, 1)
-    folded = tile.fold(r, 0.0, 1.0)
-    z, offset = tile.peak(folded, tile.SYNC_TILE)
-    found = tile.Alignment(z, early, 0.0, 1.0, offset, folded)
+    found = tile.identity(np.mean(residuals, axis=0), tile.SYNC_TILE, BLIND_BUDGET)
     return found.found and code.release_of(code.decode(tile.soft_bits(found))) == release_id
 
 

@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from synthgen.watermark import code
 
@@ -185,7 +185,7 @@ class Alignment:
 def threshold(budget: float, alignments: int) -> float:
     """The z a best-of-`alignments` fold must reach for P(false alarm) <= budget (Bonferroni
     over every alignment and every tile offset)."""
-    return float(norm.isf(budget / (alignments * TILE * TILE)))
+    return float(-ndtri(budget / (alignments * TILE * TILE)))  # scipy.special: a light import
 
 
 def align(r: np.ndarray, reference: np.ndarray, budget: float) -> Alignment:
@@ -197,13 +197,14 @@ def align(r: np.ndarray, reference: np.ndarray, budget: float) -> Alignment:
     on a finer grid, and its threshold counts every alignment tried (the identity's own share
     included)."""
 
+    first = identity(r, reference, budget)
+    if first.found:
+        return first
+
     def at(angle: float, scale: float) -> tuple[float, float, float]:
         return peak(fold(r, angle, scale), reference)[0], angle, scale
 
-    tried = [at(0.0, 1.0)]
-    early = threshold(budget * EARLY, 1)
-    if tried[0][0] >= early:
-        return _result(r, reference, tried[0], early)
+    tried = [(first.z, 0.0, 1.0)]
     candidates = lattice_candidates(r)
     if min(r.shape) <= SMALL:
         line = np.exp(np.arange(np.log(SCALES[0]), np.log(SCALES[-1]), LINE_STEP))
@@ -216,15 +217,21 @@ def align(r: np.ndarray, reference: np.ndarray, budget: float) -> Alignment:
                 for j in (-1, 0, 1) if i or j]  # fmt: skip
         tried += [at(a, z) for a, z in grid]
         best = max([best, *tried[-len(grid) :]])
-    return _result(r, reference, best, threshold(budget * (1 - EARLY), len(tried)))
+    return _aligned(r, reference, best[1], best[2], threshold(budget * (1 - EARLY), len(tried)))
 
 
-def _result(
-    r: np.ndarray, reference: np.ndarray, best: tuple[float, float, float], bar: float
+def identity(r: np.ndarray, reference: np.ndarray, budget: float) -> Alignment:
+    """The untouched geometry against the early bar (`EARLY` times the budget, one alignment):
+    what `align` tries first, and what embedding checks its own mark with."""
+    return _aligned(r, reference, 0.0, 1.0, threshold(budget * EARLY, 1))
+
+
+def _aligned(
+    r: np.ndarray, reference: np.ndarray, angle: float, scale: float, bar: float
 ) -> Alignment:
-    folded = fold(r, best[1], best[2])
+    folded = fold(r, angle, scale)
     z, offset = peak(folded, reference)
-    return Alignment(z, bar, best[1], best[2], offset, folded)
+    return Alignment(z, bar, angle, scale, offset, folded)
 
 
 def soft_bits(alignment: Alignment) -> np.ndarray:
