@@ -217,14 +217,6 @@ def main() -> None:
         help="training phantoms' prevalence, repeatable [nodule=0.5 and effusion=0.5: the asked "
         "cases' own]",
     )
-    parser.add_argument(
-        "--train-indication",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="share of training reports with an indication naming a random finding (a lever; "
-        "the asked cases keep none) [0]",
-    )
     parser.add_argument("--threads", type=int, help="torch threads [2; --tiny 1]")
     parser.add_argument("--out", type=Path, help="work folder (kept) [default: a temp folder]")
     parser.add_argument("--quick", action="store_true", help="1-minute models, one seed")
@@ -242,8 +234,7 @@ def main() -> None:
     common = {"kind": "chest2d", "size": 32, "min_nodule_px": 1.5}
     prevalence = {**ASKED_PREVALENCE, **parse_assignments(args.train_prevalence,
                                                           "--train-prevalence")}  # fmt: skip
-    trained_on = PhantomConfig(**common, n=args.n_train, seed=0, prevalence=prevalence,
-                               report_indication=args.train_indication)  # fmt: skip
+    trained_on = PhantomConfig(**common, n=args.n_train, seed=0, prevalence=prevalence)
     train_manifest = generate_phantoms(trained_on, root / "train", show_progress=False)
     asked = PhantomConfig(**common, n=args.n_eval, seed=1, report_phrasing="heldout",
                           prevalence=ASKED_PREVALENCE)  # fmt: skip

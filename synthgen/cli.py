@@ -126,15 +126,6 @@ def phantoms(
             "structures train never uses (an evaluation set for text conditioning)"
         ),
     ] = ReportPhrasing.train,
-    report_indication: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            help="chest2d: share of reports that open with an indication ('Indication: evaluate "
-            "for nodule.') naming a finding drawn regardless of the case",
-        ),
-    ] = 0.0,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Write a ground-truth phantom dataset: images, masks, manifest.csv, schema.yaml, README.md."""
@@ -160,7 +151,6 @@ def phantoms(
             "min_nodule_px": min_nodule_px,
             "write_clean": write_clean,
             "report_phrasing": report_phrasing.value,
-            "report_indication": report_indication,
         },
         "phantoms",
     )

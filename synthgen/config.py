@@ -47,13 +47,6 @@ class PhantomConfig(StrictModel):
         description="chest2d: the report wordings; heldout: sentence structures never used in "
         "train reports, for measuring text conditioning on new wording",
     )
-    report_indication: float = Field(
-        0.0,
-        ge=0.0,
-        le=1.0,
-        description="chest2d: share of reports with an indication naming a finding drawn "
-        "regardless of the case",
-    )
 
 
 AXIS_PAIRS = ("LR", "PA", "IS")

@@ -43,15 +43,14 @@ def phantom_options(cfg: PhantomConfig) -> tuple[ModuleType, object]:
         kwargs["size"] = cfg.size
     if cfg.kind == "chest2d":
         kwargs.update(shortcut=cfg.shortcut, hidden_stratum=cfg.hidden_stratum,
-                      report_phrasing=cfg.report_phrasing,
-                      report_indication=cfg.report_indication)  # fmt: skip
+                      report_phrasing=cfg.report_phrasing)  # fmt: skip
         if cfg.min_nodule_px is not None:
             kwargs["min_nodule_px"] = cfg.min_nodule_px
     elif (cfg.shortcut is not None or cfg.hidden_stratum or cfg.min_nodule_px is not None
-          or cfg.report_phrasing != "train" or cfg.report_indication):  # fmt: skip
+          or cfg.report_phrasing != "train"):  # fmt: skip
         raise InputError(
-            "phantoms: --shortcut, --hidden-stratum, --min-nodule-px, --report-phrasing and "
-            "--report-indication apply to chest2d only"
+            "phantoms: --shortcut, --hidden-stratum, --min-nodule-px and --report-phrasing "
+            "apply to chest2d only"
         )
     try:
         return module, options_cls(**kwargs)

@@ -83,11 +83,9 @@ class ChestOptions:
     prevalence: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PREVALENCE))
     min_nodule_px: float = MIN_RADIUS_PX
     report_phrasing: str = "train"
-    report_indication: float = 0.0
 
     def __post_init__(self) -> None:
         check_size("ChestOptions.size", self.size, SIZE_RANGE)
-        check_probability("ChestOptions.report_indication", self.report_indication)
         if self.report_phrasing not in reports.PHRASINGS:
             raise ValueError(f"ChestOptions.report_phrasing must be one of {reports.PHRASINGS}")
         if self.shortcut is not None:
@@ -137,7 +135,6 @@ class ChestCase:
     effusion: Effusion | None
     noise_seed: int
     report_phrasing: str = "train"
-    report_indication: float = 0.0
 
 
 def sample(rng: np.random.Generator, opts: ChestOptions) -> Phantom:
@@ -169,7 +166,6 @@ def draw_case(rng: np.random.Generator, opts: ChestOptions) -> ChestCase:
         effusion=effusion,
         noise_seed=int(rng.integers(np.iinfo(np.int64).max)),
         report_phrasing=opts.report_phrasing,
-        report_indication=opts.report_indication,
     )
 
 
@@ -426,8 +422,7 @@ def report_sentences(case: ChestCase) -> list[reports.Sentence]:
         "effusion": None if case.effusion is None else (case.effusion.side, case.effusion.size),
     }
     rng = np.random.default_rng([case.noise_seed, REPORT_STREAM])
-    return reports.report_sentences(rng, case.age, case.sex, findings, case.report_phrasing,
-                                    case.report_indication)  # fmt: skip
+    return reports.report_sentences(rng, case.age, case.sex, findings, case.report_phrasing)
 
 
 def _rules() -> str:

@@ -1,13 +1,12 @@
 """Radiology-style report prose for the chest2d phantom, true to each drawn case.
 
-A report is a demographic sentence, optionally an indication (a finding asked about, drawn
-regardless of the case, as real requests name what to rule out), then in shuffled order: one
-sentence per finding present (side and size), negations of findings absent (alone or as lists),
-a normal-study statement when nothing is present, and distractors (heart, bones, comparison,
-technique). Every sentence comes from a phrase family whose wordings are split in two: `train`
-wordings make the training reports, `heldout` wordings (other sentence structures over the same
-words) make evaluation reports, so a text encoder is measured on phrasings it has never seen.
-Each sentence carries its claims, which tests check against the case.
+A report is a demographic sentence, then in shuffled order: one sentence per finding present
+(side and size), negations of findings absent (alone or as lists), a normal-study statement when
+nothing is present, and distractors (heart, bones, comparison, technique). Every sentence comes
+from a phrase family whose wordings are split in two: `train` wordings make the training
+reports, `heldout` wordings (other sentence structures over the same words) make evaluation
+reports, so a text encoder is measured on phrasings it has never seen. Each sentence carries
+its claims, which tests check against the case.
 """
 
 from __future__ import annotations
@@ -81,11 +80,6 @@ DISTRACTOR = {
         "no comparison.",
     ),
 }
-# The finding an indication names is drawn apart from the case: a question, it asserts nothing.
-INDICATION = {
-    "train": ("indication: evaluate for {a}.", "history: {a}?", "clinical question: {a}."),
-    "heldout": ("clinical history: {a}.", "evaluate for {a}?"),
-}
 DEMOGRAPHIC = {"train": "{age}-year-old {sex}.", "heldout": "{sex}, {age}-year-old."}
 
 
@@ -105,11 +99,9 @@ def report_sentences(
     sex: str,
     findings: dict[str, tuple[str, str] | None],
     phrasing: str,
-    indication: float = 0.0,
 ) -> list[Sentence]:
     """The report of one case as sentences; `findings` maps nodule/effusion to (side, size
-    class) or None; `indication` is the chance of an indication sentence. All randomness comes
-    from `rng` (with `indication` 0 it draws exactly what it drew before indications existed)."""
+    class) or None. All randomness comes from `rng`."""
     if phrasing not in PHRASINGS:
         raise ValueError(f"report phrasing must be one of {PHRASINGS}, got {phrasing!r}")
 
@@ -134,11 +126,8 @@ def report_sentences(
         body.append(Sentence(_capital(DISTRACTOR[phrasing][k])))
     order = rng.permutation(len(body))
     sex_word = "male" if sex == "M" else "female"
-    head = [Sentence(_capital(DEMOGRAPHIC[phrasing].format(age=age, sex=sex_word)))]
-    if indication and rng.random() < indication:
-        asked = pick(("pneumothorax", *findings))
-        head.append(Sentence(_capital(pick(INDICATION[phrasing]).format(a=_name(rng, asked)))))
-    return [*head, *(body[k] for k in order)]
+    first = DEMOGRAPHIC[phrasing].format(age=age, sex=sex_word)
+    return [Sentence(_capital(first)), *(body[k] for k in order)]
 
 
 def _negations(rng: np.random.Generator, absent: list[str], phrasing: str) -> list[Sentence]:
@@ -173,17 +162,13 @@ def report(sentences: list[Sentence]) -> str:
 
 RULES = """\
 **Reports.** Each case's `report` is prose true to the case: a demographic sentence, then in
-shuffled order one sentence per finding present (its side, the patient's, and a size word of its
-class: nodule small = small/tiny or 4-9 mm, large = large/sizeable or 15-30 mm; effusion small =
-small/trace, large = large/moderate to large), each absent finding negated once (alone or in a
-list; pneumothorax, never drawn, is negated in most reports), "lungs are clear"-type statements
-only when nothing is present, and up to two distractor sentences (heart, bones, comparison,
-technique). With `report_indication: P`, a share P of reports also carry an indication after the
-demographic sentence ("Indication: evaluate for nodule."), naming a finding drawn uniformly from
-pneumothorax, nodule and effusion regardless of the case: a question asserts nothing, so a
-finding's bare name says nothing about its presence. The wordings of every family are split:
-`report_phrasing: train` (default) uses one set, `heldout` another set of sentence structures
-over the same words, so generalisation to new wording is measured, not memorised. The wording
-draws use their own generator (from the case's noise seed), so the phrasing never changes an
-image.
+shuffled order one sentence per finding present (its side, the patient's, and a size word of
+its class: nodule small = small/tiny or 4-9 mm, large = large/sizeable or 15-30 mm; effusion
+small = small/trace, large = large/moderate to large), each absent finding negated once (alone
+or in a list; pneumothorax, never drawn, is negated in most reports), "lungs are clear"-type
+statements only when nothing is present, and up to two distractor sentences (heart, bones,
+comparison, technique). The wordings of every family are split: `report_phrasing: train`
+(default) uses one set, `heldout` another set of sentence structures over the same words, so
+generalisation to new wording is measured, not memorised. The wording draws use their own
+generator (from the case's noise seed), so the phrasing never changes an image.
 """
