@@ -249,7 +249,7 @@ class ConditioningConfig(StrictModel):
     text_layers: int = Field(2, ge=1)
     text_heads: int = Field(4, ge=1)
     text_attention: Literal[
-        "report", "sentence", "sentence-report", "split-heads", "two-streams", "distance"
+        "report", "sentence", "sentence-report", "split-heads", "two-streams"
     ] = Field(
         "report",
         description="what each word of the small text encoder attends to: the whole report; "
@@ -258,9 +258,7 @@ class ConditioningConfig(StrictModel):
         "whole report; in every layer, its sentence with half the heads and the whole "
         "report with the other half; or two streams of layers, one within sentences and one "
         "over the whole report, whose tokens the denoiser reads side by side (twice the text "
-        "tokens); or the whole report with each head's scores lowered in proportion to the "
-        "distance between words, steeply in the first head and barely in the last (ALiBi "
-        "slopes 1, 1/4, 1/16, ...), so near words bind without cutting sentences apart",
+        "tokens)",
     )
     drop_field: float = Field(0.1, ge=0, le=1, description="P(drop) per field (guidance)")
     drop_all: float = Field(0.0, ge=0, le=1, description="P(drop every field together)")

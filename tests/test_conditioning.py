@@ -252,39 +252,6 @@ def test_two_streams_give_the_sentence_view_then_the_whole_report_view():
     assert text_streams(ConditioningConfig(text_attention="sentence-report")) == 1
 
 
-def test_distance_attention_is_whole_report_attention_less_slope_times_distance():
-    tok = build_tokenizer(REPORTS + ["left right effusion."], vocab_size=100)
-
-    def encoder(distance: bool) -> SmallTextEncoder:
-        torch.manual_seed(4)
-        period = tok.token_to_id(".")
-        return SmallTextEncoder(tok.get_vocab_size(), 16, 16, 2, 4, period, distance=distance)
-
-    near, report = encoder(True).eval(), encoder(False).eval()
-    ids = tokenize(tok, ["left effusion. large nodule.", ""], 16)
-    pad = ids == 0
-    bias = near.distance_bias(pad).view(2, 4, 16, 16)
-    filled = int((~pad[0]).sum())
-    for head, slope in enumerate((1.0, 0.25, 1 / 16, 1 / 64)):
-        assert bias[0, head, 2, 0] == -2 * slope and bias[0, head, 0, filled - 1] == -(
-            filled - 1
-        ) * slope
-    assert torch.isinf(bias[0, :, 0, filled:]).all() and torch.isinf(bias[1, :, 0, 1:]).all()
-    assert torch.isfinite(bias.diagonal(dim1=-2, dim2=-1)).all()  # every word sees itself
-    with torch.no_grad():
-        a = tokenize(tok, ["left effusion. large nodule."], 16)
-        assert not torch.allclose(near(a), report(a))
-        torch.testing.assert_close(near(a)[0, :filled], near(tokenize(tok, [
-            "left effusion. large nodule."], 8))[0, :filled])  # fmt: skip
-        with torch.enable_grad():
-            trained = near.train()(a).detach()
-        torch.testing.assert_close(near.eval()(a), trained)  # sampling reads what training read
-        near.slopes.zero_()  # no slope: the whole-report encoder on every word
-        torch.testing.assert_close(near(a)[0, :filled], report(a)[0, :filled])
-        assert torch.isfinite(near(ids)).all()
-    assert local_layers(ConditioningConfig(text_attention="distance")) == 0
-
-
 def test_local_layers_follow_the_attention_setting():
     assert local_layers(ConditioningConfig(text_layers=3)) == 0
     assert local_layers(ConditioningConfig(text_layers=3, text_attention="sentence")) == 3

@@ -138,7 +138,7 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> torch.Ten
 
 def local_layers(cfg: ConditioningConfig) -> int:
     """How many of the text encoder's first layers attend within sentences only."""
-    if cfg.text_attention in ("report", "split-heads", "distance"):
+    if cfg.text_attention in ("report", "split-heads"):
         return 0
     return cfg.text_layers - (cfg.text_attention == "sentence-report")
 
@@ -153,13 +153,6 @@ def local_heads(cfg: ConditioningConfig) -> int:
     """How many heads of every other layer attend within sentences only (the rest read the
     whole report)."""
     return cfg.text_heads // 2 if cfg.text_attention == "split-heads" else 0
-
-
-def _relu(x: torch.Tensor) -> torch.Tensor:
-    """ReLU that PyTorch's inference fast path does not recognise, so the layer keeps its exact
-    path: the fast path misreads a per-head float mask (torch 2.13: outputs 1.2 off the
-    training path's, so a model sampled with text it never saw)."""
-    return torch.relu(x)
 
 
 class SmallTextEncoder(nn.Module):
@@ -187,7 +180,6 @@ class SmallTextEncoder(nn.Module):
         local_layers: int = 0,
         local_heads: int = 0,
         report_stream: bool = False,
-        distance: bool = False,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -195,13 +187,7 @@ class SmallTextEncoder(nn.Module):
         self.embed = nn.Embedding(vocab, dim, padding_idx=0)
         self.position = nn.Parameter(torch.randn(max_tokens, dim) * 0.02)
         layer = nn.TransformerEncoderLayer(
-            dim,
-            heads,
-            4 * dim,
-            dropout=0.0,
-            activation=_relu if distance else "relu",
-            batch_first=True,
-            norm_first=True,
+            dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True
         )
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
@@ -215,9 +201,6 @@ class SmallTextEncoder(nn.Module):
         self.sentence_end = sentence_end
         self.local_layers = local_layers if sentence_end is not None else 0
         self.local_heads = local_heads if sentence_end is not None else 0
-        # ALiBi's geometric slopes (Press et al. 2022), steeper: head h loses 4^-h per word.
-        slopes = 4.0 ** -torch.arange(heads, dtype=torch.float32)
-        self.register_buffer("slopes", slopes if distance else None, persistent=False)
 
     def sentence_blocked(self, ids: torch.Tensor, pad: torch.Tensor, local: int) -> torch.Tensor:
         """(N * heads, L, L) True where query i may not attend to key j: padding keys, and for
@@ -231,26 +214,10 @@ class SmallTextEncoder(nn.Module):
         per_head = [within] * local + [report] * (self.heads - local)
         return torch.stack(per_head, dim=1).flatten(0, 1)
 
-    def distance_bias(self, pad: torch.Tensor) -> torch.Tensor:
-        """(N * heads, L, L) additive scores: -slope · |i - j| per head, -inf at padding keys
-        (each word may still attend to itself)."""
-        n, length = pad.shape
-        position = torch.arange(length, device=pad.device, dtype=torch.float32)
-        distance = (position[:, None] - position[None, :]).abs()
-        bias = -self.slopes[:, None, None] * distance  # (heads, L, L)
-        own = ~torch.eye(length, dtype=torch.bool, device=pad.device)
-        blocked = (pad[:, None, :] & own)[:, None]  # (N, 1, L, L)
-        return bias.expand(n, -1, -1, -1).masked_fill(blocked, float("-inf")).flatten(0, 1)
-
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         embedded = self.embed(ids) + self.position[: ids.shape[1]]
         x = embedded
         pad = ids == 0
-        if self.slopes is not None:
-            bias = self.distance_bias(pad)
-            for layer in self.layers.layers:
-                x = layer(x, src_mask=bias)
-            return self.norm(x)
         local = self.sentence_blocked(ids, pad, self.heads) if self.local_layers else None
         mixed = self.sentence_blocked(ids, pad, self.local_heads) if self.local_heads else None
         # A row of pure padding would mask every key; let it attend to its own padding instead.
@@ -331,7 +298,6 @@ class ConditionEncoder(nn.Module):
                     local_layers(cfg),
                     local_heads(cfg),
                     text_streams(cfg) == 2,
-                    cfg.text_attention == "distance",
                 )
         self.encoders = nn.ModuleDict(encoders)
         self.text_pad = int(getattr(text_module, "pad_id", None) or 0)
