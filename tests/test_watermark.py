@@ -87,9 +87,23 @@ def test_tile_is_periodic_balanced_and_at_the_set_strength():
     assert np.array_equal(mark[:, : 150 - tile.TILE], mark[:, tile.TILE :])
     one = tile.tile(0x12345678)
     assert abs(one.mean()) < 0.1 and np.sqrt((one**2).mean()) == pytest.approx(1.0, abs=0.02)
-    other = tile.tile(0x12345679)
-    assert np.corrcoef(one.ravel() - tile.ALPHA * tile.SYNC_TILE.ravel(),
-                       other.ravel() - tile.ALPHA * tile.SYNC_TILE.ravel())[0, 1] < 0.8  # fmt: skip
+    mine, other = tile.payload_tile(0x12345678), tile.payload_tile(0x12345679)
+    assert np.corrcoef(mine.ravel(), other.ravel())[0, 1] < 0.8
+    # Blurred chips: less of the mark at the finest frequencies than sharp chips would have.
+    spectrum = np.abs(np.fft.fft2(one)) ** 2
+    fine = np.hypot(*np.meshgrid(np.fft.fftfreq(tile.TILE), np.fft.fftfreq(tile.TILE))) > 0.35
+    assert spectrum[fine].sum() / spectrum.sum() < 0.1  # sharp 2-px chips: 0.15
+
+
+def test_the_readout_is_matched_to_the_blurred_chips():
+    for release in (0, 0x12345678, 0xFFFFFFFF):
+        coded = code.encode(code.message(release))
+        pure = tile.pattern((3 * tile.TILE, 3 * tile.TILE), release)
+        found = tile.identity(tile.residual(pure), tile.SYNC_TILE, wm.BLIND_BUDGET)
+        assert found.found and found.offset == (0, 0)
+        soft = tile.soft_bits(found)
+        assert np.array_equal(soft > 0, coded.astype(bool))  # every coded bit, no errors
+        assert np.abs(soft).min() > 0.2 * np.abs(soft).mean()
 
 
 @pytest.mark.parametrize("seed", [0, 1])
