@@ -1,8 +1,9 @@
 """Scheme 2: a periodic spread-spectrum tile that finds its own geometry.
 
 The mark is one 64×64 px tile repeated over the image: 32×32 chips of 2×2 px, each chip
-`ALPHA·sync + BETA·key·(±1 coded bit)`, added at `AMP` gray levels (rms, 8-bit view). The sync
-part is the same for every release; the rest carries the coded release id (`code.py`).
+`ALPHA·sync + BETA·key·(±1 coded bit)`, blurred by `BLUR` px and added at `AMP` gray levels
+(rms, 8-bit view). The sync part is the same for every release; the rest carries the coded
+release id (`code.py`).
 
 Detection undoes what happened to the image: a crop only moves the tile (found by circular
 correlation of the folded tile with the sync), a rotation or resize turns and scales the tile's
@@ -58,8 +59,7 @@ SYNC, KEY, LAYOUT = _key()
 
 def _pixels(chips: np.ndarray) -> np.ndarray:
     """Chips as the pixels of one tile, blurred across the tile's periodic edges."""
-    out = np.kron(chips, np.ones((CHIP_PX, CHIP_PX)))
-    return ndimage.gaussian_filter(out, BLUR, mode="wrap") if BLUR else out
+    return ndimage.gaussian_filter(np.kron(chips, np.ones((CHIP_PX, CHIP_PX))), BLUR, mode="wrap")
 
 
 def _highpass(t: np.ndarray) -> np.ndarray:
