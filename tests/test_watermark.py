@@ -123,7 +123,7 @@ def test_alignment_recovers_rotation_and_scale():
     marked = wm.embed(gray8(4, (320, 320)), 31)
     for degrees, factor in ((3.0, 1.0), (0.0, 0.75), (-4.0, 1.5)):
         attacked = rotated(resized(marked, factor), degrees)
-        found = tile.align(tile.residual(attacked), tile.SYNC_TILE, wm.BLIND_BUDGET)
+        found = tile.align(tile.residual(attacked), tile.SYNC_TILE, wm.BLIND_BUDGET)[0]
         assert found.found
         assert np.rad2deg(found.angle) == pytest.approx(degrees, abs=0.3)
         assert found.scale == pytest.approx(factor, rel=0.01)

@@ -38,11 +38,20 @@ KEY_SEED = 0xC5A3  # the synthgen tag: the sync, the chip key and the bit layout
 WINDOW = 512  # detection reads at most this centred square: a crop leaves the mark whole
 SMALL = 160  # at or under this side, every scale and every angle are tried too (the lattice
 # has two periods at most)
+PERIODS = 2.5  # every scale at which the image holds at most this many tile periods a side is
+# tried too: its autocorrelation has too few lattice points to rank it (a 128 px image
+# enlarged 2x)
+WHITEN = 9  # bins: the residual's power spectrum is divided by its local mean before the
+# autocorrelation, so the tile's spectral lines, not the anatomy's or JPEG's broad correlation,
+# make its peaks
 ANGLES = np.deg2rad(np.arange(-6.0, 6.01, 0.5))
 SCALES = np.exp(np.linspace(np.log(0.45), np.log(2.3), 120))
 LINE_STEP = 0.006  # log-scale step of the exhaustive scale line for small images
 TOP = 4  # lattice candidates folded besides the identity
-EARLY = 1e-3  # the identity's share of the false-alarm budget when it stops the search early
+IDENTITY_SHARE = 0.5  # of the false-alarm budget, for the untouched geometry (what JPEG, noise,
+# gamma and crops leave); every other alignment tried shares the rest (weighted Bonferroni)
+EARLY = 1e-3  # the identity stops the search only at a bar this share of the budget sets
+READS = 4  # alignments past their bars whose bits are read, best margin first
 REFINE = ((np.deg2rad(0.25), 0.01), (np.deg2rad(0.1), 0.004))  # (angle, scale) steps, 3×3 each
 
 
@@ -141,11 +150,16 @@ def peak(folded: np.ndarray, reference: np.ndarray) -> tuple[float, tuple[int, i
 
 
 def autocorrelation(r: np.ndarray) -> np.ndarray:
-    """Linear (zero-padded) autocorrelation per overlapping pixel, 1 at lag 0."""
+    """Linear (zero-padded) autocorrelation of the whitened residual per overlapping pixel, 1
+    at lag 0. Whitening (each frequency's power over its `WHITEN`-bin neighbourhood's) leaves
+    the tile's periodic lines standing: without it a smooth radiograph after 0.75x and JPEG 75
+    put spurious lattices first in 4 of 20 images, with it the true one first in 80 of 80."""
     h, w = r.shape
     size = (2 * h, 2 * w)
-    spectrum = np.fft.rfft2(r - r.mean(), s=size)
-    acf = np.fft.irfft2(np.abs(spectrum) ** 2, s=size)
+    power = np.abs(np.fft.rfft2(r - r.mean(), s=size)) ** 2
+    local = ndimage.uniform_filter(power, WHITEN, mode="wrap")
+    white = np.divide(power, local, out=np.zeros_like(power), where=local > 0)
+    acf = np.fft.irfft2(white, s=size)
     if acf[0, 0] <= 0:  # a flat residual: no lattice to find
         return np.zeros_like(acf)
     overlap = np.fft.irfft2(np.abs(np.fft.rfft2(np.ones_like(r), s=size)) ** 2, s=size)
@@ -182,7 +196,7 @@ def lattice_candidates(r: np.ndarray, top: int = TOP) -> list[tuple[float, float
         if len(chosen) == top or not np.isfinite(score[k]):
             break
         a, z = float(angle[k]), float(scale[k])
-        if all(abs(a - a0) > np.deg2rad(1.0) or abs(np.log(z / z0)) > 0.04 for a0, z0 in chosen):
+        if all(not _near(a, z, a0, z0) for a0, z0 in chosen):
             chosen.append((a, z))
     return chosen
 
@@ -209,36 +223,57 @@ def threshold(budget: float, alignments: int) -> float:
     return float(-ndtri(budget / (alignments * TILE * TILE)))  # scipy.special: a light import
 
 
-def align(r: np.ndarray, reference: np.ndarray, budget: float) -> Alignment:
-    """Find the geometry under which `r` folds onto `reference`.
+def align(r: np.ndarray, reference: np.ndarray, budget: float) -> list[Alignment]:
+    """The geometries under which `r` may fold onto `reference`: those past their bars, best
+    margin first (at most `READS`), or the best one alone (not found) when none is.
 
     The identity is tried first: an untouched or cropped image needs nothing more when its
-    peak clears a bar `EARLY` times stricter than the budget. Otherwise the lattice candidates
-    (and, for small images, every scale and every angle) are folded too, the best is refined
-    on a finer grid, and its threshold counts every alignment tried (the identity's own share
-    included)."""
+    peak clears a bar `EARLY` times the budget. Otherwise the lattice candidates (and every
+    scale at which the image holds few periods; for small images every scale and angle) are
+    folded too and the best refined on a finer grid. The identity is judged against
+    `IDENTITY_SHARE` of the budget and the other alignments share the rest, each bar counting
+    every alignment of its share, so the false-alarm rate stays within the budget; several
+    may pass (a chance peak of the identity beside the true rescaled lattice), so the caller
+    reads each in turn."""
 
     first = identity(r, reference, budget)
     if first.found:
-        return first
+        return [first]
 
     def at(angle: float, scale: float) -> tuple[float, float, float]:
         return peak(fold(r, angle, scale), reference)[0], angle, scale
 
-    tried = [(first.z, 0.0, 1.0)]
+    line = np.exp(np.arange(np.log(SCALES[0]), np.log(SCALES[-1]), LINE_STEP))
     candidates = lattice_candidates(r)
     if min(r.shape) <= SMALL:
-        line = np.exp(np.arange(np.log(SCALES[0]), np.log(SCALES[-1]), LINE_STEP))
         candidates += [(0.0, float(z)) for z in line]
         candidates += [(float(a), 1.0) for a in np.deg2rad(np.arange(-6.0, 6.01, 0.25)) if a]
-    tried += [at(a, z) for a, z in candidates]
-    best = max(tried)
+    else:
+        candidates += [(0.0, float(z)) for z in line if min(r.shape) <= PERIODS * TILE * z]
+    tried = [at(a, z) for a, z in candidates]
+    best = max([(first.z, 0.0, 1.0), *tried])
     for angle_step, scale_step in REFINE:
         grid = [(best[1] + i * angle_step, best[2] * (1 + j * scale_step)) for i in (-1, 0, 1)
                 for j in (-1, 0, 1) if i or j]  # fmt: skip
         tried += [at(a, z) for a, z in grid]
         best = max([best, *tried[-len(grid) :]])
-    return _aligned(r, reference, best[1], best[2], threshold(budget * (1 - EARLY), len(tried)))
+    bar = threshold(budget * (1 - IDENTITY_SHARE), len(tried))
+    own = _aligned(r, reference, 0.0, 1.0, threshold(budget * IDENTITY_SHARE, 1))
+    scored = [(own.z - own.threshold, own.angle, own.scale, own.threshold)]
+    scored += [(z - bar, a, s, bar) for z, a, s in tried]
+    scored.sort(key=lambda t: -t[0])
+    passed: list[tuple[float, float, float, float]] = []
+    for t in scored:
+        if len(passed) == READS or t[0] < 0:
+            break
+        if all(not _near(t[1], t[2], p[1], p[2]) for p in passed):
+            passed.append(t)
+    return [_aligned(r, reference, a, s, b) for _, a, s, b in passed or scored[:1]]
+
+
+def _near(angle: float, scale: float, angle0: float, scale0: float) -> bool:
+    """Within 1° and 4 % of each other: one lattice, not two."""
+    return abs(angle - angle0) <= np.deg2rad(1.0) and abs(np.log(scale / scale0)) <= 0.04
 
 
 def identity(r: np.ndarray, reference: np.ndarray, budget: float) -> Alignment:
