@@ -43,6 +43,20 @@ def ct128() -> np.ndarray:
     return np.round(np.clip((pixels - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
+def radiograph(seed: int, size: int = 256) -> np.ndarray:
+    """A seeded square of 60-100 % of pydicom-data's chest radiograph, resized to `size`²:
+    smooth, so JPEG leaves little of a mark's fine detail."""
+    pixels = read_image(shipped_dicom("RG3_UNCR.dcm")).array.astype(np.float32)
+    lo, hi = np.percentile(pixels, [0.5, 99.5])
+    rng = np.random.default_rng(seed)
+    side = int(min(pixels.shape) * rng.uniform(0.6, 1.0))
+    top, left = (int(rng.integers(0, n - side + 1)) for n in pixels.shape)
+    square = np.clip((pixels[top : top + side, left : left + side] - lo) / (hi - lo), 0, 1)
+    return np.round(cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA) * 255).astype(
+        np.uint8
+    )
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float(10 * np.log10(255.0**2 / mse))
@@ -79,6 +93,33 @@ def test_code_corrects_errors_and_its_crc_tells_a_wrong_id():
     wrong = [code.release_of(rng.integers(0, 2, code.MESSAGE_BITS)) for _ in range(2000)]
     assert sum(w is not None for w in wrong) <= 1  # CRC-16: 1 in 65,536 by chance
     assert code.release_of(code.message(7) ^ np.eye(code.MESSAGE_BITS, dtype=np.uint8)[3]) is None
+
+
+def test_list_decoding_keeps_the_best_paths_and_recovers_ids_viterbi_misses():
+    rng = np.random.default_rng(1)
+
+    def score(bits: np.ndarray, soft: np.ndarray) -> float:
+        return float(((2.0 * code.encode(bits) - 1.0) * soft).sum())
+
+    best_only = listed = wrong = 0
+    for _ in range(150):
+        release = int(rng.integers(0, 2**32))
+        soft = 2.0 * code.encode(code.message(release)) - 1.0 + rng.normal(0, 1.1, code.CODED_BITS)
+        found = code.decode_list(soft, 16)
+        scores = [score(m, soft) for m in found]
+        assert len(found) == 16 and len({m.tobytes() for m in found}) == 16
+        assert np.array_equal(found[0], code.decode(soft))
+        assert all(a >= b - 1e-9 for a, b in zip(scores, scores[1:], strict=False))
+        # no message one bit away from the best, left off the list, beats the last kept
+        kept = {m.tobytes() for m in found}
+        for k in range(code.MESSAGE_BITS):
+            other = found[0] ^ np.eye(code.MESSAGE_BITS, dtype=np.uint8)[k]
+            assert other.tobytes() in kept or score(other, soft) <= scores[-1] + 1e-9
+        best_only += code.release_of(found[0]) == release
+        passing = [code.release_of(m) for m in found if code.release_of(m) is not None]
+        listed += bool(passing) and passing[0] == release
+        wrong += bool(passing) and passing[0] != release
+    assert listed >= best_only + 20 and wrong <= 1  # ~18 % raw bit errors
 
 
 def test_tile_is_periodic_balanced_and_at_the_set_strength():
@@ -123,7 +164,7 @@ def test_alignment_recovers_rotation_and_scale():
     marked = wm.embed(gray8(4, (320, 320)), 31)
     for degrees, factor in ((3.0, 1.0), (0.0, 0.75), (-4.0, 1.5)):
         attacked = rotated(resized(marked, factor), degrees)
-        found = tile.align(tile.residual(attacked), tile.SYNC_TILE, wm.BLIND_BUDGET)[0]
+        found = next(tile.alignments(tile.residual(attacked), tile.SYNC_TILE, wm.BLIND_BUDGET))
         assert found.found
         assert np.rad2deg(found.angle) == pytest.approx(degrees, abs=0.3)
         assert found.scale == pytest.approx(factor, rel=0.01)
@@ -160,6 +201,42 @@ def test_resize_then_jpeg_keeps_the_id_at_256():
         release = wm.release_id_from(f"pair-{k}")
         attacked = jpeg(resized(wm.embed(image, release), 0.75), 75)
         assert wm.detect(attacked).release_id == release, k
+
+
+def test_whitened_autocorrelation_ranks_the_true_lattice_first():
+    """A smooth radiograph shrunk to 0.75x and saved as JPEG 75: the anatomy's and JPEG's broad
+    correlation outranked the tile's lattice before whitening (not among the 4 candidates)."""
+    for seed in range(6):
+        release = wm.release_id_from(f"lattice-{seed}")
+        attacked = jpeg(resized(wm.embed(radiograph(seed), release), 0.75), 75)
+        angle, scale = tile.lattice_candidates(tile.residual(attacked))[0]
+        assert abs(np.rad2deg(angle)) <= 0.5 and scale == pytest.approx(0.75, rel=0.02), seed
+        assert wm.detect(attacked).release_id == release, seed
+
+
+@pytest.mark.parametrize("seed", [3, 9])
+def test_identity_gets_half_the_budget_and_the_rest_is_shared(seed):
+    """A crop of a 128 px phantom: ~3 tiles of residual, whose identity peak clears half the
+    budget but not the early bar (nor, before, the bar of ~300 alignments at one share each)."""
+    from scipy.stats import norm
+
+    release = wm.release_id_from(f"crop-{seed}")
+    cropped = wm.embed(chest(seed, 128), release)[9:123, 5:119]
+    (found,) = tile.alignments(tile.residual(cropped), tile.SYNC_TILE, wm.BLIND_BUDGET)
+    lenient = tile.threshold(wm.BLIND_BUDGET * tile.IDENTITY_SHARE, 1)
+    assert norm.sf(lenient) * tile.TILE**2 == pytest.approx(0.1, rel=1e-6)
+    assert (found.angle, found.scale, found.threshold) == (0.0, 1.0, lenient)
+    assert lenient <= found.z < tile.threshold(wm.BLIND_BUDGET * tile.EARLY, 1)
+    assert wm.detect(cropped).release_id == release
+
+
+@pytest.mark.parametrize("seed", [1, 4, 11, 14])
+def test_an_enlarged_small_image_is_searched_at_every_few_period_scale(seed):
+    """A 128 px phantom enlarged 2x holds two tile periods a side: too few autocorrelation
+    lattice points to rank that scale, so it is folded whatever the lattice says."""
+    release = wm.release_id_from(f"twice-{seed}")
+    attacked = resized(wm.embed(chest(seed, 128), release), 2.0)
+    assert wm.detect(attacked).release_id == release
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # a flat image divided by zero before

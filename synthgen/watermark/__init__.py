@@ -33,12 +33,14 @@ __all__ = [
 ]  # fmt: skip
 
 SCHEME = 2
-# False-alarm budgets of scheme 2's search (Bonferroni over every alignment it tries). Blind,
-# a found sync must also decode to an id whose 16-bit CRC matches (P = 2^-16 by chance): at
-# most 0.2 / 65536 = 3e-6, plus scheme 1's 2.6e-4. Given the id, the id's own chips are the
-# reference: at most 5e-7, plus scheme 1's 7e-11. docs/watermark.md has the measured rates.
+# False-alarm budgets of scheme 2's search (weighted Bonferroni over every alignment it tries).
+# Blind, a found sync must also decode to an id whose 16-bit CRC matches: each of the `LIST`
+# messages tried passes by chance with P = 2^-16, so at most 0.2 * 32 / 65536 = 9.8e-5, plus
+# scheme 1's 2.6e-4. Given the id, the id's own chips are the reference: at most 5e-7, plus
+# scheme 1's 7e-11. docs/watermark.md has the measured rates.
 BLIND_BUDGET = 0.2
 EXPECT_BUDGET = 5e-7
+LIST = 32  # blind: the decoder's best messages tried for a matching CRC (8 did a little worse)
 DETECT_MIN = tile.TILE // 2  # a 128 px image halved and cropped is still read
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -175,17 +177,22 @@ def _read_tile(r: np.ndarray, release_id: int | None) -> Detection:
     """Scheme 2 on a residual. Blind: the sync finds the geometry and the code gives the id,
     which must pass its CRC. Given the id: the id's own chips (not the sync every release
     shares) are the reference, and an id that decodes cleanly to another release refuses it.
-    Each alignment past its bar is read in turn until one gives the id: a false one decodes
-    noise, which passes the CRC with P = 2^-16, so the blind bound is unchanged."""
+    Each alignment past its bar is read in turn until one gives the id; blind, the first of
+    the decoder's `LIST` best messages whose CRC matches is taken. A false alignment decodes
+    noise, each message passing the CRC with P = 2^-16: the bound above."""
     if release_id is None:
-        alignments = tile.align(r, tile.SYNC_TILE, BLIND_BUDGET)
+        alignments = tile.alignments(r, tile.SYNC_TILE, BLIND_BUDGET)
     else:
-        alignments = tile.align(r, tile.payload_tile(release_id), EXPECT_BUDGET)
+        alignments = tile.alignments(r, tile.payload_tile(release_id), EXPECT_BUDGET)
     expected = None if release_id is None else code.encode(code.message(release_id))
     accuracies = []
     for found in alignments:
         soft = tile.soft_bits(found)
-        message = code.decode(soft)
+        if release_id is None:
+            candidates = code.decode_list(soft, LIST)
+            message = next((m for m in candidates if code.release_of(m) is not None), candidates[0])
+        else:
+            message = code.decode(soft)
         read = code.release_of(message)
         coded = code.encode(message) if expected is None else expected
         accuracies.append(float(np.mean((soft > 0) == coded)))

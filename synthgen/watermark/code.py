@@ -61,25 +61,39 @@ def encode(bits: np.ndarray) -> np.ndarray:
 
 def decode(soft: np.ndarray) -> np.ndarray:
     """Soft values (> 0 reads 1; magnitude = confidence) → the most likely message bits."""
+    return decode_list(soft, 1)[0]
+
+
+def decode_list(soft: np.ndarray, size: int) -> list[np.ndarray]:
+    """The `size` most likely messages, best first (parallel list Viterbi: each state keeps its
+    `size` best paths). A blind reader takes the first whose CRC matches, which recovers ids
+    the best path alone gets wrong (CRC-aided list decoding), at `size` times the CRC's
+    chance of passing a wrong id."""
     steps = soft.reshape(-1, len(POLYS))
     nxt = np.arange(_STATES)
     newest = nxt >> (K - 2)  # the input bit that led into each state
     pred = ((nxt & (_STATES // 2 - 1)) << 1)[:, None] | np.arange(2)  # (S, 2) predecessors
     signs = 2.0 * _OUT[pred, newest[:, None]] - 1.0  # (S, 2, 2) coded ±1 of each move
-    metric = np.full(_STATES, -np.inf)
-    metric[0] = 0.0
-    back = np.zeros((len(steps), _STATES), dtype=np.int64)
+    metric = np.full((_STATES, size), -np.inf)
+    metric[0, 0] = 0.0
+    # per step and state, each kept path's (predecessor state, its rank there)
+    back = np.zeros((len(steps), _STATES, size, 2), dtype=np.int64)
+    ranks = np.arange(size)
     for t, pair in enumerate(steps):
-        gain = metric[pred] + (signs * pair).sum(-1)
-        choice = np.argmax(gain, axis=1)
-        back[t] = pred[nxt, choice]
-        metric = gain[nxt, choice]
-    state = 0  # the zero tail ends the path at state 0
-    bits = []
-    for t in range(len(steps) - 1, -1, -1):
-        bits.append(state >> (K - 2))
-        state = back[t, state]
-    return np.array(bits[::-1][: len(steps) - (K - 1)], dtype=np.uint8)
+        gain = metric[pred] + (signs * pair).sum(-1)[:, :, None]  # (S, 2, size)
+        flat = gain.reshape(_STATES, 2 * size)
+        order = np.argsort(-flat, axis=1, kind="stable")[:, :size]
+        back[t, :, :, 0] = pred[nxt[:, None], order // size]
+        back[t, :, :, 1] = order % size
+        metric = np.take_along_axis(flat, order, axis=1)
+    found = []
+    for rank in ranks[np.isfinite(metric[0])]:  # the zero tail ends every path at state 0
+        state, k, bits = 0, int(rank), []
+        for t in range(len(steps) - 1, -1, -1):
+            bits.append(state >> (K - 2))
+            state, k = (int(v) for v in back[t, state, k])
+        found.append(np.array(bits[::-1][: len(steps) - (K - 1)], dtype=np.uint8))
+    return found
 
 
 def release_of(bits: np.ndarray) -> int | None:

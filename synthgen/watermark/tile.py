@@ -17,6 +17,7 @@ measured in docs/watermark.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -152,8 +153,9 @@ def peak(folded: np.ndarray, reference: np.ndarray) -> tuple[float, tuple[int, i
 def autocorrelation(r: np.ndarray) -> np.ndarray:
     """Linear (zero-padded) autocorrelation of the whitened residual per overlapping pixel, 1
     at lag 0. Whitening (each frequency's power over its `WHITEN`-bin neighbourhood's) leaves
-    the tile's periodic lines standing: without it a smooth radiograph after 0.75x and JPEG 75
-    put spurious lattices first in 4 of 20 images, with it the true one first in 80 of 80."""
+    the tile's periodic lines standing: without it the true lattice of a smooth radiograph
+    after 0.75x and JPEG 75 was not among the 4 candidates in 5 of 20 images; with it, it came
+    first in 80 of 80 attacked images (four sources and attacks)."""
     h, w = r.shape
     size = (2 * h, 2 * w)
     power = np.abs(np.fft.rfft2(r - r.mean(), s=size)) ** 2
@@ -223,22 +225,23 @@ def threshold(budget: float, alignments: int) -> float:
     return float(-ndtri(budget / (alignments * TILE * TILE)))  # scipy.special: a light import
 
 
-def align(r: np.ndarray, reference: np.ndarray, budget: float) -> list[Alignment]:
-    """The geometries under which `r` may fold onto `reference`: those past their bars, best
-    margin first (at most `READS`), or the best one alone (not found) when none is.
+def alignments(r: np.ndarray, reference: np.ndarray, budget: float) -> Iterator[Alignment]:
+    """The geometries under which `r` may fold onto `reference`, for the caller to read in
+    turn until one gives the id: those past their bars, best margin first (at most `READS`
+    lattices), or the best one alone (not found) when none is.
 
-    The identity is tried first: an untouched or cropped image needs nothing more when its
-    peak clears a bar `EARLY` times the budget. Otherwise the lattice candidates (and every
-    scale at which the image holds few periods; for small images every scale and angle) are
-    folded too and the best refined on a finer grid. The identity is judged against
-    `IDENTITY_SHARE` of the budget and the other alignments share the rest, each bar counting
-    every alignment of its share, so the false-alarm rate stays within the budget; several
-    may pass (a chance peak of the identity beside the true rescaled lattice), so the caller
-    reads each in turn."""
+    The identity comes first when its peak clears a bar `EARLY` times the budget: an untouched
+    or cropped image needs no search. Only if that does not read does the search run: the
+    lattice candidates (and every scale at which the image holds few periods; for small images
+    every scale and angle) are folded and the best refined on a finer grid. The identity is
+    judged against `IDENTITY_SHARE` of the budget and the other alignments share the rest, each
+    bar counting every alignment of its share, so the false-alarm rate stays within the
+    budget; several may pass (a chance peak of the identity beside the true rescaled lattice,
+    which the code then tells apart)."""
 
     first = identity(r, reference, budget)
     if first.found:
-        return [first]
+        yield first
 
     def at(angle: float, scale: float) -> tuple[float, float, float]:
         return peak(fold(r, angle, scale), reference)[0], angle, scale
@@ -268,7 +271,8 @@ def align(r: np.ndarray, reference: np.ndarray, budget: float) -> list[Alignment
             break
         if all(not _near(t[1], t[2], p[1], p[2]) for p in passed):
             passed.append(t)
-    return [_aligned(r, reference, a, s, b) for _, a, s, b in passed or scored[:1]]
+    for _, a, s, b in passed or scored[:1]:
+        yield _aligned(r, reference, a, s, b)
 
 
 def _near(angle: float, scale: float, angle0: float, scale0: float) -> bool:
@@ -278,7 +282,7 @@ def _near(angle: float, scale: float, angle0: float, scale0: float) -> bool:
 
 def identity(r: np.ndarray, reference: np.ndarray, budget: float) -> Alignment:
     """The untouched geometry against the early bar (`EARLY` times the budget, one alignment):
-    what `align` tries first, and what embedding checks its own mark with."""
+    what `alignments` tries first, and what embedding checks its own mark with."""
     return _aligned(r, reference, 0.0, 1.0, threshold(budget * EARLY, 1))
 
 
