@@ -8,17 +8,18 @@ release id (`code.py`).
 Detection undoes what happened to the image: a crop only moves the tile (found by circular
 correlation of the folded tile with the sync), a rotation or resize turns and scales the tile's
 period, which shows as a lattice of peaks in the autocorrelation of the image's fine residual
-(Kutter's self-reference). The detector scores candidate lattices (angle, scale), folds the
-residual onto one tile under each, keeps the best correlation peak, refines it, and reads the
-bits by correlation. Every threshold comes from the number of alignments it tried (a Bonferroni
-bound on a standard normal peak), so the false-positive rate holds by construction and is
-measured in docs/watermark.md.
+(Kutter's self-reference; whitened, so the tile's lines stand out). The detector scores
+candidate lattices (angle, scale), folds the residual onto one tile under each, refines the
+best correlation peak, and reads the bits by correlation, alignment by alignment while they
+clear their bars. Every threshold comes from the number of alignments it tried (a weighted
+Bonferroni bound on a standard normal peak), so the false-positive rate holds by construction
+and is measured in docs/watermark.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -51,7 +52,7 @@ LINE_STEP = 0.006  # log-scale step of the exhaustive scale line for small image
 TOP = 4  # lattice candidates folded besides the identity
 IDENTITY_SHARE = 0.5  # of the false-alarm budget, for the untouched geometry (what JPEG, noise,
 # gamma and crops leave); every other alignment tried shares the rest (weighted Bonferroni)
-EARLY = 1e-3  # the identity stops the search only at a bar this share of the budget sets
+EARLY = 1e-3  # the identity is read before any search only past the bar this share sets
 READS = 4  # alignments past their bars whose bits are read, best margin first
 REFINE = ((np.deg2rad(0.25), 0.01), (np.deg2rad(0.1), 0.004))  # (angle, scale) steps, 3×3 each
 
@@ -261,7 +262,7 @@ def alignments(r: np.ndarray, reference: np.ndarray, budget: float) -> Iterator[
         tried += [at(a, z) for a, z in grid]
         best = max([best, *tried[-len(grid) :]])
     bar = threshold(budget * (1 - IDENTITY_SHARE), len(tried))
-    own = _aligned(r, reference, 0.0, 1.0, threshold(budget * IDENTITY_SHARE, 1))
+    own = replace(first, threshold=threshold(budget * IDENTITY_SHARE, 1))
     scored = [(own.z - own.threshold, own.angle, own.scale, own.threshold)]
     scored += [(z - bar, a, s, bar) for z, a, s in tried]
     scored.sort(key=lambda t: -t[0])
