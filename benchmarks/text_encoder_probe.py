@@ -89,8 +89,10 @@ class Probe(nn.Module):
         return self.heads(pooled).view(len(ids), len(QUESTIONS), 3)
 
 
-def run(mode: str, seed: int, train: list, test: list, steps: int) -> dict[str, float]:
-    cfg = ConditioningConfig(text_attention=mode, **RECIPE)
+def run(
+    mode: str, seed: int, train: list, test: list, steps: int, changes: dict[str, int]
+) -> dict[str, float]:
+    cfg = ConditioningConfig(text_attention=mode, **{**RECIPE, **changes})
     tokenizer = build_tokenizer(reports(train, "train"), cfg.text_vocab_size)
     torch.manual_seed(seed)
     encoder = SmallTextEncoder(
@@ -139,6 +141,13 @@ def main() -> None:
     parser.add_argument("--modes", default="report,sentence-report", help="text_attention modes")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=N",
+        help="an encoder size instead of the recipe's: token_dim, text_layers or text_heads",
+    )
     parser.add_argument("--quick", action="store_true", help="one seed per mode")
     parser.add_argument("--tiny", action="store_true", help="seconds: the suite's smoke run")
     args = parser.parse_args()
@@ -147,12 +156,18 @@ def main() -> None:
         args.seeds = 1
     if args.tiny:
         args.seeds, args.steps, n_train, n_test = 1, 3, 64, 32
+    changes = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in ("token_dim", "text_layers", "text_heads") or not value.isdigit():
+            parser.error(f"--set {item}: expected token_dim, text_layers or text_heads = N")
+        changes[key] = int(value)
     train, test = draw(n_train, 100), draw(n_test, 200)
     results: dict[str, list[dict[str, float]]] = {}
     for mode in args.modes.split(","):
         for seed in range(args.seeds):
             start = time.perf_counter()
-            got = run(mode, seed, train, test, args.steps)
+            got = run(mode, seed, train, test, args.steps, changes)
             results.setdefault(mode, []).append(got)
             shown = " ".join(f"{k}={v:.3f}" for k, v in got.items() if k.startswith("heldout"))
             print(f"{mode} seed {seed} ({time.perf_counter() - start:.0f} s): {shown}", flush=True)
