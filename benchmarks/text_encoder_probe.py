@@ -32,9 +32,7 @@ from synthgen.data.phantoms import reports as phantom_reports
 from synthgen.models.conditioning import (
     SmallTextEncoder,
     build_tokenizer,
-    local_heads,
-    local_layers,
-    text_streams,
+    small_text_encoder,
     tokenize,
 )
 
@@ -93,21 +91,12 @@ def run(
     mode: str, seed: int, train: list, test: list, steps: int, changes: dict[str, int]
 ) -> dict[str, float]:
     cfg = ConditioningConfig(text_attention=mode, **{**RECIPE, **changes})
-    tokenizer = build_tokenizer(reports(train, "train"), cfg.text_vocab_size)
+    texts = reports(train, "train")
+    tokenizer = build_tokenizer(texts, cfg.text_vocab_size)
     torch.manual_seed(seed)
-    encoder = SmallTextEncoder(
-        tokenizer.get_vocab_size(),
-        cfg.text_max_tokens,
-        cfg.token_dim,
-        cfg.text_layers,
-        cfg.text_heads,
-        tokenizer.token_to_id("."),
-        local_layers(cfg),
-        local_heads(cfg),
-        text_streams(cfg) == 2,
-    )
+    encoder = small_text_encoder(cfg, tokenizer.get_vocab_size(), tokenizer.token_to_id("."))
     probe = Probe(encoder, cfg.token_dim)
-    x = tokenize(tokenizer, reports(train, "train"), cfg.text_max_tokens)
+    x = tokenize(tokenizer, texts, cfg.text_max_tokens)
     y = torch.tensor([answers(c) for c in train])
     optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(seed)

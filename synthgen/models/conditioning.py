@@ -235,6 +235,23 @@ class SmallTextEncoder(nn.Module):
         return torch.cat([self.norm(x), whole], dim=1)
 
 
+def small_text_encoder(
+    cfg: ConditioningConfig, vocab: int, sentence_end: int | None
+) -> SmallTextEncoder:
+    """The small text encoder `cfg` describes (its sizes and `text_attention` mode)."""
+    return SmallTextEncoder(
+        vocab,
+        cfg.text_max_tokens,
+        cfg.token_dim,
+        cfg.text_layers,
+        cfg.text_heads,
+        sentence_end,
+        local_layers(cfg),
+        local_heads(cfg),
+        text_streams(cfg) == 2,
+    )
+
+
 # --- field encoders ---------------------------------------------------------------------------
 
 
@@ -288,17 +305,7 @@ class ConditionEncoder(nn.Module):
             else:
                 if text_vocab is None:
                     raise ValueError("a text field needs a tokenizer vocabulary size")
-                encoders[s.name] = SmallTextEncoder(
-                    text_vocab,
-                    cfg.text_max_tokens,
-                    dim,
-                    cfg.text_layers,
-                    cfg.text_heads,
-                    sentence_end,
-                    local_layers(cfg),
-                    local_heads(cfg),
-                    text_streams(cfg) == 2,
-                )
+                encoders[s.name] = small_text_encoder(cfg, text_vocab, sentence_end)
         self.encoders = nn.ModuleDict(encoders)
         self.text_pad = int(getattr(text_module, "pad_id", None) or 0)
 
