@@ -88,13 +88,18 @@ class Probe(nn.Module):
 
 
 def run(
-    mode: str, seed: int, train: list, test: list, steps: int, changes: dict[str, int]
+    mode: str,
+    seed: int,
+    train: list,
+    test: list,
+    steps: int,
+    changes: dict[str, int | bool],
 ) -> dict[str, float]:
     cfg = ConditioningConfig(text_attention=mode, **{**RECIPE, **changes})
     texts = reports(train, "train")
     tokenizer = build_tokenizer(texts, cfg.text_vocab_size)
     torch.manual_seed(seed)
-    encoder = small_text_encoder(cfg, tokenizer.get_vocab_size(), tokenizer.token_to_id("."))
+    encoder = small_text_encoder(cfg, tokenizer)
     probe = Probe(encoder, cfg.token_dim)
     x = tokenize(tokenizer, texts, cfg.text_max_tokens)
     y = torch.tensor([answers(c) for c in train])
@@ -135,7 +140,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=N",
-        help="an encoder size instead of the recipe's: token_dim, text_layers or text_heads",
+        help="an encoder setting instead of the recipe's: token_dim, text_layers, text_heads "
+        "or text_negation (0 or 1)",
     )
     parser.add_argument("--quick", action="store_true", help="one seed per mode")
     parser.add_argument("--tiny", action="store_true", help="seconds: the suite's smoke run")
@@ -145,12 +151,18 @@ def main() -> None:
         args.seeds = 1
     if args.tiny:
         args.seeds, args.steps, n_train, n_test = 1, 3, 64, 32
-    changes = {}
+    changes: dict[str, int | bool] = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        if key not in ("token_dim", "text_layers", "text_heads") or not value.isdigit():
-            parser.error(f"--set {item}: expected token_dim, text_layers or text_heads = N")
-        changes[key] = int(value)
+        if key == "text_negation" and value in ("0", "1"):
+            changes[key] = value == "1"
+        elif key in ("token_dim", "text_layers", "text_heads") and value.isdigit():
+            changes[key] = int(value)
+        else:
+            parser.error(
+                f"--set {item}: expected token_dim, text_layers or text_heads = N, "
+                "or text_negation = 0 or 1"
+            )
     train, test = draw(n_train, 100), draw(n_test, 200)
     results: dict[str, list[dict[str, float]]] = {}
     for mode in args.modes.split(","):

@@ -260,6 +260,13 @@ class ConditioningConfig(StrictModel):
         "over the whole report, whose tokens the denoiser reads side by side (twice the text "
         "tokens)",
     )
+    text_negation: bool = Field(
+        False,
+        description="the small text encoder reads a word inside a negation's scope through an "
+        "embedding of its own (scopes found by NegEx/ConText rules: 'no ...', '...: none', "
+        "'without ...', up to the sentence end or 'but'), so a finding negated in a wording "
+        "never seen in training still reads as negated",
+    )
     drop_field: float = Field(0.1, ge=0, le=1, description="P(drop) per field (guidance)")
     drop_all: float = Field(0.0, ge=0, le=1, description="P(drop every field together)")
 

@@ -18,9 +18,11 @@ from synthgen.models.conditioning import (
     local_heads,
     local_layers,
     mask_labels,
+    small_text_encoder,
     text_streams,
     tokenize,
 )
+from synthgen.models.negation import negation_rules
 
 SCHEMA = Schema.model_validate(
     {
@@ -152,7 +154,7 @@ def test_text_encoder_ignores_padding_and_empty_text_is_null():
     with torch.no_grad():
         torch.testing.assert_close(text(short)[0, :2], text(long)[0, :2])
     config = ConditioningConfig(fields=("report",), token_dim=16, text_max_tokens=8)
-    enc = ConditionEncoder(field_specs(SCHEMA, config), config, tok.get_vocab_size())
+    enc = ConditionEncoder(field_specs(SCHEMA, config), config, tok)
     values = encode_values(enc.specs, [{"report": "large nodule"}, {"report": None}], tok, 8)
     tokens = enc(values)
     assert tokens.shape == (2, 1 + 8, 16)
@@ -243,7 +245,7 @@ def test_two_streams_give_the_sentence_view_then_the_whole_report_view():
         fields=("report", "sex"), token_dim=16, text_max_tokens=8, text_attention="two-streams"
     )
     assert (text_streams(config), local_layers(config)) == (2, config.text_layers)
-    enc = ConditionEncoder(field_specs(SCHEMA, config), config, tok.get_vocab_size(), None, period)
+    enc = ConditionEncoder(field_specs(SCHEMA, config), config, tok)
     values = encode_values(enc.specs, [{"report": "left effusion.", "sex": "F"},
                                        {"report": None, "sex": "M"}], tok, 8)  # fmt: skip
     tokens = enc(values)
@@ -279,6 +281,46 @@ def test_sentence_attention_without_any_period_in_the_reports_is_refused(tmp_pat
         specs = field_specs(SCHEMA, cfg.conditioning)
         with pytest.raises(InputError, match="text_attention.*no report in the data has one"):
             build_stack(cfg, specs, (16, 16), tok, None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_negated_word_is_read_through_its_own_embedding():
+    """With text_negation, a word inside a negation's scope is another token than the same word
+    affirmed; untrained (zero) it carries nothing but its position."""
+    tok = build_tokenizer(REPORTS + ["no left effusion or nodule."], vocab_size=100)
+    config = ConditioningConfig(fields=("report",), token_dim=16, text_max_tokens=8)
+    torch.manual_seed(4)
+    plain = small_text_encoder(config, tok).eval()
+    torch.manual_seed(4)
+    marked = small_text_encoder(config.model_copy(update={"text_negation": True}), tok).eval()
+    assert plain.negation is None and marked.negation == negation_rules(tok)
+    ids = tokenize(tok, ["no nodule.", "no effusion.", "large nodule.", "large effusion."], 8)
+    with torch.no_grad():
+        out = marked(ids)
+        torch.testing.assert_close(out[0], out[1])  # both negated words still blank
+        assert not torch.allclose(out[2], out[3])  # affirmed words keep their embeddings
+        torch.testing.assert_close(out[2:], plain(ids)[2:])  # nothing negated: as before
+    marked(ids).square().sum().backward()  # training reaches exactly the negated words' rows
+    grad = marked.negated_embed.weight.grad.abs().sum(1)
+    assert {tok.id_to_token(i) for i in grad.nonzero().flatten().tolist()} == {"nodule", "effusion"}
+    with torch.no_grad():
+        marked.negated_embed.weight[tok.token_to_id("nodule")] = 1.0
+        assert not torch.allclose(marked(ids)[0], out[1])
+
+
+def test_negation_scopes_need_the_small_encoder_and_a_period(tmp_path):
+    from synthgen.config import DataConfig, DiffusionTrainConfig
+    from synthgen.pipeline.generator import build_stack
+
+    cfg = DiffusionTrainConfig(
+        data=DataConfig(manifest=tmp_path / "m.csv"),
+        out=tmp_path / "run",
+        conditioning=ConditioningConfig(fields=("report",), text_negation=True),
+    )
+    specs = field_specs(SCHEMA, cfg.conditioning)
+    tok = build_tokenizer(["small left effusion", "no nodule"], vocab_size=64)
+    with pytest.raises(InputError, match="text_negation.*no report in the data has one"):
+        build_stack(cfg, specs, (16, 16), tok, None)
     assert not (tmp_path / "run").exists()
 
 

@@ -14,6 +14,7 @@ from helpers import synthgen_here, tiny_diffusion
 
 from synthgen.config import SampleConfig
 from synthgen.errors import InputError
+from synthgen.models.negation import negation_rules
 from synthgen.pipeline.generator import load_generator
 from synthgen.sampling.conditions import condition_source
 from synthgen.sampling.run import run_sampling
@@ -24,9 +25,13 @@ PROMPTS = ("Small left pleural effusion. No pneumothorax.", "Lungs are clear.")
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory, one_thread) -> Path:
     root = tmp_path_factory.mktemp("prompts")
-    # sentence attention: trained, saved and loaded through the whole path (#24)
+    # sentence attention and negation scopes: trained, saved and loaded through the whole path
     tiny_diffusion(
-        root, "chest2d", 32, ("report", "nodule"), conditioning={"text_attention": "sentence"}
+        root,
+        "chest2d",
+        32,
+        ("report", "nodule"),
+        conditioning={"text_attention": "sentence", "text_negation": True},
     )
     return root / "run"
 
@@ -52,6 +57,7 @@ def test_the_prompt_reaches_the_model(text_model, tmp_path):
     gen = load_generator(text_model)
     text = gen.model.encoder.encoders["report"]
     assert text.sentence_end == gen.tokenizer.token_to_id(".") is not None
+    assert text.negation == negation_rules(gen.tokenizer) and text.negation.phrases
     source = condition_source(gen.specs, None, 0, prompts=PROMPTS)
     rows = [source.row(0), source.row(1)]
     assert [r["report"] for r in rows] == list(PROMPTS) and rows[0]["nodule"] is None

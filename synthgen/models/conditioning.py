@@ -19,6 +19,7 @@ from torch import nn
 from synthgen.config import ConditioningConfig
 from synthgen.data.schema import Schema
 from synthgen.errors import InputError
+from synthgen.models.negation import NegationRules, negated, negation_rules
 
 FieldKind = Literal["categorical", "continuous", "text"]
 Values = dict[str, torch.Tensor]
@@ -167,7 +168,9 @@ class SmallTextEncoder(nn.Module):
     of the report. With `report_stream`, layers of their own read the same embeddings over the
     whole report and their tokens follow the sentence stream's, so the denoiser reads both
     views apart (sentence attention binds sides; whole-report attention generalised negation
-    to new wording)."""
+    to new wording). With `negation` rules, a word inside a negation's scope
+    (`synthgen.models.negation`) is read through an embedding of its own, so a finding negated
+    in a wording never seen in training reads as the negated finding, never as a mention."""
 
     def __init__(
         self,
@@ -180,6 +183,7 @@ class SmallTextEncoder(nn.Module):
         local_layers: int = 0,
         local_heads: int = 0,
         report_stream: bool = False,
+        negation: NegationRules | None = None,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -201,6 +205,13 @@ class SmallTextEncoder(nn.Module):
         self.sentence_end = sentence_end
         self.local_layers = local_layers if sentence_end is not None else 0
         self.local_heads = local_heads if sentence_end is not None else 0
+        self.negation = negation
+        # A word inside a negation's scope is another token than the same word affirmed: its
+        # own embedding, zero until training shows it negated, so a word never negated in
+        # training ("seen" in "No nodule is seen.") carries no affirmed meaning there.
+        self.negated_embed = nn.Embedding(vocab, dim, padding_idx=0) if negation else None
+        if self.negated_embed is not None:
+            nn.init.zeros_(self.negated_embed.weight)
 
     def sentence_blocked(self, ids: torch.Tensor, pad: torch.Tensor, local: int) -> torch.Tensor:
         """(N * heads, L, L) True where query i may not attend to key j: padding keys, and for
@@ -215,7 +226,11 @@ class SmallTextEncoder(nn.Module):
         return torch.stack(per_head, dim=1).flatten(0, 1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        embedded = self.embed(ids) + self.position[: ids.shape[1]]
+        words = self.embed(ids)
+        if self.negation is not None and self.negated_embed is not None:
+            scope = negated(ids, self.negation)[..., None]
+            words = torch.where(scope, self.negated_embed(ids), words)
+        embedded = words + self.position[: ids.shape[1]]
         x = embedded
         pad = ids == 0
         local = self.sentence_blocked(ids, pad, self.heads) if self.local_layers else None
@@ -235,20 +250,20 @@ class SmallTextEncoder(nn.Module):
         return torch.cat([self.norm(x), whole], dim=1)
 
 
-def small_text_encoder(
-    cfg: ConditioningConfig, vocab: int, sentence_end: int | None
-) -> SmallTextEncoder:
-    """The small text encoder `cfg` describes (its sizes and `text_attention` mode)."""
+def small_text_encoder(cfg: ConditioningConfig, tokenizer: Any) -> SmallTextEncoder:
+    """The small text encoder `cfg` describes (its sizes, `text_attention` mode and
+    `text_negation`) over a fitted word-level tokenizer's vocabulary."""
     return SmallTextEncoder(
-        vocab,
+        tokenizer.get_vocab_size(),
         cfg.text_max_tokens,
         cfg.token_dim,
         cfg.text_layers,
         cfg.text_heads,
-        sentence_end,
+        tokenizer.token_to_id("."),
         local_layers(cfg),
         local_heads(cfg),
         text_streams(cfg) == 2,
+        negation_rules(tokenizer) if cfg.text_negation else None,
     )
 
 
@@ -280,9 +295,8 @@ class ConditionEncoder(nn.Module):
         self,
         specs: Sequence[FieldSpec],
         cfg: ConditioningConfig,
-        text_vocab: int | None = None,
+        tokenizer: Any | None = None,
         text_module: nn.Module | None = None,
-        sentence_end: int | None = None,
     ) -> None:
         super().__init__()
         self.specs = list(specs)
@@ -303,9 +317,9 @@ class ConditionEncoder(nn.Module):
                 project = nn.Identity() if hidden == dim else nn.Linear(hidden, dim)
                 encoders[s.name] = nn.Sequential(text_module, project)
             else:
-                if text_vocab is None:
-                    raise ValueError("a text field needs a tokenizer vocabulary size")
-                encoders[s.name] = small_text_encoder(cfg, text_vocab, sentence_end)
+                if tokenizer is None:
+                    raise ValueError("a text field needs a fitted tokenizer")
+                encoders[s.name] = small_text_encoder(cfg, tokenizer)
         self.encoders = nn.ModuleDict(encoders)
         self.text_pad = int(getattr(text_module, "pad_id", None) or 0)
 

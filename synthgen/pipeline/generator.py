@@ -103,16 +103,25 @@ def build_stack(
                 "fitted text encoder; "
                 "a pretrained text encoder attends as it was trained"
             )
+        if conditioning.text_negation:
+            raise InputError(
+                "conditioning.text_negation: is for the small fitted text encoder; "
+                "a pretrained text encoder reads negation as it was trained"
+            )
         tokenizer = text_module
     fitted = has_text and text_module is None
-    vocab = tokenizer.get_vocab_size() if fitted else None
     period = tokenizer.token_to_id(".") if fitted else None
     if fitted and period is None and conditioning.text_attention != "report":
         raise InputError(
             f"conditioning.text_attention: {conditioning.text_attention!r} splits reports at "
             "'.', and no report in the data has one"
         )
-    encoder = ConditionEncoder(specs, conditioning, vocab, text_module, period)
+    if fitted and period is None and conditioning.text_negation:
+        raise InputError(
+            "conditioning.text_negation: a negation's scope ends at '.', "
+            "and no report in the data has one"
+        )
+    encoder = ConditionEncoder(specs, conditioning, tokenizer if fitted else None, text_module)
     layout = ChannelLayout.build(cfg.stage == "inpaint", space.channels, mask_labels)
     extra = layout.channels
     if sd_unet is not None:
