@@ -19,7 +19,7 @@ word-level tokenizer's ids, a few tensor operations.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -143,8 +143,8 @@ TERMINATE = (
 )
 
 
-KINDS = ("forward", "backward", "terminate")
-Kind = str  # one of KINDS
+Kind = Literal["forward", "backward", "terminate"]
+KINDS: tuple[Kind, ...] = ("forward", "backward", "terminate")
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,8 @@ def negation_rules(tokenizer: Any) -> NegationRules | None:
     period = tokenizer.token_to_id(".")
     if period is None:
         return None
-    phrases = []
-    for kind, table in (("forward", FORWARD), ("backward", BACKWARD), ("terminate", TERMINATE)):
+    phrases: list[tuple[tuple[int, ...], Kind]] = []
+    for kind, table in zip(KINDS, (FORWARD, BACKWARD, TERMINATE), strict=True):
         for phrase in table:
             words = [tokenizer.token_to_id(w) for w in phrase.replace(":", " : ").split()]
             if all(w is not None for w in words):
