@@ -378,10 +378,11 @@ def test_a_local_text_encoder_conditions_the_monai_denoiser(sd: dict, tmp_path: 
     assert tokens.shape == (2, 1 + 1 + MAX_TOKENS, 16)
     null = gen.model.encoder.nulls["report"]
     assert torch.equal(tokens[1, 2:], null.expand(MAX_TOKENS, -1))
-    sentence = cfg.conditioning.model_copy(update={"text_attention": "sentence"})
-    with pytest.raises(InputError, match="text_attention"):
-        train_diffusion(cfg.model_copy(update={"conditioning": sentence, "out": tmp_path / "s"}))
-    assert not (tmp_path / "s").exists()
+    for key, value in (("text_attention", "sentence"), ("text_negation", True)):
+        refused = cfg.conditioning.model_copy(update={key: value})
+        with pytest.raises(InputError, match=key):
+            train_diffusion(cfg.model_copy(update={"conditioning": refused, "out": tmp_path / "s"}))
+        assert not (tmp_path / "s").exists()
 
 
 def test_a_bert_family_folder_reads_reports_with_padding_masked(tmp_path: Path) -> None:

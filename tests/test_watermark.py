@@ -1,6 +1,7 @@
 """The invisible watermark: the code, round trips, every attack family at 128 px, false alarms,
 old (scheme 1) marks, 16-bit, volumes and files."""
 
+import dataclasses
 import io
 
 import cv2
@@ -228,6 +229,21 @@ def test_identity_gets_half_the_budget_and_the_rest_is_shared(seed):
     assert (found.angle, found.scale, found.threshold) == (0.0, 1.0, lenient)
     assert lenient <= found.z < tile.threshold(wm.BLIND_BUDGET * tile.EARLY, 1)
     assert wm.detect(cropped).release_id == release
+
+
+def test_an_early_identity_that_does_not_read_lets_the_search_run(monkeypatch):
+    """The identity yielded first but reading no id (a chance peak on a resized image, which
+    the benchmark met once) must not end the search: the rescaled lattice still gives the id."""
+    release = wm.release_id_from("early")
+    attacked = resized(wm.embed(gray8(6, (320, 320)), release), 0.75)
+    r = tile.residual(attacked)
+    real = tile.identity(r, tile.SYNC_TILE, wm.BLIND_BUDGET)
+    assert not real.found  # this image's untouched geometry does not pass on its own
+    forced = dataclasses.replace(real, threshold=-np.inf)  # as if a chance peak cleared it
+    monkeypatch.setattr(tile, "identity", lambda *_: forced)
+    first, *rest = tile.alignments(r, tile.SYNC_TILE, wm.BLIND_BUDGET)
+    assert first is forced and rest and rest[0].scale == pytest.approx(0.75, rel=0.01)
+    assert wm.detect(attacked).release_id == release
 
 
 @pytest.mark.parametrize("seed", [1, 4, 11, 14])

@@ -170,7 +170,7 @@ class SmallTextEncoder(nn.Module):
     views apart (sentence attention binds sides; whole-report attention generalised negation
     to new wording). With `negation` rules, a word inside a negation's scope
     (`synthgen.models.negation`) is read through an embedding of its own, so a finding negated
-    in a wording never seen in training reads as the negated finding, never as a mention."""
+    in a wording never seen in training enters as the negated word, not as the word affirmed."""
 
     def __init__(
         self,
