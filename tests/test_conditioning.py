@@ -308,7 +308,7 @@ def test_a_negated_word_is_read_through_its_own_embedding():
         assert not torch.allclose(marked(ids)[0], out[1])
 
 
-def test_negation_scopes_need_the_small_encoder_and_a_period(tmp_path):
+def test_negation_scopes_without_any_period_in_the_reports_are_refused(tmp_path):
     from synthgen.config import DataConfig, DiffusionTrainConfig
     from synthgen.pipeline.generator import build_stack
 
