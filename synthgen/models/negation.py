@@ -7,8 +7,9 @@ finding named without *no* is present" and "a finding with a side and size is pr
 depending on the seed). The NegEx algorithm (Chapman et al. 2001) and its ConText extension
 (Harkema et al. 2009) mark negated words by rule instead: a trigger negates the words after it
 ("no", "without", "negative for") or before it ("...: none", "... is ruled out") up to the end
-of the sentence or a terminating word ("but", "however"). The encoder adds a learned vector to
-every marked word, so a finding in any negated wording reads as one.
+of the sentence or a terminating word ("but", "however"). The small text encoder reads every
+marked word through an embedding of its own, so a negated finding enters as the negated word
+whatever the wording (whether the generator then follows it: docs/conditioning.md).
 
 The triggers are the NEGATED_EXISTENCE terms of ConText's published English rules (as medspacy
 ships them), written out as plain word sequences; they were not chosen for synthgen's phantom
@@ -172,12 +173,12 @@ def negation_rules(tokenizer: Any) -> NegationRules | None:
 
 
 def _matches(ids: torch.Tensor, rules: NegationRules) -> dict[str, torch.Tensor]:
-    """Where the triggers occur, longest first, none over another's words: per kind its
-    'start', 'end' and 'words' masks."""
+    """Where the triggers occur, longest first, none over another's words: each kind's words,
+    where forward triggers end and where backward ones start (what the scopes need)."""
     n, length = ids.shape
     zero = torch.zeros_like(ids, dtype=torch.bool)
     taken = zero.clone()
-    out = {f"{kind}_{part}": zero.clone() for kind in KINDS for part in ("start", "end", "words")}
+    out = {name: zero.clone() for name in (*KINDS, "forward_end", "backward_start")}
     for phrase, kind in rules.phrases:
         k = len(phrase)
         if k > length:
@@ -188,9 +189,11 @@ def _matches(ids: torch.Tensor, rules: NegationRules) -> dict[str, torch.Tensor]
             hit &= (ids[:, j : span + j] == word) & ~taken[:, j : span + j]
         for j in range(k):
             taken[:, j : span + j] |= hit
-            out[f"{kind}_words"][:, j : span + j] |= hit
-        out[f"{kind}_start"][:, :span] |= hit
-        out[f"{kind}_end"][:, k - 1 :] |= hit
+            out[kind][:, j : span + j] |= hit
+        if kind == "forward":
+            out["forward_end"][:, k - 1 :] |= hit
+        elif kind == "backward":
+            out["backward_start"][:, :span] |= hit
     return out
 
 
@@ -208,10 +211,10 @@ def negated(ids: torch.Tensor, rules: NegationRules) -> torch.Tensor:
     """(N, L) True where a word lies inside a negation's scope. Scopes stop at the sentence's
     '.', a terminating word and padding; trigger words themselves are never marked."""
     m = _matches(ids, rules)
-    stop = (ids == rules.sentence_end) | m["terminate_words"] | (ids == 0)
+    stop = (ids == rules.sentence_end) | m["terminate"] | (ids == 0)
     forward = _in_forward_scope(m["forward_end"], stop)
     back = torch.flip(
         _in_forward_scope(torch.flip(m["backward_start"], [1]), torch.flip(stop, [1])), [1]
     )
-    triggers = m["forward_words"] | m["backward_words"]
+    triggers = m["forward"] | m["backward"]
     return (forward | back) & ~stop & ~triggers
