@@ -260,7 +260,9 @@ def main() -> None:
                         [f"train.seed={seed}", *clock, *fields, *args.set, *extra])  # fmt: skip
             for g in args.guidance:
                 images = generate(run, requests[model], seed, args.steps, g)
-                table[f"{variant(model, g)} s{seed}"] = score(images, want, probes)
+                figures = table[f"{variant(model, g)} s{seed}"] = score(images, want, probes)
+                said = " ".join(f"{k}={v:.3f}" for k, v in figures.items())
+                print(f"{variant(model, g)} seed {seed}: {said}", flush=True)  # a log's progress
     names = list(table["real"])
     print(f"\n{'figure':<26}" + "".join(f"{k:>11}" for k in table))
     for name in names:

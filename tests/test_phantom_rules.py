@@ -146,6 +146,21 @@ def test_heldout_phrasings_are_new_sentences_over_the_training_words() -> None:
     assert not new, new  # a tokenizer fitted on train reports knows every word
 
 
+def test_no_heldout_structure_is_a_training_one_for_another_finding() -> None:
+    """Held-out wording is new sentence structure, not a training sentence with another finding
+    named: every template, finding names and size words abstracted, is in one phrasing only."""
+    finding = r"pulmonary nodule|pleural effusion|nodules?|effusion|pneumothorax|\{[abc]\}"
+
+    def structures(phrasing: str) -> set[str]:
+        families = [*(f[phrasing] for f in reports.FINDING.values()),
+                    reports.NEGATION[phrasing], reports.NORMAL[phrasing],
+                    reports.DISTRACTOR[phrasing], (reports.DEMOGRAPHIC[phrasing],)]  # fmt: skip
+        return {re.sub(finding, "F", t) for family in families for t in family}
+
+    train, heldout = structures("train"), structures("heldout")
+    assert not train & heldout, train & heldout
+
+
 def test_the_phrasing_never_changes_an_image() -> None:
     for a, b in zip(chest_cases(10, 7), chest_cases(10, 7, report_phrasing="heldout"),
                     strict=True):  # fmt: skip

@@ -24,6 +24,11 @@ SIZE_WORDS = {
 NODULE_MM = {"small": (4, 9), "large": (15, 30)}  # the size class as a diameter in mm
 
 # {side} patient's side, {size} a size word, {mm} a diameter; capitalised at sentence start.
+# Training wordings share their function words across findings and polarity ("is seen", "is
+# present", "in the" occur in nodule and effusion mentions, "there is" and "seen" in negations
+# too), so only the finding's name tells which finding a sentence is about: with 3-4 structures per
+# family an encoder took held-out "is seen" as nodule evidence (docs/conditioning.md). Held-out
+# structures stay apart from every training one, finding names abstracted (a test checks it).
 FINDING = {
     "nodule": {
         "train": (
@@ -31,6 +36,8 @@ FINDING = {
             "there is a {size} nodule in the {side} upper lung.",
             "{mm} mm nodule in the {side} lung.",
             "a {size} {side}-sided pulmonary nodule is seen.",
+            "a {size} nodule is present in the {side} lung.",
+            "{side} lung nodule measuring {mm} mm.",
         ),
         "heldout": (
             "{side} upper lung: a {size} pulmonary nodule.",
@@ -43,6 +50,8 @@ FINDING = {
             "{size} {side} pleural effusion.",
             "there is a {size} {side}-sided pleural effusion.",
             "{side} pleural effusion, {size}.",
+            "{size} pleural effusion is seen on the {side}.",
+            "a {size} effusion is present in the {side} hemithorax.",
         ),
         "heldout": (
             "a {size} {side} effusion is seen.",
@@ -53,7 +62,17 @@ FINDING = {
 # Negations name only absent findings; pneumothorax is never drawn, so it is always absent.
 NAMES = {"nodule": ("nodule", "nodules"), "effusion": ("effusion", "pleural effusion")}
 NEGATION = {
-    "train": ("no {a}.", "there is no {a}.", "no {a} or {b}.", "no {a}, {b} or {c}."),
+    "train": (
+        "no {a}.",
+        "there is no {a}.",
+        "{a} not seen.",
+        "no evidence of {a}.",
+        "no {a} or {b}.",
+        "no evidence of {a} or {b}.",
+        "{a} and {b} are absent.",
+        "no {a}, {b} or {c}.",
+        "negative for {a}, {b} or {c}.",
+    ),
     "heldout": (
         "{a}: none.",
         "no {a} is seen.",
