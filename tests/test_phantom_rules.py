@@ -148,7 +148,8 @@ def test_heldout_phrasings_are_new_sentences_over_the_training_words() -> None:
 
 def test_no_heldout_structure_is_a_training_one_for_another_finding() -> None:
     """Held-out wording is new sentence structure, not a training sentence with another finding
-    named: every template, finding names and size words abstracted, is in one phrasing only."""
+    named: every template, its finding names abstracted (sides and sizes are slots already), is
+    in one phrasing only."""
     finding = r"pulmonary nodule|pleural effusion|nodules?|effusion|pneumothorax|\{[abc]\}"
 
     def structures(phrasing: str) -> set[str]:
