@@ -1,6 +1,5 @@
-"""Watermark robustness: the product's scheme 3 (the self-synchronising 62-px tile) against the
-marks it replaced, in the same run: scheme 2 (the same tile at 64 px, read by the product as an
-older mark) and scheme 1 (the block mark), on phantoms and real scans, 8 and 16 bit.
+"""Watermark robustness: scheme 2 (the self-synchronising tile) against scheme 1 (the block mark
+it replaced) in the same run, on phantoms and real scans, 8 and 16 bit.
 
 Per source × size × bit depth and attack (each alone and in common pairs, WAVES-style): the
 true-positive rate of blind detection at the fixed false-positive rate the detector is built
@@ -36,10 +35,9 @@ from synthgen.data.io import read_image
 from synthgen.data.phantoms import brain3d, chest2d
 from synthgen.data.progress import progress
 from synthgen.pipeline import space
-from synthgen.watermark import code, legacy, tile
+from synthgen.watermark import code, legacy
 
 SOURCES = ("chest2d", "chest2d-32up", "CT_small", "MR2_UNCR", "RG3_UNCR")
-OLD_TILE_SOURCES = ("chest2d", "chest2d-32up", "CT_small")  # scheme-2 marks, read by the product
 CROP_SIDE = float(np.sqrt(0.8))  # a crop keeping 80 % of the area
 
 Attack = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -160,26 +158,20 @@ def psnr(a: np.ndarray, b: np.ndarray, top: float) -> float:
 
 
 def detect(x: np.ndarray, release: int | None, scheme: int) -> wm.Detection:
-    """The product's detector for tile marks (old ones included); scheme 1's own reader for its
-    reference rows (the product would try the tiles first: same answer, slower)."""
     window = (0.0, 65535.0) if x.dtype == np.uint16 else (None, None)
-    if scheme != 1:
+    if scheme == 2:
         return wm.detect(x, *window, release_id=release)
     view = x if x.dtype == np.uint8 else np.round(x / 257.0).astype(np.uint8)
     return legacy.decide(legacy.votes(view), release)
 
 
 def mark(x: np.ndarray, release: int, scheme: int) -> np.ndarray:
-    """Marked by the product (its scheme), as scheme 2 marked (8 bit), or by scheme 1."""
-    if scheme == wm.SCHEME:
+    if scheme == 2:
         return (
             wm.embed_array(x, 0.0, 65535.0, release)
             if x.dtype == np.uint16
             else wm.embed(x, release)
         )
-    if scheme == 2:
-        pattern = tile.pattern(tile.SCHEME_2, x.shape, release)
-        return np.clip(np.round(x + pattern), 0, 255).astype(np.uint8)
     return legacy.embed(x, release)
 
 
@@ -280,13 +272,13 @@ def table(title: str, rows: dict[tuple, dict[str, float]], prefix: str) -> None:
     names = list(ATTACKS)
     print(f"\n{title}")
     print(
-        f"{'source':>17} {'size':>4} {'bit':>3} {'psnr':>6} "
+        f"{'source':>14} {'size':>4} {'bit':>3} {'psnr':>6} "
         + " ".join(f"{n[:9]:>9}" for n in names)
     )
     for (source, size, bits, scheme), figures in rows.items():
-        label = source if scheme == wm.SCHEME else f"{source} (s{scheme})"
+        label = source if scheme == 2 else f"{source} (s1)"
         cells = " ".join(f"{figures[f'{prefix}_{n}']:>9.3f}" for n in names)
-        print(f"{label:>17} {size:>4} {bits:>3} {figures['psnr']:>6.2f} {cells}")
+        print(f"{label:>14} {size:>4} {bits:>3} {figures['psnr']:>6.2f} {cells}")
 
 
 def main() -> None:
@@ -323,8 +315,7 @@ def main() -> None:
         references, n_unmarked, n_volumes, scans = 30, 10_000, 10, True
     n_unmarked = args.unmarked if args.unmarked is not None else n_unmarked
 
-    tasks = [(s, z, b, seed, wm.SCHEME) for (s, z, b), n in plan.items() for seed in range(n)]
-    tasks += [(s, 256, 8, seed, 2) for s in OLD_TILE_SOURCES for seed in range(references)]
+    tasks = [(s, z, b, seed, 2) for (s, z, b), n in plan.items() for seed in range(n)]
     tasks += [(s, 256, 8, seed, 1) for s in ("chest2d", "CT_small") for seed in range(references)]
     sizes = (64, 128, 256, 512)
     with Pool(args.workers, initializer=_init, initargs=(args.list,)) as pool:
@@ -341,12 +332,8 @@ def main() -> None:
     rows = {
         key: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for key, rs in grouped.items()
     }
-
-    def slowest(scheme: int) -> float:
-        return max(r[f"ms_{a}"] for key, rs in grouped.items() if key[3] == scheme for r in rs
-                   for a in ATTACKS)  # fmt: skip
-
-    table(f"blind detection, true-positive rate (scheme {wm.SCHEME} unless marked)", rows, "tpr")
+    detect_ms = max(r[f"ms_{a}"] for rs in grouped.values() for r in rs for a in ATTACKS)
+    table("blind detection, true-positive rate (scheme 2 unless (s1))", rows, "tpr")
     table("blind detection with the exact release id", rows, "exact")
     table("given the expected id (--expect)", rows, "expect")
     table("bit accuracy over the coded bits (scheme 1: 48 bits), id given", rows, "acc")
@@ -355,7 +342,7 @@ def main() -> None:
         print(f"  {name}: {np.mean([v[name] for v in volumes]):.3f}")
 
     blind_hits = sum(b > 0 for b, _ in false)
-    by_scheme = ", ".join(f"scheme {k}: {sum(b == k for b, _ in false)}" for k in (3, 2, 1))
+    by_scheme = ", ".join(f"scheme {k}: {sum(b == k for b, _ in false)}" for k in (2, 1))
     given = [g for _, g in false if g is not None]
     n_false = len(false)
     print(
@@ -372,11 +359,11 @@ def main() -> None:
 
     def worst(prefix: str, size: int, attacks=ATTACKS, bits: int = 8) -> float:
         return min(rows[key][f"{prefix}_{a}"] for key in rows for a in attacks
-                   if key[1] == size and key[2] == bits and key[3] == wm.SCHEME)  # fmt: skip
+                   if key[1] == size and key[2] == bits and key[3] == 2)  # fmt: skip
 
     def survived(scheme: int) -> int:
         """Attacks every reference source at 256² 8-bit survives at TPR >= 0.99 blind."""
-        both = [s for s in SOURCES if {(s, 256, 8, 1), (s, 256, 8, wm.SCHEME)} <= rows.keys()]
+        both = [s for s in SOURCES if {(s, 256, 8, 1), (s, 256, 8, 2)} <= rows.keys()]
         keys = [(s, 256, 8, scheme) for s in both]
         return sum(all(rows[k][f"tpr_{a}"] >= 0.99 for k in keys) for a in ATTACKS)
 
@@ -388,24 +375,16 @@ def main() -> None:
     print(f"expect_min_256: {worst('expect', 256):.3f}")
     print(f"geometric_tpr_min_128: {worst('tpr', 128, GEOMETRIC):.3f}")
     print(f"geometric_expect_min_128: {worst('expect', 128, GEOMETRIC):.3f}")
-    survived_now = survived(wm.SCHEME)
-    print(f"attacks_survived_256: {survived_now} of {len(ATTACKS)} (scheme 1: {survived(1)})")
-    print(f"attacks_survived_vs_scheme1: {survived_now / max(survived(1), 1):.2f}")
-    old = [r for key, r in rows.items() if key[3] == 2]
-    print(f"old_tile_tpr_min_256: {min(r[f'tpr_{a}'] for r in old for a in ATTACKS):.3f}")
-    pair = [("chest2d-32up", 256, 8, k) for k in (wm.SCHEME, 2)]
-    if set(pair) <= rows.keys():
-        now, before = (rows[k]["acc_jpeg50"] for k in pair)
-        print(f"jpeg50_bits_enlarged_vs_64px: {now / before:.3f} ({now:.3f} / {before:.3f})")
-    print(f"psnr_min: {min(r['psnr'] for key, r in rows.items() if key[3] == wm.SCHEME):.2f}")
+    print(f"attacks_survived_256: {survived(2)} of {len(ATTACKS)} (scheme 1: {survived(1)})")
+    print(f"attacks_survived_vs_scheme1: {survived(2) / max(survived(1), 1):.2f}")
+    print(f"psnr_min: {min(r['psnr'] for key, r in rows.items() if key[3] == 2):.2f}")
     print(f"false_positive_blind: {blind_hits}/{n_false} ({by_scheme})")
     print(f"false_positive_expect: {sum(given)}/{len(given)}")
-    blind = wm.BLIND_BUDGET * wm.LIST / 2**code.CRC_BITS + 17 / 2**16  # the tiles + scheme 1
+    blind = wm.BLIND_BUDGET * wm.LIST / 2**code.CRC_BITS + 17 / 2**16  # scheme 2 + scheme 1
     print(f"false_positive_bound_blind: {blind:.1e} (list of {wm.LIST})")
     print(f"false_positive_bound_expect: {wm.EXPECT_BUDGET + 7e-11:.1e}")
     print(f"embed_ms_512: {1000 * float(np.median(times)):.1f}")
-    print(f"detect_ms_max: {slowest(wm.SCHEME):.0f}")
-    print(f"detect_ms_max_old_tile: {slowest(2):.0f} (the new tile searched first)")
+    print(f"detect_ms_max: {detect_ms:.0f}")
 
 
 if __name__ == "__main__":

@@ -842,8 +842,8 @@ def watermark_detect(
     Finds the mark after JPEG, resizing, cropping, small rotations, gamma and noise. Blind, the
     release id is read and must pass its checksum; with --expect, that release's own mark is
     looked for. An unmarked file is reported as marked with P <= 3.6e-4 blind and 5e-7 with
-    --expect (bounds and measured rates in docs/watermark.md). Marks of earlier releases
-    (schemes 2 and 1) are found too.
+    --expect (bounds and measured rates in docs/watermark.md). Marks made before 2026-12-06
+    (scheme 1) are found too.
     """
     from synthgen import watermark
 

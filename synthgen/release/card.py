@@ -15,7 +15,7 @@ from synthgen.release.gates import Gate
 from synthgen.release.inputs import Samples
 
 WATERMARK_SCHEME = (
-    "synthgen scheme 3: a 62-px spread-spectrum tile repeated over the gray values, carrying "
+    "synthgen scheme 2: a 64-px spread-spectrum tile repeated over the gray values, carrying "
     "the 32-bit release id with a CRC-16 under a convolutional code; found again after JPEG, "
     "resizing, cropping, small rotations, gamma and noise; images too noisy to carry it get "
     "scheme 1, a block mark (docs/watermark.md)"

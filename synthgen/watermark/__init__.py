@@ -2,12 +2,11 @@
 file can be traced to its release after what happens to images once released (JPEG, resizing,
 cropping, small rotations, gamma, noise).
 
-Scheme 3 (`tile.py`, `code.py`) makes every new mark: a periodic spread-spectrum tile of 62 px
-that finds its own geometry, carrying the 32-bit release id with a CRC under a convolutional
-code. Older marks are still looked for when it finds nothing, so files marked before are still
-recognised: scheme 2 (the same tile at 64 px) and then scheme 1 (`legacy.py`, the DWT-DCT-SVD
-block mark of the first releases); `Detection.scheme` says which one was found.
-docs/watermark.md has the design, the limits and the measured figures.
+Scheme 2 (`tile.py`, `code.py`) makes every new mark: a periodic spread-spectrum tile that
+finds its own geometry, carrying the 32-bit release id with a CRC under a convolutional code.
+Scheme 1 (`legacy.py`, the DWT-DCT-SVD block mark of earlier releases) is still looked for when
+scheme 2 finds nothing, so files marked before are still recognised; `Detection.scheme` says
+which one was found. docs/watermark.md has the design, the limits and the measured figures.
 """
 
 from __future__ import annotations
@@ -33,18 +32,16 @@ __all__ = [
     "embed_array", "embed_volume", "marked_file", "min_size", "release_id_from",
 ]  # fmt: skip
 
-SCHEME = tile.CURRENT.scheme
-# False-alarm budgets of the tile designs' searches (weighted Bonferroni over every alignment
-# each tries), split between the designs by `SHARES`. Blind, a found sync must also decode to
-# an id whose 16-bit CRC matches: each of the `LIST` messages tried passes by chance with
-# P = 2^-16, so at most 0.2 * 32 / 65536 = 9.8e-5, plus scheme 1's 2.6e-4. Given the id, the
-# id's own chips are the reference: at most 5e-7, plus scheme 1's 7e-11. docs/watermark.md has
-# the measured rates.
+SCHEME = 2
+# False-alarm budgets of scheme 2's search (weighted Bonferroni over every alignment it tries).
+# Blind, a found sync must also decode to an id whose 16-bit CRC matches: each of the `LIST`
+# messages tried passes by chance with P = 2^-16, so at most 0.2 * 32 / 65536 = 9.8e-5, plus
+# scheme 1's 2.6e-4. Given the id, the id's own chips are the reference: at most 5e-7, plus
+# scheme 1's 7e-11. docs/watermark.md has the measured rates.
 BLIND_BUDGET = 0.2
 EXPECT_BUDGET = 5e-7
-SHARES = {3: 0.8, 2: 0.2}  # of each budget per scheme: old marks get a fifth
 LIST = 32  # blind: the decoder's best messages tried for a matching CRC (8 did a little worse)
-DETECT_MIN = min(d.period for d in tile.DESIGNS) // 2  # a 128 px image halved and cropped
+DETECT_MIN = tile.TILE // 2  # a 128 px image halved and cropped is still read
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -52,7 +49,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 def min_size() -> int:
     """Smallest side of an image (or a volume's slice) that carries the mark: one whole tile.
     Crops, rotations and resizes are survived from 128 px up (docs/watermark.md)."""
-    return tile.CURRENT.period
+    return tile.TILE
 
 
 def _check_shape(shape: tuple[int, ...], what: str, side: int | None = None) -> None:
@@ -111,9 +108,9 @@ def _carry_back(array: np.ndarray, delta: np.ndarray, lo: float, hi: float) -> n
 
 
 def _tile_delta(view: np.ndarray, release_id: int) -> np.ndarray:
-    """The current tile's change of an 8-bit view: the tile added, clipped to 0..255."""
+    """Scheme 2's change of an 8-bit view: the tile added, clipped to 0..255."""
     values = view.astype(np.float64)
-    return np.clip(values + tile.pattern(tile.CURRENT, view.shape, release_id), 0, 255) - values
+    return np.clip(values + tile.pattern(view.shape, release_id), 0, 255) - values
 
 
 def _legacy_delta(view: np.ndarray, release_id: int) -> np.ndarray:
@@ -123,14 +120,13 @@ def _legacy_delta(view: np.ndarray, release_id: int) -> np.ndarray:
 def _reads_back(residuals: list[np.ndarray], release_id: int) -> bool:
     """Whether the untouched mark is read blind at the detector's early bar: an image whose
     own content drowns the tile (pure noise, a saturated export) gets scheme 1 instead."""
-    design = tile.CURRENT
-    found = tile.identity(np.mean(residuals, axis=0), design.sync_tile, _budget(design, None))
-    return found.found and code.release_of(code.decode(tile.soft_bits(design, found))) == release_id
+    found = tile.identity(np.mean(residuals, axis=0), tile.SYNC_TILE, BLIND_BUDGET)
+    return found.found and code.release_of(code.decode(tile.soft_bits(found))) == release_id
 
 
 def _mark_views(views: list[np.ndarray], release_id: int) -> list[np.ndarray]:
     """The changes that mark these views (one image, or a volume's slices) with one scheme:
-    the current tile when it reads back, else scheme 1 where the views hold its payload."""
+    scheme 2 when it reads back, else scheme 1 where the views hold its payload."""
     deltas = [_tile_delta(v, release_id) for v in views]
     marked = [np.clip(np.round(v + d), 0, 255) for v, d in zip(views, deltas, strict=True)]
     if _reads_back([tile.residual(tile.centre(m)) for m in marked], release_id):
@@ -177,23 +173,21 @@ def embed_volume(
     return np.moveaxis(np.stack(marked), 0, axis)
 
 
-def _budget(design: tile.Design, release_id: int | None) -> float:
-    """The design's share of the blind budget, or of the budget given the id."""
-    return (BLIND_BUDGET if release_id is None else EXPECT_BUDGET) * SHARES[design.scheme]
-
-
-def _read_tile(r: np.ndarray, design: tile.Design, release_id: int | None) -> Detection:
-    """One tile design on a residual. Blind: the sync finds the geometry and the code gives the
-    id, which must pass its CRC. Given the id: the id's own chips (not the sync every release
+def _read_tile(r: np.ndarray, release_id: int | None) -> Detection:
+    """Scheme 2 on a residual. Blind: the sync finds the geometry and the code gives the id,
+    which must pass its CRC. Given the id: the id's own chips (not the sync every release
     shares) are the reference, and an id that decodes cleanly to another release refuses it.
     Each alignment past its bar is read in turn until one gives the id; blind, the first of
     the decoder's `LIST` best messages whose CRC matches is taken. A false alignment decodes
     noise, each message passing the CRC with P = 2^-16: the bound above."""
-    reference = design.sync_tile if release_id is None else tile.payload_tile(design, release_id)
+    if release_id is None:
+        alignments = tile.alignments(r, tile.SYNC_TILE, BLIND_BUDGET)
+    else:
+        alignments = tile.alignments(r, tile.payload_tile(release_id), EXPECT_BUDGET)
     expected = None if release_id is None else code.encode(code.message(release_id))
     accuracies = []
-    for found in tile.alignments(r, reference, _budget(design, release_id)):
-        soft = tile.soft_bits(design, found)
+    for found in alignments:
+        soft = tile.soft_bits(found)
         if release_id is None:
             candidates = code.decode_list(soft, LIST)
             message = next((m for m in candidates if code.release_of(m) is not None), candidates[0])
@@ -207,23 +201,20 @@ def _read_tile(r: np.ndarray, design: tile.Design, release_id: int | None) -> De
         else:
             release = release_id if found.found and read in (None, release_id) else None
         if release is not None:
-            return Detection(True, accuracies[-1], release, design.scheme)
+            return Detection(True, accuracies[-1], release, SCHEME)
     return Detection(False, accuracies[0], None, None)
 
 
 def _either(
     r: np.ndarray, tally: Callable[[], list[list[int]]] | None, release_id: int | None
 ) -> Detection:
-    """The current tile's finding, else the older tile's, else scheme 1's (its votes counted
-    only then) when that finds its mark; not found, the current tile's reading."""
-    readings = []
-    for design in tile.DESIGNS:
-        readings.append(_read_tile(r, design, release_id))
-        if readings[-1].detected:
-            return readings[-1]
-    if tally is not None and (old := legacy.decide(tally(), release_id)).detected:
-        return old
-    return readings[0]
+    """Scheme 2's finding, else scheme 1's (old files; its votes are counted only then) when
+    that finds its mark."""
+    found = _read_tile(r, release_id)
+    if found.detected or tally is None:
+        return found
+    old = legacy.decide(tally(), release_id)
+    return old if old.detected else found
 
 
 def _window_view(image: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:

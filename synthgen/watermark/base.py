@@ -9,7 +9,7 @@ import numpy as np
 
 from synthgen.errors import InputError
 
-TAG = 0xC5A3  # synthgen's 16-bit tag: scheme 1 carries it, the tiles derive their keys from it
+TAG = 0xC5A3  # synthgen's 16-bit tag: scheme 1 carries it, scheme 2 derives its key from it
 ID_BITS = 32
 
 
@@ -20,9 +20,8 @@ class WatermarkError(InputError, ValueError):
 @dataclass(frozen=True)
 class Detection:
     """Outcome of a check. `scheme`: which scheme's mark was found (None: none). Bit accuracy
-    is over the bits the decision read: the tiles (schemes 3 and 2), the coded bits against the
-    decoded (blind) or expected release's code; scheme 1, the tag (blind) or all 48 bits (id
-    given)."""
+    is over the bits the decision read: scheme 2, the coded bits against the decoded (blind)
+    or expected release's code; scheme 1, the tag (blind) or all 48 bits (id given)."""
 
     detected: bool
     bit_accuracy: float

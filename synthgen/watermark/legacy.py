@@ -1,6 +1,6 @@
 """Scheme 1 (until 2026-12): 48 bits (a synthgen tag + a release id) quantised into the block
-brightness of the gray values. Kept so marks made before the tile schemes are still found, and
-as the reference the benchmark measures the tile against; new marks use `tile.py`.
+brightness of the gray values. Kept so marks made before scheme 2 are still found, and as the
+reference the benchmark measures scheme 2 against; new marks use `tile.py`.
 
 Built on invisible-watermark (`imwatermark`): its DWT-DCT-SVD block routines quantise the top
 singular value of each 4×4 block of the Haar approximation band (an 8×8 pixel block, aligned

@@ -1,12 +1,9 @@
-"""Schemes 3 and 2: a periodic spread-spectrum tile that finds its own geometry.
+"""Scheme 2: a periodic spread-spectrum tile that finds its own geometry.
 
-The mark is one tile repeated over the image: CHIPS×CHIPS chips of 2×2 px, each chip
+The mark is one 64×64 px tile repeated over the image: 32×32 chips of 2×2 px, each chip
 `ALPHA·sync + BETA·key·(±1 coded bit)`, blurred by `BLUR` px and added at `AMP` gray levels
 (rms, 8-bit view). The sync part is the same for every release; the rest carries the coded
-release id (`code.py`). A `Design` is one tile size and what derives from it: scheme 3 (new
-marks) has 31² chips, a 62-px period that meets JPEG's 8-px block grid at four phases, so the
-copies that a fold averages lose different coefficients; scheme 2 (marks of 2026-12-06/07) had
-32², 64 px, whose copies all meet the grid alike.
+release id (`code.py`).
 
 Detection undoes what happened to the image: a crop only moves the tile (found by circular
 correlation of the folded tile with the sync), a rotation or resize turns and scales the tile's
@@ -31,7 +28,9 @@ from scipy.special import ndtri
 
 from synthgen.watermark import code
 
+CHIPS = 32  # chips per tile side
 CHIP_PX = 2  # pixels per chip side: survives a 0.5× resize and JPEG's loss of fine detail
+TILE = CHIPS * CHIP_PX
 ALPHA = 0.5  # the sync's share of the amplitude; the coded bits get sqrt(1 - ALPHA²)
 BETA = float(np.sqrt(1 - ALPHA**2))
 AMP = 2.3  # rms of the mark in 8-bit gray levels: ~41 dB PSNR before clipping
@@ -58,6 +57,17 @@ READS = 4  # alignments past their bars whose bits are read, best margin first
 REFINE = ((np.deg2rad(0.25), 0.01), (np.deg2rad(0.1), 0.004))  # (angle, scale) steps, 3×3 each
 
 
+def _key() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(KEY_SEED)
+    sync = rng.choice([-1.0, 1.0], size=(CHIPS, CHIPS))
+    key = rng.choice([-1.0, 1.0], size=(CHIPS, CHIPS))
+    layout = rng.permutation(np.arange(CHIPS * CHIPS) % code.CODED_BITS).reshape(CHIPS, CHIPS)
+    return sync, key, layout
+
+
+SYNC, KEY, LAYOUT = _key()
+
+
 def _pixels(chips: np.ndarray) -> np.ndarray:
     """Chips as the pixels of one tile, blurred across the tile's periodic edges."""
     return ndimage.gaussian_filter(np.kron(chips, np.ones((CHIP_PX, CHIP_PX))), BLUR, mode="wrap")
@@ -69,64 +79,37 @@ def _highpass(t: np.ndarray) -> np.ndarray:
     return t - ndimage.uniform_filter(t, LOCAL, mode="wrap")
 
 
-@dataclass(frozen=True, eq=False)
-class Design:
-    """One tile size and what derives from it and `KEY_SEED`: the sync, the chip key, the
-    coded bits' layout over the chips, and the sync and each bit as readout patterns."""
-
-    scheme: int
-    chips: int  # per tile side
-    sync: np.ndarray
-    key: np.ndarray
-    layout: np.ndarray
-    sync_tile: np.ndarray  # the sync as the residual holds it: the blind reference
-    bit_patterns: np.ndarray  # (CODED_BITS, period²): each coded bit's chips, as held
-
-    @property
-    def period(self) -> int:
-        """The tile's side in pixels."""
-        return self.chips * CHIP_PX
-
-
-def _design(scheme: int, chips: int) -> Design:
-    rng = np.random.default_rng(KEY_SEED)
-    sync = rng.choice([-1.0, 1.0], size=(chips, chips))
-    key = rng.choice([-1.0, 1.0], size=(chips, chips))
-    layout = rng.permutation(np.arange(chips * chips) % code.CODED_BITS).reshape(chips, chips)
-    bits = [_highpass(_pixels(key * (b == layout))).ravel() for b in range(code.CODED_BITS)]
-    return Design(scheme, chips, sync, key, layout, _highpass(_pixels(sync)), np.stack(bits))
-
-
-CURRENT = _design(3, 31)  # new marks: 62 px, under the 64 px the smallest exports have
-SCHEME_2 = _design(2, 32)  # 64 px: marks made 2026-12-06/07, still read
-DESIGNS = (CURRENT, SCHEME_2)  # the order detection tries them in
+SYNC_TILE = _highpass(_pixels(SYNC))
+# Per coded bit, its chips as a readout pattern: (CODED_BITS, TILE²).
+_BIT_PATTERNS = np.stack(
+    [_highpass(_pixels(KEY * (b == LAYOUT))).ravel() for b in range(code.CODED_BITS)]
+)
 
 
 @lru_cache(maxsize=16)
-def tile(design: Design, release_id: int) -> np.ndarray:
-    """The release's (period, period) tile, rms 1 (read-only: cached)."""
-    out = _pixels(_chips(design, release_id))
+def tile(release_id: int) -> np.ndarray:
+    """The release's (TILE, TILE) tile, rms 1 (read-only: cached)."""
+    out = _pixels(_chips(release_id))
     out /= np.sqrt(np.mean(out**2))
     out.setflags(write=False)
     return out
 
 
-def _chips(design: Design, release_id: int) -> np.ndarray:
+def _chips(release_id: int) -> np.ndarray:
     coded = code.encode(code.message(release_id))
-    return ALPHA * design.sync + BETA * design.key * (2.0 * coded[design.layout] - 1.0)
+    return ALPHA * SYNC + BETA * KEY * (2.0 * coded[LAYOUT] - 1.0)
 
 
-def payload_tile(design: Design, release_id: int) -> np.ndarray:
+def payload_tile(release_id: int) -> np.ndarray:
     """What a fold holds of the part of the release's tile that only this release has (the
-    sync taken out): the reference given the id."""
-    return _highpass(_pixels(_chips(design, release_id) - ALPHA * design.sync))
+    sync taken out)."""
+    return _highpass(_pixels(_chips(release_id) - ALPHA * SYNC))
 
 
-def pattern(design: Design, shape: tuple[int, int], release_id: int) -> np.ndarray:
+def pattern(shape: tuple[int, int], release_id: int) -> np.ndarray:
     """The mark for an image of `shape` in 8-bit gray levels, anchored at its top-left pixel."""
-    p = design.period
-    reps = (-(-shape[0] // p), -(-shape[1] // p))
-    return AMP * np.tile(tile(design, release_id), reps)[: shape[0], : shape[1]]
+    reps = (-(-shape[0] // TILE), -(-shape[1] // TILE))
+    return AMP * np.tile(tile(release_id), reps)[: shape[0], : shape[1]]
 
 
 def residual(view: np.ndarray) -> np.ndarray:
@@ -145,27 +128,27 @@ def centre(array: np.ndarray) -> np.ndarray:
     return array[..., top : top + WINDOW, left : left + WINDOW]
 
 
-def fold(r: np.ndarray, angle: float, scale: float, period: int) -> np.ndarray:
-    """Mean residual per pixel of a `period`-px tile, each pixel's centre mapped back by
-    rotating by -angle and dividing by scale (the tile's unknown offset is left to `peak`)."""
+def fold(r: np.ndarray, angle: float, scale: float) -> np.ndarray:
+    """Mean residual per tile pixel, each pixel's centre mapped back by rotating by -angle and
+    dividing by scale (the tile's unknown offset is left to `peak`)."""
     h, w = r.shape
     y, x = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
     c, s = np.cos(angle), np.sin(angle)
-    u = np.floor((c * y + s * x) / scale).astype(np.int64) % period
-    v = np.floor((-s * y + c * x) / scale).astype(np.int64) % period
-    index = (u * period + v).ravel()
-    total = np.bincount(index, r.ravel(), period * period)
-    count = np.bincount(index, None, period * period)
-    return (total / np.maximum(count, 1)).reshape(period, period)
+    u = np.floor((c * y + s * x) / scale).astype(np.int64) % TILE
+    v = np.floor((-s * y + c * x) / scale).astype(np.int64) % TILE
+    index = (u * TILE + v).ravel()
+    total = np.bincount(index, r.ravel(), TILE * TILE)
+    count = np.bincount(index, None, TILE * TILE)
+    return (total / np.maximum(count, 1)).reshape(TILE, TILE)
 
 
 def peak(folded: np.ndarray, reference: np.ndarray) -> tuple[float, tuple[int, int]]:
-    """(z, offset): the largest circular correlation with `reference` over all period² offsets,
+    """(z, offset): the largest circular correlation with `reference` over all TILE² offsets,
     in standard deviations of the correlation surface (about N(0, 1) per offset without mark)."""
     surface = np.real(np.fft.ifft2(np.fft.fft2(folded) * np.conj(np.fft.fft2(reference))))
     k = int(np.argmax(surface))
     z = (surface.flat[k] - surface.mean()) / (surface.std() + 1e-12)
-    return float(z), divmod(k, folded.shape[1])
+    return float(z), (k // TILE, k % TILE)
 
 
 def autocorrelation(r: np.ndarray) -> np.ndarray:
@@ -190,19 +173,19 @@ _LATTICE = np.array([(1, 0), (0, 1), (1, 1), (1, -1), (2, 0), (0, 2), (2, 1), (1
 _BETWEEN = np.array([(0.5, 0), (0, 0.5), (0.5, 0.5), (0.5, -0.5)], float)
 
 
-def lattice_candidates(r: np.ndarray, period: int, top: int = TOP) -> list[tuple[float, float]]:
-    """The `top` (angle, scale) pairs whose lattice of `period`-px tiles best matches the
-    autocorrelation peaks: mean autocorrelation at the lattice points less at the points
-    halfway between (which are peaks when the true period is half the candidate's). Lags past
-    0.6 of the image are not scored; candidates closer than 1° and 4 % are merged."""
+def lattice_candidates(r: np.ndarray, top: int = TOP) -> list[tuple[float, float]]:
+    """The `top` (angle, scale) pairs whose tile lattice best matches the autocorrelation
+    peaks: mean autocorrelation at the lattice points less at the points halfway between
+    (which are peaks when the true period is half the candidate's). Lags past 0.6 of the image
+    are not scored; candidates closer than 1° and 4 % are merged."""
     acf = autocorrelation(r)
     h, w = r.shape
     angle, scale = (g.ravel() for g in np.meshgrid(ANGLES, SCALES, indexing="ij"))
     c, s = np.cos(angle)[:, None], np.sin(angle)[:, None]
 
     def mean_at(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        dy = scale[:, None] * period * (c * points[:, 0] - s * points[:, 1])
-        dx = scale[:, None] * period * (s * points[:, 0] + c * points[:, 1])
+        dy = scale[:, None] * TILE * (c * points[:, 0] - s * points[:, 1])
+        dx = scale[:, None] * TILE * (s * points[:, 0] + c * points[:, 1])
         inside = (np.abs(dy) <= 0.6 * h) & (np.abs(dx) <= 0.6 * w)
         coords = [dy.ravel() % (2 * h), dx.ravel() % (2 * w)]
         values = ndimage.map_coordinates(acf, coords, order=1, mode="wrap").reshape(dy.shape)
@@ -237,17 +220,16 @@ class Alignment:
         return self.z >= self.threshold
 
 
-def threshold(budget: float, alignments: int, period: int) -> float:
+def threshold(budget: float, alignments: int) -> float:
     """The z a best-of-`alignments` fold must reach for P(false alarm) <= budget (Bonferroni
-    over every alignment and every offset of a `period`-px tile)."""
-    return float(-ndtri(budget / (alignments * period * period)))  # scipy.special: a light import
+    over every alignment and every tile offset)."""
+    return float(-ndtri(budget / (alignments * TILE * TILE)))  # scipy.special: a light import
 
 
 def alignments(r: np.ndarray, reference: np.ndarray, budget: float) -> Iterator[Alignment]:
-    """The geometries under which `r` may fold onto `reference` (a design's tile: its side is
-    the period searched for), for the caller to read in turn until one gives the id: those
-    past their bars, best margin first (at most `READS` lattices), or the best one alone (not
-    found) when none is.
+    """The geometries under which `r` may fold onto `reference`, for the caller to read in
+    turn until one gives the id: those past their bars, best margin first (at most `READS`
+    lattices), or the best one alone (not found) when none is.
 
     The identity comes first when its peak clears a bar `EARLY` times the budget: an untouched
     or cropped image needs no search. Only if that does not read does the search run: the
@@ -258,21 +240,20 @@ def alignments(r: np.ndarray, reference: np.ndarray, budget: float) -> Iterator[
     budget; several may pass (a chance peak of the identity beside the true rescaled lattice,
     which the code then tells apart)."""
 
-    period = reference.shape[0]
     first = identity(r, reference, budget)
     if first.found:
         yield first
 
     def at(angle: float, scale: float) -> tuple[float, float, float]:
-        return peak(fold(r, angle, scale, period), reference)[0], angle, scale
+        return peak(fold(r, angle, scale), reference)[0], angle, scale
 
     line = np.exp(np.arange(np.log(SCALES[0]), np.log(SCALES[-1]), LINE_STEP))
-    candidates = lattice_candidates(r, period)
+    candidates = lattice_candidates(r)
     if min(r.shape) <= SMALL:
         candidates += [(0.0, float(z)) for z in line]
         candidates += [(float(a), 1.0) for a in np.deg2rad(np.arange(-6.0, 6.01, 0.25)) if a]
     else:
-        candidates += [(0.0, float(z)) for z in line if min(r.shape) <= PERIODS * period * z]
+        candidates += [(0.0, float(z)) for z in line if min(r.shape) <= PERIODS * TILE * z]
     tried = [at(a, z) for a, z in candidates]
     best = max([(first.z, 0.0, 1.0), *tried])
     for angle_step, scale_step in REFINE:
@@ -280,8 +261,8 @@ def alignments(r: np.ndarray, reference: np.ndarray, budget: float) -> Iterator[
                 for j in (-1, 0, 1) if i or j]  # fmt: skip
         tried += [at(a, z) for a, z in grid]
         best = max([best, *tried[-len(grid) :]])
-    bar = threshold(budget * (1 - IDENTITY_SHARE), len(tried), period)
-    own = replace(first, threshold=threshold(budget * IDENTITY_SHARE, 1, period))
+    bar = threshold(budget * (1 - IDENTITY_SHARE), len(tried))
+    own = replace(first, threshold=threshold(budget * IDENTITY_SHARE, 1))
     scored = [(own.z - own.threshold, own.angle, own.scale, own.threshold)]
     scored += [(z - bar, a, s, bar) for z, a, s in tried]
     scored.sort(key=lambda t: -t[0])
@@ -303,21 +284,20 @@ def _near(angle: float, scale: float, angle0: float, scale0: float) -> bool:
 def identity(r: np.ndarray, reference: np.ndarray, budget: float) -> Alignment:
     """The untouched geometry against the early bar (`EARLY` times the budget, one alignment):
     what `alignments` tries first, and what embedding checks its own mark with."""
-    return _aligned(r, reference, 0.0, 1.0, threshold(budget * EARLY, 1, reference.shape[0]))
+    return _aligned(r, reference, 0.0, 1.0, threshold(budget * EARLY, 1))
 
 
 def _aligned(
     r: np.ndarray, reference: np.ndarray, angle: float, scale: float, bar: float
 ) -> Alignment:
-    folded = fold(r, angle, scale, reference.shape[0])
+    folded = fold(r, angle, scale)
     z, offset = peak(folded, reference)
     return Alignment(z, bar, angle, scale, offset, folded)
 
 
-def soft_bits(design: Design, alignment: Alignment) -> np.ndarray:
+def soft_bits(alignment: Alignment) -> np.ndarray:
     """Per coded bit, the correlation of the fold with its chips' readout pattern (> 0 reads
     1), after taking out the sync's share."""
     aligned = np.roll(alignment.folded, (-alignment.offset[0], -alignment.offset[1]), (0, 1))
-    sync = design.sync_tile
-    gain = float((aligned * sync).sum() / (sync * sync).sum())
-    return design.bit_patterns @ (aligned - gain * sync).ravel()
+    gain = float((aligned * SYNC_TILE).sum() / (SYNC_TILE * SYNC_TILE).sum())
+    return _BIT_PATTERNS @ (aligned - gain * SYNC_TILE).ravel()
