@@ -215,7 +215,7 @@ def test_whitened_autocorrelation_ranks_the_true_lattice_first():
         assert wm.detect(attacked).release_id == release, seed
 
 
-@pytest.mark.parametrize("seed", [3, 9])
+@pytest.mark.parametrize("seed", [9, 19])
 def test_identity_gets_half_the_budget_and_the_rest_is_shared(seed):
     """A crop of a 128 px phantom: ~3 tiles of residual, whose identity peak clears half the
     budget but not the early bar (nor, before, the bar of ~300 alignments at one share each)."""
