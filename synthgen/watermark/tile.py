@@ -36,6 +36,7 @@ BETA = float(np.sqrt(1 - ALPHA**2))
 AMP = 2.45  # rms of the mark in 8-bit gray levels: 40.3 dB PSNR at worst (clipping only raises it)
 BLUR = 0.6  # px: the chips' edges softened, so more of the mark sits where JPEG keeps detail
 LOCAL = 5  # px: the residual is the image less its LOCAL×LOCAL mean (7 measured no better)
+SPREAD = 3  # px: ... divided by its spread over SPREAD×SPREAD px (9 read 128² images less well)
 KEY_SEED = 0xC5A3  # the synthgen tag: the sync, the chip key and the bit layout derive from it
 WINDOW = 512  # detection reads at most this centred square: a crop leaves the mark whole
 SMALL = 160  # at or under this side, every scale and every angle are tried too (the lattice
@@ -114,10 +115,12 @@ def pattern(shape: tuple[int, int], release_id: int) -> np.ndarray:
 
 def residual(view: np.ndarray) -> np.ndarray:
     """The fine detail that carries the mark: the image less its local mean, divided by
-    its local spread (so edges and noisy regions do not outvote the rest), clipped at ±3."""
+    its local spread (so edges and noisy regions do not outvote the rest), clipped at ±3. The
+    spread is taken over the nearest pixels only (`SPREAD`): the blocky edges of an enlarged
+    image then cost only the pixels on them, not a 9×9 neighbourhood each."""
     x = view.astype(np.float64)
     r = x - ndimage.uniform_filter(x, LOCAL, mode="reflect")
-    power = np.maximum(ndimage.uniform_filter(r * r, 9, mode="reflect"), 0.0)
+    power = np.maximum(ndimage.uniform_filter(r * r, SPREAD, mode="reflect"), 0.0)
     return np.clip(r / (np.sqrt(power) + 1.0), -3.0, 3.0)
 
 
