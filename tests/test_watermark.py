@@ -281,6 +281,22 @@ def test_an_enlarged_export_halved_keeps_the_id(seed, crop):
     assert wm.detect(halved[3:60, 4:61] if crop else halved).release_id == release
 
 
+def test_the_offset_is_the_largest_correlation_beside_the_most_significant_peak():
+    """Against a delta reference the correlation surface is the fold itself: a noisy parity
+    class holding the true peak, a quiet one a side lobe of it 1 px up. The side lobe stands
+    more deviations out (it decides z), but the tile sits at the larger correlation (a JPEG-50
+    enlarged phantom at 256² lost its id to that 1 px)."""
+    rng = np.random.default_rng(5)
+    folded = rng.normal(0.0, 0.5, (tile.TILE, tile.TILE))
+    folded[::2, ::2] *= 6.0  # the class of the true offset (0, 0): blocky content's
+    folded[0, 0], folded[-1, 0] = 12.0, 4.0
+    delta = np.zeros_like(folded)
+    delta[0, 0] = 1.0
+    z, offset = tile.peak(folded, delta)
+    assert offset == (0, 0)
+    assert z > 7.0  # the side lobe's standing in its class: 4 / 0.5
+
+
 def test_chance_peaks_of_enlarged_images_stay_within_the_bound():
     """Unmarked 32 px phantoms repeated 4x: their blocky edges meet the chips' edges at even
     offsets, so the peak is standardised per offset parity. With one spread for the whole
