@@ -157,21 +157,22 @@ def peak(folded: np.ndarray, reference: np.ndarray) -> tuple[float, tuple[int, i
     of the most significant offset, which the bound covers; the offset returned is the largest
     correlation within 2 px of it."""
     surface = np.real(np.fft.ifft2(np.fft.fft2(folded) * np.conj(np.fft.fft2(reference))))
-    k = int(np.argmax(_by_parity(surface, np.ones_like(surface, dtype=bool))))
-    near = np.zeros((TILE, TILE), dtype=bool)
-    near[:5, :5] = True
-    keep = ~np.roll(near, (k // TILE - 2, k % TILE - 2), axis=(0, 1))
+    keep = np.ones((TILE, TILE), dtype=bool)
+    keep[_around(int(np.argmax(_by_parity(surface, keep))))] = False
     z = _by_parity(surface, keep)
     k = int(np.argmax(z))
     # The offset is the largest correlation near that peak: a quieter parity class's side lobe
     # can stand more deviations out than the true peak beside it in a noisier class.
-    rows, cols = (
-        np.arange(k // TILE - 2, k // TILE + 3) % TILE,
-        np.arange(k % TILE - 2, k % TILE + 3) % TILE,
+    near = _around(k)
+    i, j = np.unravel_index(int(np.argmax(surface[near])), (5, 5))
+    return float(z.flat[k]), (int(near[0][i, 0]), int(near[1][0, j]))
+
+
+def _around(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (row, column) index grids of the 5x5 offsets around flat offset `k`, wrapping."""
+    return np.ix_(
+        np.arange(k // TILE - 2, k // TILE + 3) % TILE, np.arange(k % TILE - 2, k % TILE + 3) % TILE
     )
-    local = surface[np.ix_(rows, cols)]
-    i, j = np.unravel_index(int(np.argmax(local)), local.shape)
-    return float(z.flat[k]), (int(rows[i]), int(cols[j]))
 
 
 def _by_parity(surface: np.ndarray, keep: np.ndarray) -> np.ndarray:
