@@ -27,6 +27,11 @@ def chest(seed: int, size: int = 256) -> np.ndarray:
     return np.round(image * 255).astype(np.uint8)
 
 
+def enlarged(seed: int) -> np.ndarray:
+    """A 32 px phantom repeated 4x to 128 px, as `sample --size` exports it."""
+    return np.kron(chest(seed, 32), np.ones((4, 4), np.uint8))
+
+
 def smooth(seed: int, shape: tuple[int, ...] = (256, 256)) -> np.ndarray:
     """Random gray texture in [0, 1], smooth like an upscaled scan."""
     noise = np.random.default_rng(seed).standard_normal(shape)
@@ -277,7 +282,7 @@ def test_an_enlarged_export_halved_keeps_the_id(seed, crop):
     residual's spread was taken over 9x9 px (these seeds were not read then), not over the
     nearest 3x3."""
     release = wm.release_id_from(f"enlarged-{seed}")
-    halved = resized(wm.embed(np.kron(chest(seed, 32), np.ones((4, 4), np.uint8)), release), 0.5)
+    halved = resized(wm.embed(enlarged(seed), release), 0.5)
     assert wm.detect(halved[3:60, 4:61] if crop else halved).release_id == release
 
 
@@ -305,7 +310,7 @@ def test_chance_peaks_of_enlarged_images_stay_within_the_bound():
     lenient = tile.threshold(wm.BLIND_BUDGET * tile.IDENTITY_SHARE, 1)
     passed = 0
     for seed in range(40):
-        image = np.kron(chest(1000 + seed, 32), np.ones((4, 4), np.uint8))
+        image = enlarged(1000 + seed)
         passed += tile.identity(tile.residual(image), tile.SYNC_TILE, wm.BLIND_BUDGET).z >= lenient
     assert passed <= 8
 
